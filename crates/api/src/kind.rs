@@ -1,0 +1,134 @@
+//! The kinds meshgate understands, and the apiVersions each is served under.
+
+use std::fmt;
+
+/// A resource kind meshgate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Kind {
+    /// `gateway.networking.k8s.io/v1` GatewayClass (cluster-scoped).
+    GatewayClass,
+    /// `gateway.networking.k8s.io/v1` Gateway.
+    Gateway,
+    /// `gateway.networking.k8s.io/v1` HTTPRoute.
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
+    /// `gateway.networking.k8s.io/v1beta1` ReferenceGrant.
+    ReferenceGrant,
+    /// `v1` Namespace (cluster-scoped).
+    Namespace,
+    /// `v1` Service.
+    Service,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
+    /// `v1` Secret.
+    Secret,
+    /// `meshgate.io/v1alpha1` Workload: a process outside Kubernetes.
+    Workload,
+}
+
+/// The Gateway API group.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// meshgate's own API group.
+pub const MESHGATE_GROUP: &str = "meshgate.io";
+
+impl Kind {
+    /// Every kind, in the order resources are listed.
+    pub const ALL: [Kind; 9] = [
+        Kind::Namespace,
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HttpRoute,
+        Kind::ReferenceGrant,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Secret,
+        Kind::Workload,
+    ];
+
+    /// The name used in `kind:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Namespace => "Namespace",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Secret => "Secret",
+            Kind::Workload => "Workload",
+        }
+    }
+
+    /// The API group ("" for the core group).
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => GATEWAY_GROUP,
+            Kind::Namespace | Kind::Service | Kind::Secret => "",
+            Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::Workload => MESHGATE_GROUP,
+        }
+    }
+
+    /// Versions of the group this kind is accepted under (same schema for each).
+    pub fn versions(self) -> &'static [&'static str] {
+        match self {
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute => &["v1", "v1beta1"],
+            Kind::ReferenceGrant => &["v1", "v1beta1"],
+            Kind::Namespace | Kind::Service | Kind::Secret | Kind::EndpointSlice => &["v1"],
+            Kind::Workload => &["v1alpha1"],
+        }
+    }
+
+    /// The preferred `apiVersion`.
+    pub fn api_version(self) -> String {
+        let version = self.versions()[0];
+        match self.group() {
+            "" => version.to_string(),
+            group => format!("{group}/{version}"),
+        }
+    }
+
+    /// Whether resources of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+    }
+
+    /// Looks a kind up by its `kind:` name (exact case, as the API server does).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Looks a kind up by name, also accepting lower case and plural forms (for the CLI).
+    pub fn from_cli(name: &str) -> Option<Kind> {
+        let lower = name.to_ascii_lowercase();
+        let singular = lower.strip_suffix("es").filter(|s| s.ends_with("ss")).or_else(|| lower.strip_suffix('s'));
+        Kind::ALL.into_iter().find(|k| {
+            let own = k.as_str().to_ascii_lowercase();
+            own == lower || Some(own.as_str()) == singular
+        })
+    }
+
+    /// Checks an `apiVersion` against this kind; returns the expected forms when it does not fit.
+    pub fn check_api_version(self, api_version: &str) -> Result<(), String> {
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", api_version),
+        };
+        if group == self.group() && self.versions().contains(&version) {
+            return Ok(());
+        }
+        let expected: Vec<String> = self
+            .versions()
+            .iter()
+            .map(|v| if self.group().is_empty() { (*v).to_string() } else { format!("{}/{v}", self.group()) })
+            .collect();
+        Err(format!("{} is served as apiVersion {}, not {api_version:?}", self.as_str(), expected.join(" or ")))
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,152 @@
+//! A loaded resource: its identity, where it came from, and its typed content.
+
+use std::fmt;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+use crate::core::{EndpointSlice, Namespace, Secret, Service};
+use crate::gw::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
+use crate::kind::Kind;
+use crate::workload::Workload;
+
+/// Names one resource: `kind namespace/name` (no namespace for cluster-scoped kinds).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectRef {
+    /// The kind.
+    pub kind: Kind,
+    /// The namespace; `None` for cluster-scoped kinds.
+    pub namespace: Option<Arc<str>>,
+    /// The name.
+    pub name: Arc<str>,
+}
+
+impl ObjectRef {
+    /// A reference to a namespaced resource.
+    pub fn namespaced(kind: Kind, namespace: &str, name: &str) -> Self {
+        Self { kind, namespace: Some(namespace.into()), name: name.into() }
+    }
+
+    /// The namespace, or "" for cluster-scoped resources.
+    pub fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("")
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// Where a resource was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Source {
+    /// File path or store key, as the user wrote it.
+    pub file: Arc<str>,
+    /// First line of the YAML document (1-based); 0 when not from a file.
+    pub line: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 { write!(f, "{}:{}", self.file, self.line) } else { f.write_str(&self.file) }
+    }
+}
+
+/// The typed content of a resource.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+#[allow(clippy::large_enum_variant)]
+pub enum Resource {
+    /// A GatewayClass.
+    GatewayClass(Box<GatewayClass>),
+    /// A Gateway.
+    Gateway(Box<Gateway>),
+    /// An HTTPRoute.
+    HttpRoute(Box<HttpRoute>),
+    /// A ReferenceGrant.
+    ReferenceGrant(Box<ReferenceGrant>),
+    /// A Namespace.
+    Namespace(Box<Namespace>),
+    /// A Service.
+    Service(Box<Service>),
+    /// An EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
+    /// A Secret.
+    Secret(Box<Secret>),
+    /// A Workload.
+    Workload(Box<Workload>),
+}
+
+impl Resource {
+    /// The kind of this resource.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::GatewayClass(_) => Kind::GatewayClass,
+            Resource::Gateway(_) => Kind::Gateway,
+            Resource::HttpRoute(_) => Kind::HttpRoute,
+            Resource::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Resource::Namespace(_) => Kind::Namespace,
+            Resource::Service(_) => Kind::Service,
+            Resource::EndpointSlice(_) => Kind::EndpointSlice,
+            Resource::Secret(_) => Kind::Secret,
+            Resource::Workload(_) => Kind::Workload,
+        }
+    }
+
+    /// The object metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::GatewayClass(r) => &r.metadata,
+            Resource::Gateway(r) => &r.metadata,
+            Resource::HttpRoute(r) => &r.metadata,
+            Resource::ReferenceGrant(r) => &r.metadata,
+            Resource::Namespace(r) => &r.metadata,
+            Resource::Service(r) => &r.metadata,
+            Resource::EndpointSlice(r) => &r.metadata,
+            Resource::Secret(r) => &r.metadata,
+            Resource::Workload(r) => &r.metadata,
+        }
+    }
+
+    /// The object metadata, mutable (defaults are filled in on load).
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Resource::GatewayClass(r) => &mut r.metadata,
+            Resource::Gateway(r) => &mut r.metadata,
+            Resource::HttpRoute(r) => &mut r.metadata,
+            Resource::ReferenceGrant(r) => &mut r.metadata,
+            Resource::Namespace(r) => &mut r.metadata,
+            Resource::Service(r) => &mut r.metadata,
+            Resource::EndpointSlice(r) => &mut r.metadata,
+            Resource::Secret(r) => &mut r.metadata,
+            Resource::Workload(r) => &mut r.metadata,
+        }
+    }
+}
+
+/// One resource with its identity and origin.
+#[derive(Debug, Clone, Serialize)]
+pub struct Object {
+    /// `kind namespace/name`.
+    #[serde(skip)]
+    pub id: ObjectRef,
+    /// Where it was read from.
+    #[serde(skip)]
+    pub source: Source,
+    /// The content.
+    #[serde(flatten)]
+    pub resource: Resource,
+}
+
+impl Object {
+    /// Labels from the metadata (empty when none).
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.resource.metadata().labels.iter().flatten().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
