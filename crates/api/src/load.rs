@@ -53,7 +53,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
 }
 
 /// Lists the resource files under `path` (the path itself when it is a file).
-pub(crate) fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+pub fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     let meta = std::fs::metadata(path)?;
     if !meta.is_dir() {
         out.push(path.to_path_buf());

@@ -1,1 +1,13 @@
-//! placeholder
+//! The compiled configuration a proxy serves: listeners → routes → backends → endpoints,
+//! built once per configuration change and read lock-free on every request.
+
+mod compile;
+pub mod host;
+pub mod matching;
+pub mod resolve;
+pub mod rule;
+mod status;
+pub mod table;
+
+pub use compile::{CONTROLLER_NAME, Compiled, DEFAULT_CLASS, GatewayConfig, compile_gateway};
+pub use status::Condition;

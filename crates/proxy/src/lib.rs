@@ -1,1 +1,15 @@
-//! placeholder
+//! The data plane: one proxy core that serves the gateway role now (and the sidecar and node
+//! roles later): downstream servers, the HTTP request path, upstream pools, the admin
+//! endpoint, and configuration sources.
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod gateway;
+pub mod headers;
+pub mod http;
+pub mod pool;
+pub mod server;
+pub mod source;
+
+pub use gateway::{Gateway, GatewayOptions, Snapshot};

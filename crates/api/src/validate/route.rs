@@ -125,11 +125,11 @@ fn rule_checks(rule: &HttpRouteRules, at: &str, r: &mut Report) {
         }
         let filters: Vec<HttpRouteRulesFilters> =
             b.filters.iter().flatten().filter_map(backend_filter_as_rule_filter).collect();
-        filter_checks(&filters, &format!("{bat}.filters"), all_prefix, false, r);
+        filter_checks(&filters, &format!("{bat}.filters"), all_prefix, r);
     }
 
     let filters = rule.filters.as_deref().unwrap_or_default();
-    filter_checks(filters, &format!("{at}.filters"), all_prefix, !backends.is_empty(), r);
+    filter_checks(filters, &format!("{at}.filters"), all_prefix, r);
 
     if let Some(t) = &rule.timeouts {
         let request = t.request.as_deref().map(|v| (v, syntax::gateway_duration(v)));
@@ -182,7 +182,7 @@ pub(super) fn backend_ref_checks(
     }
 }
 
-fn filter_checks(filters: &[HttpRouteRulesFilters], at: &str, all_prefix: bool, has_backends: bool, r: &mut Report) {
+fn filter_checks(filters: &[HttpRouteRulesFilters], at: &str, all_prefix: bool, r: &mut Report) {
     let mut seen: HashSet<String> = HashSet::new();
     let mut redirect = false;
     let mut rewrite = false;
@@ -305,9 +305,6 @@ fn filter_checks(filters: &[HttpRouteRulesFilters], at: &str, all_prefix: bool, 
     }
     if redirect && rewrite {
         r.add(at, "RequestRedirect and URLRewrite cannot be used in the same rule");
-    }
-    if redirect && has_backends {
-        r.add(at, "RequestRedirect must not be used together with backendRefs");
     }
 }
 

@@ -1,0 +1,62 @@
+//! `meshgate gateway`: serve Gateway API resources from files, reload on change, drain on
+//! SIGTERM/SIGINT.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use meshgate_proxy::{Gateway, GatewayOptions, admin, source};
+
+pub(crate) struct Options {
+    pub(crate) paths: Vec<PathBuf>,
+    pub(crate) bind: IpAddr,
+    pub(crate) admin: Option<SocketAddr>,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) access_log: bool,
+}
+
+pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
+    let gateway = Gateway::new(GatewayOptions {
+        bind: opts.bind,
+        drain_timeout: opts.drain_timeout,
+        access_log: opts.access_log,
+        ..GatewayOptions::default()
+    });
+    // The first configuration must be valid: there is no last good one to fall back to.
+    let (_, compiled) = match source::load(&opts.paths) {
+        Ok(c) => c,
+        Err(errors) => bail!("configuration is invalid ({} error(s)):\n{errors}", errors.len()),
+    };
+    for p in compiled.problems() {
+        tracing::warn!("{p}");
+    }
+    let sources = opts.paths.iter().map(|p| p.display().to_string()).collect();
+    if let Err(errors) = gateway.apply(compiled, sources).await {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        bail!("{}", text.join("\n"));
+    }
+    if let Some(addr) = opts.admin {
+        let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
+        tracing::info!(%addr, "admin endpoint: /ready /config_dump");
+        tokio::spawn(admin::serve(listener, gateway.clone()));
+    }
+    let watcher = tokio::spawn(source::watch(opts.paths.clone(), gateway.clone()));
+    shutdown_signal().await?;
+    tracing::info!(timeout = ?opts.drain_timeout, "shutting down: draining connections");
+    watcher.abort();
+    gateway.drain().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! Service discovery over a resource set: a Service port resolved to endpoints through
+//! EndpointSlices (several per Service, merged) and Workloads (selector, targetPort), and
+//! ReferenceGrant checks for cross-namespace references.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use meshgate_api::core::{EndpointSlice, IntOrString, Service, ServicePort};
+use meshgate_api::gw::ReferenceGrant;
+use meshgate_api::{ResourceSet, Workload};
+
+use crate::rule::{Backend, Endpoint, ServiceBackend, UpstreamProtocol};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Indexes of a resource set for resolving references.
+pub struct Discovery<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    workloads: HashMap<&'a str, Vec<(&'a str, &'a Workload)>>,
+    grants: Vec<(&'a str, &'a ReferenceGrant)>,
+    cache: RefCell<HashMap<(String, String, u16), Backend>>,
+    resolved: RefCell<Vec<Arc<ServiceBackend>>>,
+}
+
+/// Who is referring: for ReferenceGrant checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Referrer<'a> {
+    /// API group of the referring kind.
+    pub group: &'a str,
+    /// Referring kind.
+    pub kind: &'a str,
+    /// Its namespace.
+    pub namespace: &'a str,
+}
+
+impl<'a> Discovery<'a> {
+    /// Indexes `set`.
+    pub fn new(set: &'a ResourceSet) -> Self {
+        let mut d = Discovery {
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            workloads: HashMap::new(),
+            grants: Vec::new(),
+            cache: RefCell::new(HashMap::new()),
+            resolved: RefCell::new(Vec::new()),
+        };
+        for (o, s) in set.services() {
+            d.services.insert((o.id.ns(), &o.id.name), s);
+        }
+        for (o, s) in set.endpoint_slices() {
+            if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                d.slices.entry((o.id.ns(), svc.as_str())).or_default().push(s);
+            }
+        }
+        for (o, w) in set.workloads() {
+            d.workloads.entry(o.id.ns()).or_default().push((&o.id.name, w));
+        }
+        for (o, g) in set.reference_grants() {
+            d.grants.push((o.id.ns(), g));
+        }
+        d
+    }
+
+    /// Whether `from` may refer to `to_group/to_kind to_ns/to_name`: same namespace, or a
+    /// ReferenceGrant in the target namespace allows it.
+    pub fn ref_permitted(&self, from: Referrer<'_>, to_group: &str, to_kind: &str, to_ns: &str, to_name: &str) -> bool {
+        if from.namespace == to_ns {
+            return true;
+        }
+        self.grants.iter().filter(|(ns, _)| *ns == to_ns).any(|(_, g)| {
+            g.spec.from.iter().any(|f| f.group == from.group && f.kind == from.kind && f.namespace == from.namespace)
+                && g.spec
+                    .to
+                    .iter()
+                    .any(|t| t.group == to_group && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name))
+        })
+    }
+
+    /// Resolves a backendRef (defaults: group "", kind Service, namespace of the referrer).
+    pub fn backend(
+        &self,
+        from: Referrer<'_>,
+        group: Option<&str>,
+        kind: Option<&str>,
+        namespace: Option<&str>,
+        name: &str,
+        port: Option<i32>,
+    ) -> Backend {
+        let group = group.unwrap_or("");
+        let kind = kind.unwrap_or("Service");
+        let ns = namespace.unwrap_or(from.namespace);
+        if !(group.is_empty() && kind == "Service") {
+            return Backend::Invalid {
+                reason: "InvalidKind",
+                message: format!("backend kind {}{kind} is not supported (only core Services)", group_prefix(group)),
+            };
+        }
+        if !self.ref_permitted(from, "", "Service", ns, name) {
+            return Backend::Invalid {
+                reason: "RefNotPermitted",
+                message: format!(
+                    "{} {}/... may not refer to Service {ns}/{name}: no ReferenceGrant in namespace {ns} allows it",
+                    from.kind, from.namespace
+                ),
+            };
+        }
+        let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
+            return Backend::Invalid {
+                reason: "UnsupportedValue",
+                message: "a Service backendRef needs a port".into(),
+            };
+        };
+        let key = (ns.to_string(), name.to_string(), port);
+        if let Some(b) = self.cache.borrow().get(&key) {
+            return b.clone();
+        }
+        let resolved = self.service(ns, name, port);
+        self.cache.borrow_mut().insert(key, resolved.clone());
+        resolved
+    }
+
+    /// Every Service backend resolved so far, in slot order.
+    pub fn into_backends(self) -> Vec<Arc<ServiceBackend>> {
+        self.resolved.into_inner()
+    }
+
+    fn service(&self, ns: &str, name: &str, port: u16) -> Backend {
+        let Some(svc) = self.services.get(&(ns, name)) else {
+            return Backend::Invalid { reason: "BackendNotFound", message: format!("Service {ns}/{name} not found") };
+        };
+        let spec = svc.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            return Backend::Invalid {
+                reason: "UnsupportedValue",
+                message: format!("Service {ns}/{name} is of type ExternalName, which is not supported yet"),
+            };
+        }
+        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+        let Some(sp) = ports.iter().find(|p| p.port == i32::from(port)) else {
+            let have: Vec<String> = ports.iter().map(|p| p.port.to_string()).collect();
+            return Backend::Invalid {
+                reason: "BackendNotFound",
+                message: format!("Service {ns}/{name} has no port {port} (ports: {})", have.join(", ")),
+            };
+        };
+        let mut endpoints = self.slice_endpoints(ns, name, sp);
+        if let Some(selector) = spec.and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) {
+            endpoints.extend(self.workload_endpoints(ns, selector, sp));
+        }
+        endpoints.sort_by(|a, b| a.addr.cmp(&b.addr));
+        endpoints.dedup_by(|a, b| a.addr == b.addr);
+        let mut resolved = self.resolved.borrow_mut();
+        let backend = Arc::new(ServiceBackend {
+            id: format!("{ns}/{name}:{port}").into(),
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            port,
+            protocol: protocol_of(sp),
+            endpoints,
+            slot: resolved.len(),
+        });
+        resolved.push(backend.clone());
+        Backend::Service(backend)
+    }
+
+    fn slice_endpoints(&self, ns: &str, name: &str, sp: &ServicePort) -> Vec<Endpoint> {
+        let want = sp.name.as_deref().unwrap_or("");
+        let mut out = Vec::new();
+        for slice in self.slices.get(&(ns, name)).into_iter().flatten() {
+            if slice.address_type == "FQDN" {
+                continue;
+            }
+            let Some(port) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or("") == want)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            let origin = format!("EndpointSlice {ns}/{}", slice.metadata.name.as_deref().unwrap_or(""));
+            for ep in slice.endpoints.iter().flatten() {
+                // An unset `ready` means ready (the API's documented default).
+                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for a in &ep.addresses {
+                    if let Ok(ip) = a.parse::<IpAddr>() {
+                        out.push(Endpoint { addr: SocketAddr::new(ip, port), origin: origin.clone() });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn workload_endpoints(&self, ns: &str, selector: &BTreeMap<String, String>, sp: &ServicePort) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        for (wname, w) in self.workloads.get(ns).into_iter().flatten() {
+            let labels = w.effective_labels();
+            if !selector.iter().all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str())) {
+                continue;
+            }
+            let port = match &sp.target_port {
+                Some(IntOrString::Int(p)) => Some(*p),
+                Some(IntOrString::String(named)) => w.spec.ports.get(named).copied(),
+                None => Some(sp.port),
+            };
+            let (Some(port), Ok(ip)) = (port.and_then(|p| u16::try_from(p).ok()), w.spec.address.parse::<IpAddr>())
+            else {
+                continue;
+            };
+            out.push(Endpoint { addr: SocketAddr::new(ip, port), origin: format!("Workload {ns}/{wname}") });
+        }
+        out
+    }
+}
+
+fn group_prefix(group: &str) -> String {
+    if group.is_empty() { String::new() } else { format!("{group}/") }
+}
+
+/// The upstream protocol a Service port asks for through `appProtocol`.
+pub fn protocol_of(port: &ServicePort) -> UpstreamProtocol {
+    match port.app_protocol.as_deref() {
+        Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2") => UpstreamProtocol::H2c,
+        _ => UpstreamProtocol::Http1,
+    }
+}

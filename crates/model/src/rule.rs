@@ -1,0 +1,357 @@
+//! A compiled route rule: what to do with a request once it matched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Serialize, Serializer};
+
+/// Where a rule sends requests, and what it changes on the way.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// `namespace/name` of the HTTPRoute.
+    pub route: Arc<str>,
+    /// Index of the rule in the route (`spec.rules[i]`).
+    pub index: usize,
+    /// The rule's name, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Request header changes.
+    #[serde(skip_serializing_if = "HeaderModifier::is_empty")]
+    pub request_headers: HeaderModifier,
+    /// Response header changes.
+    #[serde(skip_serializing_if = "HeaderModifier::is_empty")]
+    pub response_headers: HeaderModifier,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Change host and path before forwarding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// Copies of the request sent elsewhere, responses ignored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+    /// Weighted backends.
+    pub backends: Vec<WeightedBackend>,
+    /// Sum of the backend weights.
+    pub total_weight: u64,
+    /// Set when the rule cannot be served (unsupported filter): requests get 500 with this reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+impl Rule {
+    /// Picks a backend by weight; `None` when every weight is zero.
+    pub fn pick_backend(&self) -> Option<&WeightedBackend> {
+        match self.backends.len() {
+            0 => None,
+            1 => self.backends.first().filter(|b| b.weight > 0),
+            _ if self.total_weight == 0 => None,
+            _ => {
+                let mut point = fastrand::u64(0..self.total_weight);
+                for b in &self.backends {
+                    let w = u64::from(b.weight);
+                    if point < w {
+                        return Some(b);
+                    }
+                    point -= w;
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Set, add and remove operations on a header map.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeaderModifier {
+    /// Replace (or create) these headers.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser_pairs")]
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append these values.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser_pairs")]
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Remove these headers.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "ser_names")]
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderModifier {
+    /// True when it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the changes: set, then add, then remove (the Gateway API order).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+
+    /// Merges another modifier after this one.
+    pub fn extend(&mut self, other: HeaderModifier) {
+        self.set.extend(other.set);
+        self.add.extend(other.add);
+        self.remove.extend(other.remove);
+    }
+}
+
+fn ser_pairs<S: Serializer>(pairs: &[(HeaderName, HeaderValue)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(pairs.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap_or("<binary>"))))
+}
+
+fn ser_names<S: Serializer>(names: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(names.iter().map(HeaderName::as_str))
+}
+
+/// How a path is changed by a redirect or rewrite.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathModifier {
+    /// Replace the whole path.
+    ReplaceFullPath(String),
+    /// Replace the matched prefix (stored without a trailing slash).
+    ReplacePrefixMatch(String),
+}
+
+impl PathModifier {
+    /// The new path for `path`, given the prefix the request matched (when a prefix matched).
+    pub fn apply(&self, path: &str, matched_prefix: Option<&str>) -> String {
+        match self {
+            PathModifier::ReplaceFullPath(p) => p.clone(),
+            PathModifier::ReplacePrefixMatch(replacement) => {
+                let prefix = matched_prefix.unwrap_or("/");
+                let rest = if prefix == "/" { path } else { path.get(prefix.len()..).unwrap_or("") };
+                let replacement = replacement.trim_end_matches('/');
+                let mut out = String::with_capacity(replacement.len() + rest.len() + 1);
+                out.push_str(replacement);
+                if !rest.is_empty() && !rest.starts_with('/') {
+                    out.push('/');
+                }
+                out.push_str(rest);
+                if out.is_empty() {
+                    out.push('/');
+                }
+                out
+            }
+        }
+    }
+}
+
+/// RequestRedirect.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    /// `http` or `https`; the request's scheme when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// New host; the request's (without port) when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// New port; derived per the spec when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// New path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status_code: u16,
+}
+
+impl Redirect {
+    /// The Location for a request.
+    ///
+    /// `scheme` is the request's scheme, `host` its host without port, `listener_port` the port
+    /// the request arrived on.
+    pub fn location(
+        &self,
+        scheme: &str,
+        host: &str,
+        listener_port: u16,
+        path: &str,
+        query: Option<&str>,
+        matched_prefix: Option<&str>,
+    ) -> String {
+        let scheme_out = self.scheme.as_deref().unwrap_or(scheme);
+        let port = match (self.port, &self.scheme) {
+            (Some(p), _) => p,
+            (None, Some(s)) if s == "https" => 443,
+            (None, Some(s)) if s == "http" => 80,
+            _ => listener_port,
+        };
+        let host = self.hostname.as_deref().unwrap_or(host);
+        let path = match &self.path {
+            Some(m) => std::borrow::Cow::Owned(m.apply(path, matched_prefix)),
+            None => std::borrow::Cow::Borrowed(path),
+        };
+        let default_port = matches!((scheme_out, port), ("http", 80) | ("https", 443));
+        let mut out = format!("{scheme_out}://{host}");
+        if !default_port {
+            out.push(':');
+            out.push_str(&port.to_string());
+        }
+        out.push_str(&path);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+/// URLRewrite.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rewrite {
+    /// Host header to send upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Path change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+/// RequestMirror.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mirror {
+    /// Where copies go.
+    pub backend: Backend,
+    /// Share of requests mirrored: numerator / denominator.
+    pub numerator: u32,
+    /// Denominator of the share.
+    pub denominator: u32,
+}
+
+impl Mirror {
+    /// Decides for one request whether it is mirrored.
+    pub fn sample(&self) -> bool {
+        self.numerator >= self.denominator || fastrand::u32(0..self.denominator.max(1)) < self.numerator
+    }
+}
+
+/// One backendRef with its weight.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedBackend {
+    /// Relative weight (0 = no traffic).
+    pub weight: u32,
+    /// The backend.
+    pub backend: Backend,
+    /// Request header changes for this backend only.
+    #[serde(skip_serializing_if = "HeaderModifier::is_empty")]
+    pub request_headers: HeaderModifier,
+    /// Response header changes for this backend only.
+    #[serde(skip_serializing_if = "HeaderModifier::is_empty")]
+    pub response_headers: HeaderModifier,
+}
+
+/// A resolved backend, or why it could not be resolved (requests routed to it get 500).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Backend {
+    /// A Service port with its endpoints.
+    Service(Arc<ServiceBackend>),
+    /// An invalid reference: the reason, also in the route's ResolvedRefs condition.
+    Invalid {
+        /// Gateway API reason (BackendNotFound, RefNotPermitted, InvalidKind, ...).
+        reason: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
+}
+
+/// The wire protocol to use towards a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive pools.
+    Http1,
+    /// HTTP/2 prior knowledge (`appProtocol: kubernetes.io/h2c`, `h2c` or `grpc`).
+    H2c,
+}
+
+/// A Service port resolved to endpoints.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceBackend {
+    /// `namespace/name:port`, for logs and metrics.
+    pub id: Arc<str>,
+    /// Namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// Service port.
+    pub port: u16,
+    /// Protocol towards the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// Ready endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// Index in [`crate::GatewayConfig::backends`]: where the proxy keeps this backend's
+    /// runtime state (pools, balancer), found without hashing on the request path.
+    #[serde(skip)]
+    pub slot: usize,
+}
+
+/// One address of a backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Endpoint {
+    /// IP and port.
+    pub addr: SocketAddr,
+    /// What the address belongs to (`Workload ns/name` or `EndpointSlice ns/name`).
+    pub origin: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_prefix_match_table() {
+        // The table from the Gateway API HTTPPathModifier documentation.
+        let cases = [
+            ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
+            ("/foo/bar", "/foo", "/xyz/", "/xyz/bar"),
+            ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
+            ("/foo", "/foo", "/xyz", "/xyz"),
+            ("/foo/", "/foo", "/xyz", "/xyz/"),
+            ("/foo/bar", "/foo", "", "/bar"),
+            ("/foo/", "/foo", "", "/"),
+            ("/foo", "/foo", "", "/"),
+            ("/foo/", "/foo", "/", "/"),
+            ("/foo", "/foo", "/", "/"),
+            ("/strip-prefix/three", "/strip-prefix", "/", "/three"),
+            ("/prefix/one/two", "/prefix/one", "/one", "/one/two"),
+        ];
+        for (path, prefix, replacement, want) in cases {
+            let m = PathModifier::ReplacePrefixMatch(replacement.to_string());
+            assert_eq!(m.apply(path, Some(prefix)), want, "{path} {prefix} {replacement}");
+        }
+    }
+
+    #[test]
+    fn redirect_ports() {
+        let r = |scheme: Option<&str>, port: Option<u16>| Redirect {
+            scheme: scheme.map(str::to_string),
+            hostname: Some("example.org".into()),
+            port,
+            path: None,
+            status_code: 302,
+        };
+        let loc = |red: Redirect, listener: u16| red.location("http", "orig", listener, "/p", None, None);
+        assert_eq!(loc(r(None, None), 80), "http://example.org/p");
+        assert_eq!(loc(r(None, Some(8080)), 80), "http://example.org:8080/p");
+        assert_eq!(loc(r(Some("https"), None), 80), "https://example.org/p");
+        assert_eq!(loc(r(Some("https"), Some(8443)), 80), "https://example.org:8443/p");
+        assert_eq!(loc(r(None, None), 8080), "http://example.org:8080/p");
+        assert_eq!(loc(r(None, Some(80)), 8080), "http://example.org/p");
+        assert_eq!(loc(r(Some("https"), None), 8080), "https://example.org/p");
+        let q = r(None, None).location("http", "orig", 80, "/p", Some("a=1"), None);
+        assert_eq!(q, "http://example.org/p?a=1");
+    }
+}

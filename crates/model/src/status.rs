@@ -1,0 +1,47 @@
+//! Status conditions, as Gateway API writes them back: what was accepted, what was not, why.
+
+use std::fmt;
+use std::sync::Arc;
+
+use meshgate_api::ObjectRef;
+use serde::Serialize;
+
+/// One condition on one resource (for routes: per parent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The resource.
+    pub object: ObjectRef,
+    /// Where it was read from.
+    pub file: Arc<str>,
+    /// Field the condition is about (`spec.parentRefs[0]`, `spec.listeners[1]`, ...).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub field: String,
+    /// `Accepted`, `ResolvedRefs`, `Programmed` or `Conflicted`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// True when the condition holds (for `Conflicted`, true is bad).
+    pub status: bool,
+    /// Gateway API reason.
+    pub reason: &'static str,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl Condition {
+    /// Whether this condition reports a problem.
+    pub fn is_problem(&self) -> bool {
+        if self.kind == "Conflicted" { self.status } else { !self.status }
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: ", self.file, self.object)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        let status = if self.status { "True" } else { "False" };
+        write!(f, "{}={status} ({}): {}", self.kind, self.reason, self.message)
+    }
+}

@@ -1,0 +1,194 @@
+//! Per-port listener selection and per-listener route tables, sorted once at compile time so
+//! a request is one hash lookup and a short scan.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::host::HostPattern;
+use crate::matching::{MatchRank, PathMatch, RequestView, RouteMatch};
+use crate::rule::Rule;
+
+/// One match of one rule, with the hostnames it answers for on this listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// Effective hostnames (route ∩ listener); empty means any host.
+    pub hostnames: Vec<HostPattern>,
+    /// The conditions.
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// The rule to apply.
+    #[serde(skip)]
+    pub rule: Arc<Rule>,
+    /// Tie-breakers after the match rank: route age, route name, rule index, match index.
+    #[serde(skip)]
+    pub order: (i64, Arc<str>, usize, usize),
+}
+
+impl Entry {
+    /// The prefix the request matched, for ReplacePrefixMatch.
+    pub fn matched_prefix(&self) -> Option<&str> {
+        match &self.matcher.path {
+            PathMatch::PathPrefix(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn host_rank(&self, host: &str) -> (std::cmp::Reverse<usize>, std::cmp::Reverse<usize>) {
+        let best =
+            self.hostnames.iter().filter(|h| h.matches(host)).map(HostPattern::specificity).max().unwrap_or((0, 0));
+        (std::cmp::Reverse(best.0), std::cmp::Reverse(best.1))
+    }
+
+    fn answers(&self, host: &str) -> bool {
+        self.hostnames.is_empty() || self.hostnames.iter().any(|h| h.matches(host))
+    }
+}
+
+/// The routes attached to one listener.
+#[derive(Debug, Default, Serialize)]
+pub struct RouteTable {
+    /// Every entry, in precedence order for an unknown host.
+    pub entries: Vec<Entry>,
+    /// Exact request host → indexes of the entries answering it, in precedence order.
+    #[serde(skip)]
+    exact: HashMap<String, Vec<u32>>,
+    /// Entries for hosts not in `exact` (wildcards and catch-alls), in precedence order.
+    #[serde(skip)]
+    fallback: Vec<u32>,
+}
+
+type Key<'a> = (MatchRank, (std::cmp::Reverse<usize>, std::cmp::Reverse<usize>), &'a (i64, Arc<str>, usize, usize));
+
+impl RouteTable {
+    /// Builds the table from entries in any order.
+    pub fn new(mut entries: Vec<Entry>) -> Self {
+        entries.sort_by(|a, b| (a.matcher.rank(), &a.order).cmp(&(b.matcher.rank(), &b.order)));
+        let mut exact_hosts: Vec<String> = entries
+            .iter()
+            .flat_map(|e| e.hostnames.iter())
+            .filter_map(|h| match h {
+                HostPattern::Exact(h) => Some(h.clone()),
+                HostPattern::Wildcard(_) => None,
+            })
+            .collect();
+        exact_hosts.sort();
+        exact_hosts.dedup();
+        let ordered = |host: Option<&str>| -> Vec<u32> {
+            let mut picked: Vec<(Key<'_>, u32)> = entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| match host {
+                    Some(h) => e.answers(h),
+                    None => e.hostnames.is_empty() || e.hostnames.iter().any(|h| matches!(h, HostPattern::Wildcard(_))),
+                })
+                .map(|(i, e)| {
+                    let host_rank = match host {
+                        Some(h) => e.host_rank(h),
+                        None => {
+                            let best = e.hostnames.iter().map(HostPattern::specificity).max().unwrap_or((0, 0));
+                            (std::cmp::Reverse(best.0), std::cmp::Reverse(best.1))
+                        }
+                    };
+                    ((e.matcher.rank(), host_rank, &e.order), i as u32)
+                })
+                .collect();
+            picked.sort_by(|a, b| a.0.cmp(&b.0));
+            picked.into_iter().map(|(_, i)| i).collect()
+        };
+        let exact = exact_hosts.iter().map(|h| (h.clone(), ordered(Some(h)))).collect();
+        let fallback = ordered(None);
+        RouteTable { entries, exact, fallback }
+    }
+
+    /// The highest-precedence entry matching the request, if any.
+    pub fn find(&self, host: &str, req: &RequestView<'_>) -> Option<&Entry> {
+        match self.exact.get(host) {
+            Some(list) => list.iter().map(|&i| &self.entries[i as usize]).find(|e| e.matcher.matches(req)),
+            None => self
+                .fallback
+                .iter()
+                .map(|&i| &self.entries[i as usize])
+                .find(|e| e.answers(host) && e.matcher.matches(req)),
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no route is attached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// One Gateway listener as served.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// `namespace/name` of the Gateway.
+    pub gateway: Arc<str>,
+    /// Listener name.
+    pub name: String,
+    /// Listener hostname; `None` answers any host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<HostPattern>,
+    /// Routes attached to it.
+    pub routes: RouteTable,
+}
+
+/// The listeners sharing one port, selected by the request's host (most specific wins).
+#[derive(Debug, Default, Serialize)]
+pub struct ListenerSet {
+    /// The listeners, most specific first.
+    pub listeners: Vec<Listener>,
+    #[serde(skip)]
+    exact: HashMap<String, usize>,
+    #[serde(skip)]
+    wildcards: Vec<usize>,
+    #[serde(skip)]
+    catch_all: Option<usize>,
+}
+
+impl ListenerSet {
+    /// Builds the selector; listeners with equal hostnames must have been removed before.
+    pub fn new(mut listeners: Vec<Listener>) -> Self {
+        listeners.sort_by_key(|l| match &l.hostname {
+            Some(HostPattern::Exact(_)) => (0, 0),
+            Some(HostPattern::Wildcard(s)) => (1, usize::MAX - s.len()),
+            None => (2, 0),
+        });
+        let mut set = ListenerSet::default();
+        for (i, l) in listeners.iter().enumerate() {
+            match &l.hostname {
+                Some(HostPattern::Exact(h)) => {
+                    set.exact.entry(h.clone()).or_insert(i);
+                }
+                Some(HostPattern::Wildcard(_)) => set.wildcards.push(i),
+                None => {
+                    set.catch_all.get_or_insert(i);
+                }
+            }
+        }
+        set.listeners = listeners;
+        set
+    }
+
+    /// The listener answering `host` (lower case, no port).
+    pub fn select(&self, host: &str) -> Option<&Listener> {
+        if let Some(&i) = self.exact.get(host) {
+            return self.listeners.get(i);
+        }
+        for &i in &self.wildcards {
+            if let Some(l) = self.listeners.get(i) {
+                if l.hostname.as_ref().is_some_and(|h| h.matches(host)) {
+                    return Some(l);
+                }
+            }
+        }
+        self.catch_all.and_then(|i| self.listeners.get(i))
+    }
+}

@@ -1,0 +1,74 @@
+//! The admin endpoint (loopback by default): readiness and the effective configuration.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::gateway::Gateway;
+
+/// Serves the admin endpoint until the task is dropped.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(route(&gateway, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Binds the admin address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+    }
+    match req.uri().path() {
+        "/ready" => {
+            if gateway.is_ready() {
+                reply(StatusCode::OK, "text/plain", "LIVE\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "NOT READY\n")
+            }
+        }
+        "/config_dump" => {
+            let snap = gateway.snapshot();
+            let dump = serde_json::json!({
+                "version": snap.version,
+                "appliedAt": snap.applied_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "sources": snap.sources,
+                "conditions": snap.conditions,
+                "ports": snap.config.ports,
+            });
+            match serde_json::to_vec_pretty(&dump) {
+                Ok(body) => reply(StatusCode::OK, "application/json", body),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            }
+        }
+        "/" => reply(StatusCode::OK, "text/plain", "meshgate admin: /ready /config_dump\n"),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /ready or /config_dump\n"),
+    }
+}

@@ -1,0 +1,186 @@
+//! Body types of the proxy: streamed end to end (never buffered whole), with the few
+//! wrappers the request path needs: a tee for mirrors, and a response body that returns its
+//! HTTP/1 connection to the pool when it ends.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::sync::mpsc;
+
+use crate::pool::Returner;
+
+/// Errors crossing body boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Capacity of a mirror's body channel, in frames; when full, the mirror is abandoned rather
+/// than slowing the primary request.
+const MIRROR_FRAMES: usize = 16;
+
+pin_project! {
+    /// A request body on its way upstream.
+    #[project = RequestBodyProj]
+    #[allow(missing_docs)] // pin-project-lite takes no docs on fields; the variants say it all.
+    pub enum RequestBody {
+        /// The client's body, as is.
+        Incoming {
+            #[pin] body: Incoming,
+        },
+        /// The client's body, with each data frame also offered to mirrors.
+        Tee {
+            #[pin] body: Incoming,
+            mirrors: Vec<mpsc::Sender<Bytes>>,
+        },
+        /// A mirror's copy of a body.
+        Mirror {
+            rx: mpsc::Receiver<Bytes>,
+        },
+        /// No body.
+        Empty,
+    }
+}
+
+impl RequestBody {
+    /// Wraps the client's body, creating one receiving body per mirror.
+    pub fn tee(body: Incoming, mirrors: usize) -> (RequestBody, Vec<RequestBody>) {
+        if mirrors == 0 {
+            return (RequestBody::Incoming { body }, Vec::new());
+        }
+        if body.is_end_stream() {
+            return (RequestBody::Incoming { body }, (0..mirrors).map(|_| RequestBody::Empty).collect());
+        }
+        let mut senders = Vec::with_capacity(mirrors);
+        let mut copies = Vec::with_capacity(mirrors);
+        for _ in 0..mirrors {
+            let (tx, rx) = mpsc::channel(MIRROR_FRAMES);
+            senders.push(tx);
+            copies.push(RequestBody::Mirror { rx });
+        }
+        (RequestBody::Tee { body, mirrors: senders }, copies)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            RequestBodyProj::Incoming { body } => body.poll_frame(cx).map_err(Into::into),
+            RequestBodyProj::Tee { body, mirrors } => {
+                let frame = std::task::ready!(body.poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(data) = f.data_ref() {
+                            // A full or closed mirror is dropped: mirrors never slow the primary.
+                            mirrors.retain(|tx| tx.try_send(data.clone()).is_ok());
+                        }
+                    }
+                    Some(Err(_)) | None => mirrors.clear(),
+                }
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            RequestBodyProj::Mirror { rx } => rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
+            RequestBodyProj::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Incoming { body } | RequestBody::Tee { body, .. } => body.is_end_stream(),
+            RequestBody::Mirror { .. } => false,
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Incoming { body } | RequestBody::Tee { body, .. } => body.size_hint(),
+            RequestBody::Mirror { .. } => SizeHint::default(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+pin_project! {
+    /// A response body on its way to the client.
+    #[project = ResponseBodyProj]
+    #[allow(missing_docs)] // pin-project-lite takes no docs on fields; the variants say it all.
+    pub enum ResponseBody {
+        /// Streamed from upstream; the connection goes back to the pool at the end.
+        Upstream {
+            #[pin] body: Incoming,
+            returner: Option<Returner>,
+        },
+        /// Produced by the proxy (errors, redirects).
+        Local {
+            data: Option<Bytes>,
+        },
+    }
+}
+
+impl ResponseBody {
+    /// A body produced by the proxy.
+    pub fn local(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        ResponseBody::Local { data: (!data.is_empty()).then_some(data) }
+    }
+
+    /// Wraps an upstream body; an already finished body returns its connection at once.
+    pub fn upstream(body: Incoming, returner: Option<Returner>) -> Self {
+        let returner = match returner {
+            Some(r) if body.is_end_stream() => {
+                r.finish();
+                None
+            }
+            other => other,
+        };
+        ResponseBody::Upstream { body, returner }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ResponseBodyProj::Upstream { mut body, returner } => {
+                let frame = std::task::ready!(body.as_mut().poll_frame(cx));
+                match &frame {
+                    Some(Err(_)) => {
+                        // A broken response: the connection is not reused.
+                        returner.take();
+                    }
+                    // The server may stop polling once the body reports its end: return the
+                    // connection as soon as that is known.
+                    Some(Ok(_)) if !body.is_end_stream() => {}
+                    None | Some(Ok(_)) => {
+                        if let Some(r) = returner.take() {
+                            r.finish();
+                        }
+                    }
+                }
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            ResponseBodyProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
+            ResponseBody::Local { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream { body, .. } => body.size_hint(),
+            ResponseBody::Local { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

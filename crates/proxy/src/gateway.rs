@@ -1,0 +1,251 @@
+//! The gateway role: a snapshot of compiled configuration swapped atomically on reload, the
+//! listening ports that snapshot asks for, and graceful draining.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use meshgate_model::rule::UpstreamProtocol;
+use meshgate_model::{Compiled, Condition, GatewayConfig};
+use tokio::net::TcpListener;
+
+use crate::balance::BackendRt;
+use crate::pool::{EndpointPool, PoolSettings};
+use crate::server::{PortServer, ServerSettings};
+
+/// Everything a request needs, immutable once published.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every applied configuration.
+    pub version: u64,
+    /// When it was applied.
+    pub applied_at: SystemTime,
+    /// Where it was read from (files, or the control plane).
+    pub sources: Vec<String>,
+    /// The compiled configuration.
+    pub config: GatewayConfig,
+    /// Status conditions found while compiling.
+    pub conditions: Vec<Condition>,
+    /// Runtime state of each backend, indexed by `ServiceBackend::slot`.
+    pub backends: Vec<Arc<BackendRt>>,
+}
+
+/// How the gateway listens and talks upstream.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Address listeners bind to (the port comes from each Gateway listener).
+    pub bind: IpAddr,
+    /// Upstream connection settings.
+    pub pool: PoolSettings,
+    /// Downstream connection settings.
+    pub server: ServerSettings,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Log one line per request.
+    pub access_log: bool,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            pool: PoolSettings::default(),
+            server: ServerSettings::default(),
+            drain_timeout: Duration::from_secs(10),
+            access_log: false,
+        }
+    }
+}
+
+/// A port that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (wanted by {wanted_by}): {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Which Gateway listeners want it.
+    pub wanted_by: String,
+    /// The socket error.
+    pub source: std::io::Error,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    options: GatewayOptions,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    ports: tokio::sync::Mutex<HashMap<u16, PortServer>>,
+    pools: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Weak<EndpointPool>>>,
+    pool_settings: Arc<PoolSettings>,
+    versions: AtomicU64,
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway with an empty configuration, serving nothing until [`Gateway::apply`].
+    pub fn new(options: GatewayOptions) -> Arc<Self> {
+        let empty = Snapshot {
+            version: 0,
+            applied_at: SystemTime::now(),
+            sources: Vec::new(),
+            config: GatewayConfig::default(),
+            conditions: Vec::new(),
+            backends: Vec::new(),
+        };
+        Arc::new(Gateway {
+            pool_settings: Arc::new(options.pool.clone()),
+            options,
+            snapshot: Arc::new(ArcSwap::from_pointee(empty)),
+            ports: tokio::sync::Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
+            versions: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration now in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// True once a configuration is applied and its ports are open, until draining starts.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// The address a port is actually bound to (useful with port 0 in tests).
+    pub async fn local_addr(&self, port: u16) -> Option<SocketAddr> {
+        self.ports.lock().await.get(&port).map(PortServer::local_addr)
+    }
+
+    /// Publishes a compiled configuration: builds its runtime state (reusing connection pools
+    /// of endpoints that stay), swaps it in atomically, then opens new ports and closes ports no
+    /// longer wanted. Requests in flight keep the snapshot they started with.
+    pub async fn apply(&self, compiled: Compiled, sources: Vec<String>) -> Result<u64, Vec<BindError>> {
+        let backends = self.prepare_backends(&compiled.config);
+        let version = self.versions.fetch_add(1, Ordering::AcqRel) + 1;
+        let wanted: HashMap<u16, String> = compiled
+            .config
+            .ports
+            .iter()
+            .map(|(port, set)| {
+                let who: Vec<String> =
+                    set.listeners.iter().map(|l| format!("Gateway {} listener {:?}", l.gateway, l.name)).collect();
+                (*port, who.join(", "))
+            })
+            .collect();
+        let snapshot = Snapshot {
+            version,
+            applied_at: SystemTime::now(),
+            sources,
+            config: compiled.config,
+            conditions: compiled.conditions,
+            backends,
+        };
+        self.snapshot.store(Arc::new(snapshot));
+        let errors = self.sync_ports(&wanted).await;
+        self.prune_pools();
+        if errors.is_empty() {
+            self.ready.store(true, Ordering::Release);
+            Ok(version)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn prepare_backends(&self, config: &GatewayConfig) -> Vec<Arc<BackendRt>> {
+        let Ok(mut pools) = self.pools.lock() else { return Vec::new() };
+        config
+            .backends
+            .iter()
+            .map(|b| {
+                let endpoints = b
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let key = (e.addr, b.protocol);
+                        match pools.get(&key).and_then(Weak::upgrade) {
+                            Some(p) => p,
+                            None => {
+                                let p = Arc::new(EndpointPool::new(e.addr, b.protocol, self.pool_settings.clone()));
+                                pools.insert(key, Arc::downgrade(&p));
+                                p
+                            }
+                        }
+                    })
+                    .collect();
+                Arc::new(BackendRt { model: b.clone(), endpoints })
+            })
+            .collect()
+    }
+
+    fn prune_pools(&self) {
+        if let Ok(mut pools) = self.pools.lock() {
+            pools.retain(|_, p| p.strong_count() > 0);
+        }
+    }
+
+    async fn sync_ports(&self, wanted: &HashMap<u16, String>) -> Vec<BindError> {
+        let mut ports = self.ports.lock().await;
+        let gone: Vec<u16> = ports.keys().filter(|p| !wanted.contains_key(p)).copied().collect();
+        for port in gone {
+            if let Some(server) = ports.remove(&port) {
+                tracing::info!(port, "no listener wants this port any more: closing it");
+                let timeout = self.options.drain_timeout;
+                tokio::spawn(async move { server.drain(timeout).await });
+            }
+        }
+        let mut errors = Vec::new();
+        for (port, who) in wanted {
+            if ports.contains_key(port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.options.bind, *port);
+            match bind(addr) {
+                Ok(listener) => {
+                    let server = PortServer::start(
+                        listener,
+                        *port,
+                        self.snapshot.clone(),
+                        self.options.server.clone(),
+                        self.options.access_log,
+                    );
+                    tracing::info!(addr = %server.local_addr(), listeners = %who, "listening");
+                    ports.insert(*port, server);
+                }
+                Err(source) => errors.push(BindError { addr, wanted_by: who.clone(), source }),
+            }
+        }
+        errors
+    }
+
+    /// Stops accepting on every port and waits (up to the drain timeout) for requests in
+    /// flight to finish.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        let servers: Vec<PortServer> = self.ports.lock().await.drain().map(|(_, s)| s).collect();
+        let timeout = self.options.drain_timeout;
+        let mut tasks = Vec::new();
+        for s in servers {
+            tasks.push(tokio::spawn(async move { s.drain(timeout).await }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}

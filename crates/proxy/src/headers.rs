@@ -1,0 +1,155 @@
+//! Header handling every proxied request and response goes through: hop-by-hop removal,
+//! X-Forwarded-*, and request ids.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers, including those named by `Connection`. `TE: trailers` is kept
+/// (gRPC needs it end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| *n != header::TE)
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        if headers.contains_key(h) {
+            headers.remove(h);
+        }
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Sets X-Forwarded-For (appends the client), X-Forwarded-Proto (this hop's scheme: the
+/// gateway is the edge, a client's claim is not trusted) and X-Forwarded-Host (the original
+/// Host, when not already set by an earlier proxy).
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str, host: Option<&str>) {
+    let mut ip_buf = [0u8; 45];
+    let ip = format_ip(client, &mut ip_buf);
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")).ok(),
+        _ => HeaderValue::from_str(ip).ok(),
+    };
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                headers.insert(X_FORWARDED_HOST.clone(), v);
+            }
+        }
+    }
+}
+
+fn format_ip(ip: IpAddr, buf: &mut [u8; 45]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
+/// Returns the request id, generating a random (v4 UUID) one when the client sent none.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty()) {
+        return v.clone();
+    }
+    let id = uuid_v4();
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+fn uuid_v4() -> HeaderValue {
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut j = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = HEX[usize::from(b >> 4)];
+        out[j + 1] = HEX[usize::from(b & 0xf)];
+        j += 2;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_tokens() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret, te"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), "http", Some("shop.example.com:8080"));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.7, 10.1.2.3");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example.com:8080");
+    }
+
+    #[test]
+    fn request_ids_are_uuids_and_kept() {
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert_eq!(ensure_request_id(&mut h), id);
+    }
+}

@@ -1,0 +1,190 @@
+//! Accepting downstream connections on one port: HTTP/1.1 and HTTP/2 (prior knowledge) told
+//! apart by the connection preface, each connection served until it closes or a drain asks it
+//! to finish its requests and go.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::gateway::Snapshot;
+use crate::http::{ConnInfo, handle};
+
+/// Limits on downstream connections.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// Counts live connections so a drain can wait for them.
+#[derive(Debug, Default)]
+struct Tracker {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+struct Guard(Arc<Tracker>);
+
+impl Tracker {
+    fn guard(self: &Arc<Self>) -> Guard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        Guard(self.clone())
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The accept loop of one port and the connections it accepted.
+#[derive(Debug)]
+pub struct PortServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tracker: Arc<Tracker>,
+    task: JoinHandle<()>,
+}
+
+impl PortServer {
+    /// Starts accepting on `listener`; requests are routed with whatever snapshot is current
+    /// when each arrives.
+    pub fn start(
+        listener: TcpListener,
+        port: u16,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        settings: ServerSettings,
+        access_log: bool,
+    ) -> Self {
+        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
+        let (stop, stop_rx) = watch::channel(false);
+        let tracker = Arc::new(Tracker::default());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(settings.max_header_bytes.max(8192))
+            .max_headers(settings.max_headers)
+            .header_read_timeout(settings.header_read_timeout)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        let builder = Arc::new(builder);
+        let task = tokio::spawn(accept_loop(listener, port, snapshot, builder, stop_rx, tracker.clone(), access_log));
+        PortServer { addr, stop, tracker, task }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, asks every connection to finish its requests and close, and waits up
+    /// to `timeout` for them.
+    pub async fn drain(self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        if tokio::time::timeout(timeout, self.tracker.wait_idle()).await.is_err() {
+            tracing::warn!(
+                addr = %self.addr,
+                connections = self.tracker.live.load(Ordering::Acquire),
+                "drain timeout: closing connections with requests still in flight"
+            );
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+    tracker: Arc<Tracker>,
+    access_log: bool,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(port, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let info = Arc::new(ConnInfo { port, peer, scheme: "http", access_log });
+        let snapshot = snapshot.clone();
+        let builder = builder.clone();
+        let mut stop = stop.clone();
+        let guard = tracker.guard();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let service = service_fn(move |req| {
+                let snap = snapshot.load_full();
+                let info = info.clone();
+                async move { Ok::<_, Infallible>(handle(snap, &info, req).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "downstream connection ended with error");
+            }
+        });
+    }
+}

@@ -1,0 +1,140 @@
+//! Configuration from files: load, validate and compile; watch for changes and re-apply.
+//! A change that does not validate is logged with every error and the configuration in
+//! force stays.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshgate_api::{Errors, ResourceSet, load_paths};
+use meshgate_model::{Compiled, compile_gateway};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::gateway::Gateway;
+
+/// How long the files must be quiet after a change before it is read (editors write in steps).
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Reads, validates and compiles everything under `paths`.
+pub fn load(paths: &[PathBuf]) -> Result<(ResourceSet, Compiled), Errors> {
+    let loaded = load_paths(paths);
+    let (set, duplicates) = ResourceSet::from_objects(loaded.objects);
+    let mut errors = loaded.errors;
+    errors.0.extend(duplicates.0);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let compiled = compile_gateway(&set);
+    Ok((set, compiled))
+}
+
+/// A fingerprint of the files' names and contents, to skip reloads that change nothing.
+fn fingerprint(paths: &[PathBuf]) -> u64 {
+    let mut files = Vec::new();
+    for p in paths {
+        let mut found = Vec::new();
+        if meshgate_api::collect_files(p, &mut found).is_err() {
+            p.hash(&mut std::collections::hash_map::DefaultHasher::new());
+        }
+        files.extend(found);
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        std::fs::read(&f).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Loads `paths` and applies them to `gateway`; returns the new version, or `None` when the
+/// configuration was rejected (and the old one kept).
+pub async fn apply_files(paths: &[PathBuf], gateway: &Gateway) -> Option<u64> {
+    let owned = paths.to_vec();
+    let result = tokio::task::spawn_blocking(move || load(&owned)).await.ok()?;
+    let sources: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    match result {
+        Err(errors) => {
+            let current = gateway.snapshot().version;
+            tracing::error!(
+                errors = errors.len(),
+                "configuration rejected; version {current} stays in force:\n{errors}"
+            );
+            None
+        }
+        Ok((set, compiled)) => {
+            for problem in compiled.problems() {
+                tracing::warn!("{problem}");
+            }
+            let resources = set.len();
+            match gateway.apply(compiled, sources).await {
+                Ok(version) => {
+                    tracing::info!(version, resources, "configuration applied");
+                    Some(version)
+                }
+                Err(bind_errors) => {
+                    for e in &bind_errors {
+                        tracing::error!("{e}");
+                    }
+                    Some(gateway.snapshot().version)
+                }
+            }
+        }
+    }
+}
+
+/// Watches `paths` and re-applies them whenever they change, until the task is dropped.
+pub async fn watch(paths: Vec<PathBuf>, gateway: Arc<Gateway>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event {
+            if !matches!(e.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch configuration files; live reload is off");
+            return;
+        }
+    };
+    for p in &paths {
+        // A file is watched through its directory: editors replace files by renaming.
+        let (target, mode) = if p.is_dir() {
+            (p.clone(), RecursiveMode::Recursive)
+        } else {
+            let parent =
+                p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
+            (parent, RecursiveMode::NonRecursive)
+        };
+        if let Err(e) = watcher.watch(&target, mode) {
+            tracing::error!(path = %target.display(), error = %e, "cannot watch; changes here will not be picked up");
+        }
+    }
+    let mut last = {
+        let p = paths.clone();
+        tokio::task::spawn_blocking(move || fingerprint(&p)).await.unwrap_or(0)
+    };
+    while rx.recv().await.is_some() {
+        // Debounce: wait until no event arrived for DEBOUNCE.
+        loop {
+            match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let p = paths.clone();
+        let now = tokio::task::spawn_blocking(move || fingerprint(&p)).await.unwrap_or(0);
+        if now == last {
+            continue;
+        }
+        last = now;
+        tracing::info!("configuration files changed; reloading");
+        apply_files(&paths, &gateway).await;
+    }
+    drop(watcher);
+}
