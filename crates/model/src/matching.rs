@@ -161,10 +161,10 @@ impl RouteMatch {
 
     /// Whether the request satisfies every condition.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        if let Some(m) = &self.method {
-            if m != req.method {
-                return false;
-            }
+        if let Some(m) = &self.method
+            && m != req.method
+        {
+            return false;
         }
         if !self.path.matches(req.path) {
             return false;

@@ -151,7 +151,7 @@ impl<'a> Discovery<'a> {
         if let Some(selector) = spec.and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) {
             endpoints.extend(self.workload_endpoints(ns, selector, sp));
         }
-        endpoints.sort_by(|a, b| a.addr.cmp(&b.addr));
+        endpoints.sort_by_key(|a| a.addr);
         endpoints.dedup_by(|a, b| a.addr == b.addr);
         let mut resolved = self.resolved.borrow_mut();
         let backend = Arc::new(ServiceBackend {

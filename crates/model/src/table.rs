@@ -183,10 +183,10 @@ impl ListenerSet {
             return self.listeners.get(i);
         }
         for &i in &self.wildcards {
-            if let Some(l) = self.listeners.get(i) {
-                if l.hostname.as_ref().is_some_and(|h| h.matches(host)) {
-                    return Some(l);
-                }
+            if let Some(l) = self.listeners.get(i)
+                && l.hostname.as_ref().is_some_and(|h| h.matches(host))
+            {
+                return Some(l);
             }
         }
         self.catch_all.and_then(|i| self.listeners.get(i))

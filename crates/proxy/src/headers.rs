@@ -66,12 +66,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static s
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                headers.insert(X_FORWARDED_HOST.clone(), v);
-            }
-        }
+    if let Some(host) = host
+        && !headers.contains_key(&X_FORWARDED_HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), v);
     }
 }
 

@@ -273,10 +273,10 @@ fn send_mirror(snapshot: &Snapshot, backend: &Backend, parts: &http::request::Pa
     match endpoint.protocol() {
         UpstreamProtocol::Http1 => {
             *req.version_mut() = Version::HTTP_11;
-            if let Some(a) = parts.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    req.headers_mut().insert(header::HOST, v);
-                }
+            if let Some(a) = parts.uri.authority()
+                && let Ok(v) = HeaderValue::from_str(a.as_str())
+            {
+                req.headers_mut().insert(header::HOST, v);
             }
             if let Some(pq) = parts.uri.path_and_query() {
                 let mut p = http::uri::Parts::default();

@@ -200,10 +200,10 @@ impl EndpointPool {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.settings.max_idle {
-                idle.push(sender);
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.settings.max_idle
+        {
+            idle.push(sender);
         }
     }
 

@@ -88,10 +88,10 @@ pub async fn apply_files(paths: &[PathBuf], gateway: &Gateway) -> Option<u64> {
 pub async fn watch(paths: Vec<PathBuf>, gateway: Arc<Gateway>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(e) = event {
-            if !matches!(e.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
-            }
+        if let Ok(e) = event
+            && !matches!(e.kind, notify::EventKind::Access(_))
+        {
+            let _ = tx.send(());
         }
     });
     let mut watcher = match watcher {

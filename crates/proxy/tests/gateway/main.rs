@@ -1,0 +1,8 @@
+//! End-to-end tests of the gateway role: a real gateway on loopback, real upstreams, real
+//! HTTP/1.1 and HTTP/2 clients. Routing cases follow the Gateway API conformance suite.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity, missing_docs, unreachable_pub)]
+
+mod conformance;
+mod edge;
+mod harness;
+mod reload;
