@@ -272,6 +272,11 @@ impl Client {
         Ok(Reply { status: parts.status, headers: parts.headers, body })
     }
 
+    /// GET that reports failure instead of panicking.
+    pub async fn try_get(&self, addr: SocketAddr, host: &str, path: &str) -> Result<Reply, String> {
+        self.send(addr, Method::GET, host, path, &[], Bytes::new()).await
+    }
+
     /// GET with headers.
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.send(addr, Method::GET, host, path, headers, Bytes::new())
