@@ -163,10 +163,10 @@ spec: {{address: 127.0.0.1}}
 async fn wait_ready(admin: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Ok(r) = Client::h1().try_get(([127, 0, 0, 1], admin).into(), "admin", "/ready").await {
-            if r.status == 200 {
-                return;
-            }
+        if let Ok(r) = Client::h1().try_get(([127, 0, 0, 1], admin).into(), "admin", "/ready").await
+            && r.status == 200
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
