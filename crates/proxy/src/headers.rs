@@ -22,9 +22,25 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Whether a header is hop-by-hop by itself (without looking at `Connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Removes hop-by-hop headers, including those named by `Connection`. `TE: trailers` is kept
-/// (gRPC needs it end to end).
+/// (gRPC needs it end to end). One pass over the headers when there is nothing to remove,
+/// which is the common case.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = connection
             .to_str()
@@ -38,9 +54,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for h in &HOP_BY_HOP {
-        if headers.contains_key(h) {
-            headers.remove(h);
-        }
+        headers.remove(h);
     }
     if let Some(te) = headers.get(header::TE) {
         let trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
@@ -55,31 +69,65 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Sets X-Forwarded-For (appends the client), X-Forwarded-Proto (this hop's scheme: the
 /// gateway is the edge, a client's claim is not trusted) and X-Forwarded-Host (the original
 /// Host, when not already set by an earlier proxy).
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str, host: Option<&str>) {
-    let mut ip_buf = [0u8; 45];
-    let ip = format_ip(client, &mut ip_buf);
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")).ok(),
-        _ => HeaderValue::from_str(ip).ok(),
-    };
-    if let Some(xff) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str, host: Option<&HeaderValue>) {
+    let mut buf = [0u8; 64];
+    let ip = format_ip(client, &mut buf[..]);
+    match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Occupied(mut e) => {
+            let prev = e.get().as_bytes();
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip);
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                e.insert(v);
+            }
+        }
+        header::Entry::Vacant(e) => {
+            if let Ok(v) = HeaderValue::from_bytes(ip) {
+                e.insert(v);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     if let Some(host) = host
-        && !headers.contains_key(&X_FORWARDED_HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
+        && let header::Entry::Vacant(e) = headers.entry(&X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST.clone(), v);
+        e.insert(host.clone());
     }
 }
 
-fn format_ip(ip: IpAddr, buf: &mut [u8; 45]) -> &str {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{ip}");
-    let len = cursor.position() as usize;
-    std::str::from_utf8(&buf[..len]).unwrap_or("")
+/// Writes an IP address into `buf` without the formatting machinery; returns the bytes.
+fn format_ip(ip: IpAddr, buf: &mut [u8]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + (octet / 10) % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            &buf[..n]
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{ip}");
+            let len = usize::try_from(cursor.position()).unwrap_or(0);
+            &buf[..len]
+        }
+    }
 }
 
 /// Returns the request id, generating a random (v4 UUID) one when the client sent none.
@@ -136,10 +184,20 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), "http", Some("shop.example.com:8080"));
+        let host = HeaderValue::from_static("shop.example.com:8080");
+        set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), "http", Some(&host));
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.7, 10.1.2.3");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example.com:8080");
+    }
+
+    #[test]
+    fn ips_format_like_display() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.255", "192.168.100.9", "::1", "2001:db8::7"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(format_ip(ip, &mut buf), ip.to_string().as_bytes());
+        }
     }
 
     #[test]

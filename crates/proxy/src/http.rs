@@ -177,8 +177,10 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
     ensure_request_id(&mut parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     // The proxy answers `Expect: 100-continue` itself (hyper sends 100 when the body is read).
-    parts.headers.remove(header::EXPECT);
-    set_forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme, Some(host_full));
+    if parts.headers.contains_key(header::EXPECT) {
+        parts.headers.remove(header::EXPECT);
+    }
+    set_forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme, host_value.as_ref());
     rule.request_headers.apply(&mut parts.headers);
     weighted.request_headers.apply(&mut parts.headers);
 
@@ -203,11 +205,14 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
     uri_parts.path_and_query = path_and_query.or_else(|| Some(PathAndQuery::from_static("/")));
     match endpoint.protocol() {
         UpstreamProtocol::Http1 => {
+            // An HTTP/1.1 request without a rewrite already carries its Host: leave it be.
+            let keep = new_host.is_none() && parts.uri.authority().is_none();
             parts.version = Version::HTTP_11;
             match upstream_authority {
-                Some(a) => {
+                Some(a) if !keep => {
                     parts.headers.insert(header::HOST, a);
                 }
+                Some(_) => {}
                 None => {
                     parts.headers.remove(header::HOST);
                 }

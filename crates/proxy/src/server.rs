@@ -26,8 +26,9 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Most header fields in one request; more gets 431.
     pub max_headers: usize,
-    /// Time a client has to send a complete request head.
-    pub header_read_timeout: Duration,
+    /// Time a client has to send a complete request head; off by default (as in Envoy): it
+    /// arms a timer for every request.
+    pub header_read_timeout: Option<Duration>,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
 }
@@ -37,7 +38,7 @@ impl Default for ServerSettings {
         ServerSettings {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: None,
             max_concurrent_streams: 1024,
         }
     }
@@ -100,13 +101,13 @@ impl PortServer {
         let (stop, stop_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .max_buf_size(settings.max_header_bytes.max(8192))
-            .max_headers(settings.max_headers)
-            .header_read_timeout(settings.header_read_timeout)
-            .keep_alive(true);
+        let mut http1 = builder.http1();
+        http1.max_buf_size(settings.max_header_bytes.max(8192)).max_headers(settings.max_headers).keep_alive(true);
+        if let Some(t) = settings.header_read_timeout {
+            http1.timer(TokioTimer::new()).header_read_timeout(t);
+        } else {
+            http1.header_read_timeout(None);
+        }
         builder
             .http2()
             .timer(TokioTimer::new())
