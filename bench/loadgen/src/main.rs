@@ -225,13 +225,10 @@ async fn load(args: &LoadArgs) -> anyhow::Result<LoadResult> {
     }
     let duration = Duration::from_secs(args.secs);
     let t0 = Instant::now();
-    if args.rate == 0 {
-        tokio::time::sleep(duration).await;
-        stop.store(true, Ordering::Relaxed);
-    } else {
+    if let Some(nanos) = 1_000_000_000u64.checked_div(args.rate) {
         // Release each request at its scheduled time; timer granularity is absorbed by stamping
         // the release time, queueing for a connection is not.
-        let period = Duration::from_nanos(1_000_000_000 / args.rate);
+        let period = Duration::from_nanos(nanos);
         let mut next = t0;
         while next < t0 + duration {
             let now = Instant::now();
@@ -241,6 +238,9 @@ async fn load(args: &LoadArgs) -> anyhow::Result<LoadResult> {
             }
             tokio::time::sleep_until(next.into()).await;
         }
+    } else {
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
     }
     drop(tx);
     let mut all: Vec<u32> = Vec::new();
