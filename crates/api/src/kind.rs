@@ -24,6 +24,10 @@ pub enum Kind {
     Secret,
     /// `meshgate.io/v1alpha1` Workload: a process outside Kubernetes.
     Workload,
+    /// `meshgate.io/v1alpha1` TrafficPolicy: balancing, timeouts, retries, limits per Service.
+    TrafficPolicy,
+    /// `meshgate.io/v1alpha1` FaultInjection: delays and aborts for an HTTPRoute rule.
+    FaultInjection,
 }
 
 /// The Gateway API group.
@@ -33,7 +37,7 @@ pub const MESHGATE_GROUP: &str = "meshgate.io";
 
 impl Kind {
     /// Every kind, in the order resources are listed.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::GatewayClass,
         Kind::Gateway,
@@ -43,6 +47,8 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::Secret,
         Kind::Workload,
+        Kind::TrafficPolicy,
+        Kind::FaultInjection,
     ];
 
     /// The name used in `kind:`.
@@ -57,6 +63,8 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Secret => "Secret",
             Kind::Workload => "Workload",
+            Kind::TrafficPolicy => "TrafficPolicy",
+            Kind::FaultInjection => "FaultInjection",
         }
     }
 
@@ -66,7 +74,7 @@ impl Kind {
             Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => GATEWAY_GROUP,
             Kind::Namespace | Kind::Service | Kind::Secret => "",
             Kind::EndpointSlice => "discovery.k8s.io",
-            Kind::Workload => MESHGATE_GROUP,
+            Kind::Workload | Kind::TrafficPolicy | Kind::FaultInjection => MESHGATE_GROUP,
         }
     }
 
@@ -76,7 +84,7 @@ impl Kind {
             Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute => &["v1", "v1beta1"],
             Kind::ReferenceGrant => &["v1", "v1beta1"],
             Kind::Namespace | Kind::Service | Kind::Secret | Kind::EndpointSlice => &["v1"],
-            Kind::Workload => &["v1alpha1"],
+            Kind::Workload | Kind::TrafficPolicy | Kind::FaultInjection => &["v1alpha1"],
         }
     }
 

@@ -5,6 +5,7 @@
 mod error;
 mod kind;
 mod load;
+pub mod policy;
 mod resource;
 mod set;
 pub mod validate;

@@ -231,6 +231,8 @@ fn decode_value(source: &Source, value: Value, prefix: &str) -> Result<Vec<Objec
         Kind::EndpointSlice => typed(value).map(|r| Resource::EndpointSlice(Box::new(r))),
         Kind::Secret => typed(value).map(|r| Resource::Secret(Box::new(r))),
         Kind::Workload => typed(value).map(|r| Resource::Workload(Box::new(r))),
+        Kind::TrafficPolicy => typed(value).map(|r| Resource::TrafficPolicy(Box::new(r))),
+        Kind::FaultInjection => typed(value).map(|r| Resource::FaultInjection(Box::new(r))),
     };
     let mut resource = match resource {
         Ok(r) => r,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::core::{EndpointSlice, Namespace, Secret, Service};
 use crate::gw::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
 use crate::kind::Kind;
+use crate::policy::{FaultInjection, TrafficPolicy};
 use crate::workload::Workload;
 
 /// Names one resource: `kind namespace/name` (no namespace for cluster-scoped kinds).
@@ -81,6 +82,10 @@ pub enum Resource {
     Secret(Box<Secret>),
     /// A Workload.
     Workload(Box<Workload>),
+    /// A TrafficPolicy.
+    TrafficPolicy(Box<TrafficPolicy>),
+    /// A FaultInjection.
+    FaultInjection(Box<FaultInjection>),
 }
 
 impl Resource {
@@ -96,6 +101,8 @@ impl Resource {
             Resource::EndpointSlice(_) => Kind::EndpointSlice,
             Resource::Secret(_) => Kind::Secret,
             Resource::Workload(_) => Kind::Workload,
+            Resource::TrafficPolicy(_) => Kind::TrafficPolicy,
+            Resource::FaultInjection(_) => Kind::FaultInjection,
         }
     }
 
@@ -111,6 +118,8 @@ impl Resource {
             Resource::EndpointSlice(r) => &r.metadata,
             Resource::Secret(r) => &r.metadata,
             Resource::Workload(r) => &r.metadata,
+            Resource::TrafficPolicy(r) => &r.metadata,
+            Resource::FaultInjection(r) => &r.metadata,
         }
     }
 
@@ -126,6 +135,8 @@ impl Resource {
             Resource::EndpointSlice(r) => &mut r.metadata,
             Resource::Secret(r) => &mut r.metadata,
             Resource::Workload(r) => &mut r.metadata,
+            Resource::TrafficPolicy(r) => &mut r.metadata,
+            Resource::FaultInjection(r) => &mut r.metadata,
         }
     }
 }

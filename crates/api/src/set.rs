@@ -97,4 +97,6 @@ impl ResourceSet {
     typed_iter!(endpoint_slices, EndpointSlice, crate::core::EndpointSlice);
     typed_iter!(secrets, Secret, crate::core::Secret);
     typed_iter!(workloads, Workload, crate::workload::Workload);
+    typed_iter!(traffic_policies, TrafficPolicy, crate::policy::TrafficPolicy);
+    typed_iter!(fault_injections, FaultInjection, crate::policy::FaultInjection);
 }

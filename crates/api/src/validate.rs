@@ -3,6 +3,7 @@
 
 mod core;
 mod gateway;
+mod policy;
 mod route;
 pub mod syntax;
 
@@ -61,6 +62,8 @@ pub fn validate(object: &Object) -> Vec<Problem> {
         Resource::EndpointSlice(s) => core::endpoint_slice(s, &mut report),
         Resource::Secret(s) => core::secret(s, &mut report),
         Resource::Workload(w) => core::workload(w, &mut report),
+        Resource::TrafficPolicy(t) => policy::traffic_policy(t, &mut report),
+        Resource::FaultInjection(f) => policy::fault_injection(f, &mut report),
         Resource::Namespace(_) => {}
     }
     report.problems

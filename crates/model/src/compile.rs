@@ -23,7 +23,7 @@ use crate::resolve::{Discovery, Referrer};
 use crate::rule::{
     Backend, HeaderModifier, Mirror, PathModifier, Redirect, Rewrite, Rule, ServiceBackend, WeightedBackend,
 };
-use crate::status::Condition;
+use crate::status::{Condition, Severity};
 use crate::table::{Entry, Listener, ListenerSet, RouteTable};
 
 /// The controller name meshgate answers to in `GatewayClass.spec.controllerName`.
@@ -64,11 +64,11 @@ struct Placed<'a> {
     entries: Vec<Entry>,
 }
 
-fn age(o: &Object) -> i64 {
+pub(crate) fn age(o: &Object) -> i64 {
     o.resource.metadata().creation_timestamp.as_ref().map_or(0, |t| t.0.as_second())
 }
 
-fn cond(
+pub(crate) fn cond(
     o: &Object,
     field: String,
     kind: &'static str,
@@ -76,12 +76,21 @@ fn cond(
     reason: &'static str,
     message: String,
 ) -> Condition {
-    Condition { object: o.id.clone(), file: o.source.file.clone(), field, kind, status, reason, message }
+    Condition {
+        object: o.id.clone(),
+        file: o.source.file.clone(),
+        field,
+        kind,
+        status,
+        reason,
+        message,
+        severity: Severity::Warning,
+    }
 }
 
 /// Compiles the gateway view of `set`.
 pub fn compile_gateway(set: &ResourceSet) -> Compiled {
-    let disc = Discovery::new(set);
+    let mut disc = Discovery::new(set);
     let mut conditions = Vec::new();
     let ns_labels: HashMap<&str, BTreeMap<String, String>> =
         set.namespaces().map(|(o, n)| (&*o.id.name, n.metadata.labels.clone().unwrap_or_default())).collect();
@@ -326,6 +335,7 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
             routes: RouteTable::new(p.entries),
         });
     }
+    conditions.append(&mut disc.policy_conditions);
     let config = GatewayConfig {
         ports: ports.into_iter().map(|(k, v)| (k, ListenerSet::new(v))).collect(),
         backends: disc.into_backends(),
@@ -405,6 +415,8 @@ fn compile_rule(
         backends: Vec::new(),
         total_weight: 0,
         failure: None,
+        policy: crate::policy::RoutePolicy::from_rule(r),
+        fault: None,
     };
     let matches: Vec<RouteMatch> = match r.matches.as_deref() {
         None | Some([]) => vec![RouteMatch::any()],
@@ -461,6 +473,8 @@ fn rule_shell(route: &Arc<str>, index: usize) -> Rule {
         backends: Vec::new(),
         total_weight: 0,
         failure: None,
+        policy: crate::policy::RoutePolicy::default(),
+        fault: None,
     }
 }
 

@@ -4,10 +4,11 @@
 mod compile;
 pub mod host;
 pub mod matching;
+pub mod policy;
 pub mod resolve;
 pub mod rule;
 mod status;
 pub mod table;
 
 pub use compile::{CONTROLLER_NAME, Compiled, DEFAULT_CLASS, GatewayConfig, compile_gateway};
-pub use status::Condition;
+pub use status::{Condition, Severity};

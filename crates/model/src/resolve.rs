@@ -11,7 +11,13 @@ use meshgate_api::core::{EndpointSlice, IntOrString, Service, ServicePort};
 use meshgate_api::gw::ReferenceGrant;
 use meshgate_api::{ResourceSet, Workload};
 
+use meshgate_api::Object;
+use meshgate_api::policy::TrafficPolicySpec;
+
+use crate::compile::{age, cond};
+use crate::policy::BackendPolicy;
 use crate::rule::{Backend, Endpoint, ServiceBackend, UpstreamProtocol};
+use crate::status::{Condition, Severity};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -24,6 +30,11 @@ pub struct Discovery<'a> {
     grants: Vec<(&'a str, &'a ReferenceGrant)>,
     cache: RefCell<HashMap<(String, String, u16), Backend>>,
     resolved: RefCell<Vec<Arc<ServiceBackend>>>,
+    /// The TrafficPolicy in force per (namespace, service, port or None for the whole Service).
+    policies: HashMap<(&'a str, &'a str, Option<u16>), (String, &'a TrafficPolicySpec)>,
+    /// Conditions of every TrafficPolicy.
+    pub policy_conditions: Vec<Condition>,
+    faults: HashMap<(&'a str, &'a str), &'a meshgate_api::policy::FaultInjectionSpec>,
 }
 
 /// Who is referring: for ReferenceGrant checks.
@@ -47,7 +58,13 @@ impl<'a> Discovery<'a> {
             grants: Vec::new(),
             cache: RefCell::new(HashMap::new()),
             resolved: RefCell::new(Vec::new()),
+            policies: HashMap::new(),
+            policy_conditions: Vec::new(),
+            faults: HashMap::new(),
         };
+        for (o, f) in set.fault_injections() {
+            d.faults.insert((o.id.ns(), &o.id.name), &f.spec);
+        }
         for (o, s) in set.services() {
             d.services.insert((o.id.ns(), &o.id.name), s);
         }
@@ -62,7 +79,85 @@ impl<'a> Discovery<'a> {
         for (o, g) in set.reference_grants() {
             d.grants.push((o.id.ns(), g));
         }
+        d.index_policies(set);
         d
+    }
+
+    /// Decides which TrafficPolicy applies to each target (the oldest when several claim the
+    /// same one) and records a condition for every target reference.
+    fn index_policies(&mut self, set: &'a ResourceSet) {
+        let mut policies: Vec<(&'a Object, &'a meshgate_api::policy::TrafficPolicy)> = set.traffic_policies().collect();
+        policies.sort_by_key(|(o, _)| (age(o), o.id.clone()));
+        for (o, p) in policies {
+            let ns = o.id.ns();
+            let name = format!("TrafficPolicy {ns}/{}", o.id.name);
+            for (i, t) in p.spec.target_refs.iter().enumerate() {
+                let field = format!("spec.targetRefs[{i}]");
+                let port = t.port.and_then(|p| u16::try_from(p).ok());
+                let Some(svc) = self.services.get(&(ns, t.name.as_str())) else {
+                    let mut c = cond(
+                        o,
+                        field,
+                        "Accepted",
+                        false,
+                        "TargetNotFound",
+                        format!("Service {ns}/{} not found", t.name),
+                    );
+                    c.severity = Severity::Error;
+                    self.policy_conditions.push(c);
+                    continue;
+                };
+                if let Some(port) = port {
+                    let has = svc
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.ports.as_ref())
+                        .is_some_and(|ps| ps.iter().any(|sp| sp.port == i32::from(port)));
+                    if !has {
+                        let mut c = cond(
+                            o,
+                            format!("{field}.port"),
+                            "Accepted",
+                            false,
+                            "TargetNotFound",
+                            format!("Service {ns}/{} has no port {port}", t.name),
+                        );
+                        c.severity = Severity::Error;
+                        self.policy_conditions.push(c);
+                        continue;
+                    }
+                }
+                let key = (ns, t.name.as_str(), port);
+                if let Some((winner, _)) = self.policies.get(&key) {
+                    let target = match port {
+                        Some(p) => format!("Service {ns}/{} port {p}", t.name),
+                        None => format!("Service {ns}/{}", t.name),
+                    };
+                    let msg = format!("{winner} already targets {target} and is older; it applies, this one does not");
+                    self.policy_conditions.push(cond(o, field, "Conflicted", true, "Conflicted", msg));
+                    continue;
+                }
+                self.policies.insert(key, (name.clone(), &p.spec));
+                self.policy_conditions.push(cond(o, field, "Accepted", true, "Accepted", "applies".into()));
+            }
+        }
+    }
+
+    /// A FaultInjection by namespace and name.
+    pub fn fault(&self, ns: &str, name: &str) -> Option<&'a meshgate_api::policy::FaultInjectionSpec> {
+        self.faults.get(&(ns, name)).copied()
+    }
+
+    /// The policy for one Service port: defaults, then the Service-wide policy, then the
+    /// port's.
+    fn policy_for(&self, ns: &str, name: &str, port: u16) -> BackendPolicy {
+        let mut policy = BackendPolicy::default();
+        for key in [(ns, name, None), (ns, name, Some(port))] {
+            if let Some((from, spec)) = self.policies.get(&key) {
+                policy.layer(from.clone(), spec);
+            }
+        }
+        policy
     }
 
     /// Whether `from` may refer to `to_group/to_kind to_ns/to_name`: same namespace, or a
@@ -162,6 +257,7 @@ impl<'a> Discovery<'a> {
             protocol: protocol_of(sp),
             endpoints,
             slot: resolved.len(),
+            policy: Arc::new(self.policy_for(ns, name, port)),
         });
         resolved.push(backend.clone());
         Backend::Service(backend)

@@ -39,6 +39,12 @@ pub struct Rule {
     /// Set when the rule cannot be served (unsupported filter): requests get 500 with this reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The rule's own timeouts and retry settings (they override the backend's policy).
+    #[serde(skip_serializing_if = "crate::policy::RoutePolicy::is_empty")]
+    pub policy: crate::policy::RoutePolicy,
+    /// Faults to inject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<crate::policy::Fault>,
 }
 
 impl Rule {
@@ -292,6 +298,8 @@ pub struct ServiceBackend {
     pub protocol: UpstreamProtocol,
     /// Ready endpoints.
     pub endpoints: Vec<Endpoint>,
+    /// How requests to it are balanced, timed out, retried, limited.
+    pub policy: Arc<crate::policy::BackendPolicy>,
     /// Index in [`crate::GatewayConfig::backends`]: where the proxy keeps this backend's
     /// runtime state (pools, balancer), found without hashing on the request path.
     #[serde(skip)]

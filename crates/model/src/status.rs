@@ -26,6 +26,17 @@ pub struct Condition {
     pub reason: &'static str,
     /// What happened, for people.
     pub message: String,
+    /// How `meshgate validate` treats it when it is a problem.
+    pub severity: Severity,
+}
+
+/// How serious a problem is for `meshgate validate` (the proxy serves the rest either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Severity {
+    /// The configuration is wrong as written (validate exits 1).
+    Error,
+    /// Probably wrong, or waiting for another resource (validate exits 1 with `--strict`).
+    Warning,
 }
 
 impl Condition {

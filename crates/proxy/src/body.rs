@@ -2,6 +2,7 @@
 //! wrappers the request path needs: a tee for mirrors, and a response body that returns its
 //! HTTP/1 connection to the pool when it ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -11,7 +12,9 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::sync::mpsc;
 
+use crate::balance::ActiveGuard;
 use crate::pool::Returner;
+use crate::replay::ReplayBody;
 
 /// Errors crossing body boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,6 +26,7 @@ const MIRROR_FRAMES: usize = 16;
 pin_project! {
     /// A request body on its way upstream.
     #[project = RequestBodyProj]
+    #[derive(Debug)]
     #[allow(missing_docs)] // pin-project-lite takes no docs on fields; the variants say it all.
     pub enum RequestBody {
         /// The client's body, as is.
@@ -37,6 +41,10 @@ pin_project! {
         /// A mirror's copy of a body.
         Mirror {
             rx: mpsc::Receiver<Bytes>,
+        },
+        /// A body kept for retries.
+        Replay {
+            #[pin] body: ReplayBody,
         },
         /// No body.
         Empty,
@@ -84,6 +92,7 @@ impl Body for RequestBody {
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
             RequestBodyProj::Mirror { rx } => rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
+            RequestBodyProj::Replay { body } => body.poll_frame(cx),
             RequestBodyProj::Empty => Poll::Ready(None),
         }
     }
@@ -92,6 +101,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming { body } | RequestBody::Tee { body, .. } => body.is_end_stream(),
             RequestBody::Mirror { .. } => false,
+            RequestBody::Replay { body } => body.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -100,6 +110,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming { body } | RequestBody::Tee { body, .. } => body.size_hint(),
             RequestBody::Mirror { .. } => SizeHint::default(),
+            RequestBody::Replay { body } => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -108,12 +119,15 @@ impl Body for RequestBody {
 pin_project! {
     /// A response body on its way to the client.
     #[project = ResponseBodyProj]
+    #[derive(Debug)]
     #[allow(missing_docs)] // pin-project-lite takes no docs on fields; the variants say it all.
     pub enum ResponseBody {
         /// Streamed from upstream; the connection goes back to the pool at the end.
         Upstream {
             #[pin] body: Incoming,
             returner: Option<Returner>,
+            active: Option<ActiveGuard>,
+            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
         },
         /// Produced by the proxy (errors, redirects).
         Local {
@@ -130,15 +144,25 @@ impl ResponseBody {
     }
 
     /// Wraps an upstream body; an already finished body returns its connection at once.
-    pub fn upstream(body: Incoming, returner: Option<Returner>) -> Self {
+    /// `active` counts the request as in flight until the body ends; past `deadline` (the
+    /// request timeout) the body is cut.
+    pub fn upstream(
+        body: Incoming,
+        returner: Option<Returner>,
+        active: Option<ActiveGuard>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Self {
+        let done = body.is_end_stream();
         let returner = match returner {
-            Some(r) if body.is_end_stream() => {
+            Some(r) if done => {
                 r.finish();
                 None
             }
             other => other,
         };
-        ResponseBody::Upstream { body, returner }
+        let active = if done { None } else { active };
+        let deadline = deadline.filter(|_| !done).map(|d| Box::pin(tokio::time::sleep_until(d)));
+        ResponseBody::Upstream { body, returner, active, deadline }
     }
 }
 
@@ -148,7 +172,15 @@ impl Body for ResponseBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ResponseBodyProj::Upstream { mut body, returner } => {
+            ResponseBodyProj::Upstream { mut body, returner, active, deadline } => {
+                if let Some(d) = deadline.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    returner.take();
+                    active.take();
+                    *deadline = None;
+                    return Poll::Ready(Some(Err("upstream request timeout: response body cut".into())));
+                }
                 let frame = std::task::ready!(body.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Err(_)) => {
@@ -162,6 +194,8 @@ impl Body for ResponseBody {
                         if let Some(r) = returner.take() {
                             r.finish();
                         }
+                        active.take();
+                        *deadline = None;
                     }
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))

@@ -9,11 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use meshgate_model::rule::UpstreamProtocol;
+
+use crate::balance::BackendState;
 use meshgate_model::{Compiled, Condition, GatewayConfig};
 use tokio::net::TcpListener;
 
 use crate::balance::BackendRt;
-use crate::pool::{EndpointPool, PoolSettings};
+use crate::pool::EndpointPool;
 use crate::server::{PortServer, ServerSettings};
 
 /// Everything a request needs, immutable once published.
@@ -38,8 +40,6 @@ pub struct Snapshot {
 pub struct GatewayOptions {
     /// Address listeners bind to (the port comes from each Gateway listener).
     pub bind: IpAddr,
-    /// Upstream connection settings.
-    pub pool: PoolSettings,
     /// Downstream connection settings.
     pub server: ServerSettings,
     /// How long in-flight requests may take to finish on shutdown.
@@ -52,7 +52,6 @@ impl Default for GatewayOptions {
     fn default() -> Self {
         GatewayOptions {
             bind: IpAddr::from([0, 0, 0, 0]),
-            pool: PoolSettings::default(),
             server: ServerSettings::default(),
             drain_timeout: Duration::from_secs(10),
             access_log: false,
@@ -77,8 +76,9 @@ pub struct Gateway {
     options: GatewayOptions,
     snapshot: Arc<ArcSwap<Snapshot>>,
     ports: tokio::sync::Mutex<HashMap<u16, PortServer>>,
-    pools: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Weak<EndpointPool>>>,
-    pool_settings: Arc<PoolSettings>,
+    pools: Mutex<HashMap<PoolKey, Weak<EndpointPool>>>,
+    states: Mutex<HashMap<Arc<str>, Weak<BackendState>>>,
+    housekeeping: AtomicBool,
     versions: AtomicU64,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -96,11 +96,12 @@ impl Gateway {
             backends: Vec::new(),
         };
         Arc::new(Gateway {
-            pool_settings: Arc::new(options.pool.clone()),
             options,
             snapshot: Arc::new(ArcSwap::from_pointee(empty)),
             ports: tokio::sync::Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
+            housekeeping: AtomicBool::new(false),
             versions: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -125,7 +126,8 @@ impl Gateway {
     /// Publishes a compiled configuration: builds its runtime state (reusing connection pools
     /// of endpoints that stay), swaps it in atomically, then opens new ports and closes ports no
     /// longer wanted. Requests in flight keep the snapshot they started with.
-    pub async fn apply(&self, compiled: Compiled, sources: Vec<String>) -> Result<u64, Vec<BindError>> {
+    pub async fn apply(self: &Arc<Self>, compiled: Compiled, sources: Vec<String>) -> Result<u64, Vec<BindError>> {
+        self.start_housekeeping();
         let backends = self.prepare_backends(&compiled.config);
         let version = self.versions.fetch_add(1, Ordering::AcqRel) + 1;
         let wanted: HashMap<u16, String> = compiled
@@ -158,27 +160,47 @@ impl Gateway {
     }
 
     fn prepare_backends(&self, config: &GatewayConfig) -> Vec<Arc<BackendRt>> {
-        let Ok(mut pools) = self.pools.lock() else { return Vec::new() };
+        let (Ok(mut pools), Ok(mut states)) = (self.pools.lock(), self.states.lock()) else { return Vec::new() };
         config
             .backends
             .iter()
             .map(|b| {
+                let state = match states.get(&b.id).and_then(Weak::upgrade) {
+                    Some(s) => s,
+                    None => {
+                        let s = Arc::new(BackendState::default());
+                        states.insert(b.id.clone(), Arc::downgrade(&s));
+                        s
+                    }
+                };
                 let endpoints = b
                     .endpoints
                     .iter()
                     .map(|e| {
-                        let key = (e.addr, b.protocol);
+                        let key = PoolKey {
+                            backend: b.id.clone(),
+                            addr: e.addr,
+                            protocol: b.protocol,
+                            connect: b.policy.connect_timeout,
+                            idle: b.policy.idle_timeout,
+                        };
                         match pools.get(&key).and_then(Weak::upgrade) {
                             Some(p) => p,
                             None => {
-                                let p = Arc::new(EndpointPool::new(e.addr, b.protocol, self.pool_settings.clone()));
+                                let p = Arc::new(EndpointPool::new(
+                                    e.addr,
+                                    b.protocol,
+                                    state.clone(),
+                                    b.policy.connect_timeout,
+                                    b.policy.idle_timeout,
+                                ));
                                 pools.insert(key, Arc::downgrade(&p));
                                 p
                             }
                         }
                     })
                     .collect();
-                Arc::new(BackendRt { model: b.clone(), endpoints })
+                Arc::new(BackendRt::new(b.clone(), endpoints, state))
             })
             .collect()
     }
@@ -187,6 +209,30 @@ impl Gateway {
         if let Ok(mut pools) = self.pools.lock() {
             pools.retain(|_, p| p.strong_count() > 0);
         }
+        if let Ok(mut states) = self.states.lock() {
+            states.retain(|_, s| s.strong_count() > 0);
+        }
+    }
+
+    /// Closes idle upstream connections past their idle timeout, every few seconds.
+    fn start_housekeeping(self: &Arc<Self>) {
+        if self.housekeeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(gw) = weak.upgrade() else { return };
+                let live: Vec<Arc<EndpointPool>> =
+                    gw.pools.lock().map(|p| p.values().filter_map(Weak::upgrade).collect()).unwrap_or_default();
+                for p in live {
+                    p.reap_idle();
+                }
+            }
+        });
     }
 
     async fn sync_ports(&self, wanted: &HashMap<u16, String>) -> Vec<BindError> {
@@ -237,6 +283,16 @@ impl Gateway {
             let _ = t.await;
         }
     }
+}
+
+/// Pools are per backend (so limits count per Service port) and per settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    backend: Arc<str>,
+    addr: SocketAddr,
+    protocol: UpstreamProtocol,
+    connect: Duration,
+    idle: Duration,
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

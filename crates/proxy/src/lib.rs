@@ -5,10 +5,13 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod clock;
+pub mod flags;
 pub mod gateway;
 pub mod headers;
 pub mod http;
 pub mod pool;
+pub mod replay;
 pub mod server;
 pub mod source;
 

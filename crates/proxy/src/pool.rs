@@ -1,13 +1,14 @@
-//! Connections to one endpoint: a keep-alive pool of HTTP/1.1 connections, or one multiplexed
-//! HTTP/2 connection. Each endpoint has its own small lock (held for a push or a pop), so no
-//! lock is shared across endpoints or taken while waiting on the network.
+//! Connections to one endpoint of one backend: a keep-alive pool of HTTP/1.1 connections, or
+//! one multiplexed HTTP/2 connection, plus what the balancer and outlier detection learn about
+//! the endpoint. Each endpoint has its own small lock (held for a push or a pop), so no lock is
+//! shared across endpoints or held while waiting on the network.
 //!
-//! Why not hyper-util's pooled client: it keys one pool map by authority behind one mutex, and
-//! the balancer (and later circuit breaking and outlier detection) needs per-endpoint state
-//! and in-flight counts anyway, as in Linkerd's and Envoy's own pools.
+//! Why not hyper-util's pooled client: it keys one pool map by authority behind one mutex,
+//! and the balancer, circuit breakers and outlier detection need per-endpoint state and
+//! per-service connection counts anyway, as in Linkerd's and Envoy's own pools.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,22 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshgate_model::rule::UpstreamProtocol;
 use tokio::net::TcpStream;
 
+use crate::balance::BackendState;
 use crate::body::RequestBody;
-
-/// Limits and timeouts for upstream connections.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    /// TCP connect timeout.
-    pub connect_timeout: Duration,
-    /// Idle HTTP/1.1 connections kept per endpoint.
-    pub max_idle: usize,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        PoolSettings { connect_timeout: Duration::from_secs(5), max_idle: 64 }
-    }
-}
+use crate::clock::{nanos, now_nanos};
 
 /// Why a request could not be handed to (or answered by) an endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +37,9 @@ pub enum UpstreamError {
     /// TCP connect did not finish in time.
     #[error("connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
+    /// The connection limit was reached and no connection freed up in time.
+    #[error("{0}")]
+    Overflow(String),
     /// The HTTP handshake or exchange failed before response headers.
     #[error("{0}")]
     Http(#[from] hyper::Error),
@@ -61,16 +52,44 @@ impl UpstreamError {
     }
 }
 
+/// A failed send; carries the request back when it was never written, so it can be retried
+/// whatever its method.
+#[derive(Debug)]
+pub struct SendError {
+    /// What went wrong.
+    pub error: UpstreamError,
+    /// The request, if it was not sent at all.
+    pub request: Option<Request<RequestBody>>,
+}
+
+/// Outlier-detection state of one endpoint.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub(crate) consecutive_5xx: AtomicU32,
+    pub(crate) consecutive_gateway: AtomicU32,
+    pub(crate) consecutive_connect: AtomicU32,
+    /// Until when the endpoint is ejected (0: not ejected).
+    pub(crate) ejected_until: AtomicU64,
+    pub(crate) times_ejected: AtomicU32,
+    /// Peak-EWMA latency in nanoseconds (f64 bits) and when it was last updated.
+    pub(crate) ewma: AtomicU64,
+    pub(crate) ewma_at: AtomicU64,
+}
+
 /// Connections to one endpoint.
 #[derive(Debug)]
 pub struct EndpointPool {
     /// The endpoint.
     pub addr: SocketAddr,
     protocol: UpstreamProtocol,
-    settings: Arc<PoolSettings>,
-    idle: Mutex<Vec<http1::SendRequest<RequestBody>>>,
+    state: Arc<BackendState>,
+    connect_timeout: Duration,
+    idle_timeout: u64,
+    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     in_flight: AtomicUsize,
+    /// What the balancer and outlier detection know.
+    pub health: Health,
 }
 
 /// Gives an HTTP/1.1 connection back to its pool when the response body has ended, and
@@ -93,19 +112,29 @@ impl Returner {
 impl Drop for Returner {
     fn drop(&mut self) {
         self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pool.state.freed.notify_one();
     }
 }
 
 impl EndpointPool {
-    /// A pool for `addr` speaking `protocol`.
-    pub fn new(addr: SocketAddr, protocol: UpstreamProtocol, settings: Arc<PoolSettings>) -> Self {
+    /// A pool for `addr` speaking `protocol`, counting its connections in `state`.
+    pub fn new(
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        state: Arc<BackendState>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         EndpointPool {
             addr,
             protocol,
-            settings,
+            state,
+            connect_timeout,
+            idle_timeout: nanos(idle_timeout),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
+            health: Health::default(),
         }
     }
 
@@ -119,11 +148,11 @@ impl EndpointPool {
         self.protocol
     }
 
-    /// Sends a request; the returner (always present) must live as long as the response body.
+    /// Sends a request; the returner must live as long as the response body.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Returner), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Returner), SendError> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut returner = Returner { pool: self.clone(), sender: None };
         let response = match self.protocol {
@@ -137,11 +166,14 @@ impl EndpointPool {
         &self,
         mut req: Request<RequestBody>,
         returner: &mut Returner,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Incoming>, SendError> {
         loop {
             let (mut sender, reused) = match self.take_idle().await {
                 Some(s) => (s, true),
-                None => (self.connect_h1().await?, false),
+                None => match self.connect_h1().await {
+                    Ok(s) => (s, false),
+                    Err(error) => return Err(SendError { error, request: Some(req) }),
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -152,13 +184,13 @@ impl EndpointPool {
                     // A kept-alive connection the server had just closed: the request was never
                     // written, so it is safe to send it again on a fresh connection.
                     Some(r) if reused => req = r,
-                    _ => return Err(UpstreamError::Http(e.into_error())),
+                    request => return Err(SendError { error: UpstreamError::Http(e.into_error()), request }),
                 },
             }
         }
     }
 
-    async fn send_h2(&self, mut req: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_h2(&self, mut req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
         let mut fresh = false;
         loop {
             let existing = self.h2.lock().ok().and_then(|g| g.as_ref().filter(|s| !s.is_closed()).cloned());
@@ -166,7 +198,10 @@ impl EndpointPool {
                 Some(s) => s,
                 None => {
                     fresh = true;
-                    self.connect_h2().await?
+                    match self.connect_h2().await {
+                        Ok(s) => s,
+                        Err(error) => return Err(SendError { error, request: Some(req) }),
+                    }
                 }
             };
             match sender.try_send_request(req).await {
@@ -178,17 +213,18 @@ impl EndpointPool {
                         }
                         req = r;
                     }
-                    _ => return Err(UpstreamError::Http(e.into_error())),
+                    request => return Err(SendError { error: UpstreamError::Http(e.into_error()), request }),
                 },
             }
         }
     }
 
     async fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let now = now_nanos();
         loop {
-            let mut sender = self.idle.lock().ok()?.pop()?;
-            if sender.is_closed() {
-                continue;
+            let (mut sender, since) = self.idle.lock().ok()?.pop()?;
+            if sender.is_closed() || now.saturating_sub(since) > self.idle_timeout {
+                continue; // Dropping the sender closes the connection.
             }
             if sender.is_ready() || sender.ready().await.is_ok() {
                 return Some(sender);
@@ -200,28 +236,66 @@ impl EndpointPool {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.settings.max_idle
-        {
-            idle.push(sender);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push((sender, now_nanos()));
         }
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
-        let stream = match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.addr)).await {
+    /// Closes idle connections unused for longer than the idle timeout.
+    pub fn reap_idle(&self) {
+        let now = now_nanos();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|(s, since)| !s.is_closed() && now.saturating_sub(*since) <= self.idle_timeout);
+        }
+    }
+
+    /// Waits for the backend's connection count to drop below its limit, then counts a new
+    /// connection; fails when too many requests already wait or none frees up in time.
+    async fn reserve_connection(&self) -> Result<ConnectionSlot, UpstreamError> {
+        let state = &self.state;
+        if state.try_add_connection() {
+            return Ok(ConnectionSlot(self.state.clone()));
+        }
+        let Some(_pending) = state.enter_pending() else {
+            return Err(UpstreamError::Overflow(format!(
+                "circuit breaker: {} connections open and {} requests already waiting (maxConnections, maxPendingRequests)",
+                state.connections(),
+                state.pending()
+            )));
+        };
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        loop {
+            let freed = state.freed.notified();
+            if state.try_add_connection() {
+                return Ok(ConnectionSlot(self.state.clone()));
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(UpstreamError::Overflow(format!(
+                    "circuit breaker: no connection freed within {:?} ({} open, maxConnections)",
+                    self.connect_timeout,
+                    state.connections()
+                )));
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(TokioIo<TcpStream>, ConnectionSlot), UpstreamError> {
+        let slot = self.reserve_connection().await?;
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr: self.addr, source }),
             Err(_) => return Err(UpstreamError::ConnectTimeout(self.addr)),
         };
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok((TokioIo::new(stream), slot))
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let io = self.connect().await?;
+        let (io, slot) = self.connect().await?;
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         let addr = self.addr;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream connection closed with error");
             }
@@ -230,10 +304,11 @@ impl EndpointPool {
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-        let io = self.connect().await?;
+        let (io, slot) = self.connect().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
         let addr = self.addr;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream h2 connection closed with error");
             }
@@ -242,5 +317,15 @@ impl EndpointPool {
             *g = Some(sender.clone());
         }
         Ok(sender)
+    }
+}
+
+/// One counted upstream connection; uncounted (and waiters woken) when dropped.
+#[derive(Debug)]
+struct ConnectionSlot(Arc<BackendState>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.remove_connection();
     }
 }

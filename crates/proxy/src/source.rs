@@ -50,7 +50,7 @@ fn fingerprint(paths: &[PathBuf]) -> u64 {
 
 /// Loads `paths` and applies them to `gateway`; returns the new version, or `None` when the
 /// configuration was rejected (and the old one kept).
-pub async fn apply_files(paths: &[PathBuf], gateway: &Gateway) -> Option<u64> {
+pub async fn apply_files(paths: &[PathBuf], gateway: &Arc<Gateway>) -> Option<u64> {
     let owned = paths.to_vec();
     let result = tokio::task::spawn_blocking(move || load(&owned)).await.ok()?;
     let sources: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();

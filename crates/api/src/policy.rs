@@ -1,0 +1,246 @@
+//! meshgate's own policy kinds (`meshgate.io/v1alpha1`): `TrafficPolicy` (how requests to a
+//! Service are balanced, timed out, retried, limited and ejected) and `FaultInjection`
+//! (delays and aborts, attached to an HTTPRoute rule through an `ExtensionRef` filter).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+/// Traffic policy for one or more Services (or one port of a Service).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    /// Always `meshgate.io/v1alpha1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// Always `TrafficPolicy`.
+    #[serde(default)]
+    pub kind: String,
+    /// Standard object metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The policy.
+    pub spec: TrafficPolicySpec,
+}
+
+/// What a TrafficPolicy sets. Every section is optional; unset fields keep their defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    /// The Services this policy applies to (same namespace as the policy).
+    pub target_refs: Vec<PolicyTargetRef>,
+    /// How an endpoint is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    /// Time limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    /// Retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Circuit breaking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_limits: Option<ConnectionLimits>,
+    /// Ejection of failing endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// A reference to the Service a policy applies to, optionally one of its ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetRef {
+    /// API group: "" (core).
+    #[serde(default)]
+    pub group: String,
+    /// Kind: `Service`.
+    pub kind: String,
+    /// Service name.
+    pub name: String,
+    /// Service port number: the policy applies to this port only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    /// `LeastRequest` (power of two choices on peak-EWMA latency × in-flight requests, the
+    /// default), `RoundRobin`, `Random` or `ConsistentHash`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub type_: Option<LoadBalancerType>,
+    /// The key for `ConsistentHash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
+}
+
+/// Load-balancing algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadBalancerType {
+    /// P2C on peak-EWMA latency and in-flight requests.
+    LeastRequest,
+    /// In turn.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// Maglev consistent hashing on a request key.
+    ConsistentHash,
+}
+
+/// What consistent hashing hashes: exactly one of these.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHash {
+    /// A request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A cookie's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// The client's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<bool>,
+}
+
+/// Time limits (Gateway API duration strings: `10s`, `250ms`, `1m`). `0s` disables one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Whole request, all attempts included (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// Each attempt, until response headers (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try: Option<String>,
+    /// TCP connect (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// Idle upstream connections are closed after this (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+}
+
+/// Retries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Retries after the first attempt (default 2; 0 disables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i64>,
+    /// Response codes that are retried (default 502, 503, 504). Connect failures and resets
+    /// before a response are always retryable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codes: Option<Vec<i64>>,
+    /// First backoff (default 25ms); doubles per retry with full jitter, up to 10× the base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// Largest request body kept for replay (default 64 KiB); a longer body is not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<i64>,
+    /// Retry budget: keeps retries from amplifying an outage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
+}
+
+/// Retries in flight may not exceed `percent` of the requests in flight, plus
+/// `minRetriesPerSecond` granted regardless.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Percent of active requests (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Retries per second always allowed (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retries_per_second: Option<i64>,
+}
+
+/// Circuit breaking per Service port: overflow is answered at once with 503 (flag UO).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionLimits {
+    /// Upstream connections (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
+    /// Requests waiting for a connection or an endpoint (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<i64>,
+    /// Requests in flight (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<i64>,
+}
+
+/// Endpoints failing in a row are ejected for `baseEjectionTime` × times ejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Consecutive 5xx responses (including gateway errors) that eject (default 5; 0 = off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<i64>,
+    /// Consecutive gateway errors (502, 503, 504, connect failures, resets) (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<i64>,
+    /// Consecutive connect failures (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_connect_failures: Option<i64>,
+    /// First ejection length (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    /// Longest ejection (default 300s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<String>,
+    /// At most this percent of endpoints ejected at once (default 10; at least one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<i64>,
+}
+
+/// Faults injected into requests that match a rule (for testing resilience).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultInjection {
+    /// Always `meshgate.io/v1alpha1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// Always `FaultInjection`.
+    #[serde(default)]
+    pub kind: String,
+    /// Standard object metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The faults.
+    pub spec: FaultInjectionSpec,
+}
+
+/// A delay, an abort, or both.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultInjectionSpec {
+    /// Delay requests before they are forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Answer requests with an error instead of forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// A fixed delay for a share of requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    /// How long (Gateway API duration).
+    pub fixed_delay: String,
+    /// Share of requests, 0..100 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<f64>,
+}
+
+/// An error response for a share of requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    /// Status code, 200..599.
+    pub http_status: i64,
+    /// Share of requests, 0..100 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<f64>,
+}
