@@ -14,11 +14,14 @@ pub(crate) fn run(paths: &[PathBuf], strict: bool) -> ExitCode {
         }
         Ok((set, compiled)) => {
             let problems: Vec<_> = compiled.problems().collect();
+            let mut errors = 0;
             for p in &problems {
-                println!("{}: {p}", if strict { "error" } else { "warning" });
+                let error = strict || p.severity == meshgate_model::Severity::Error;
+                errors += usize::from(error);
+                println!("{}: {p}", if error { "error" } else { "warning" });
             }
-            if strict && !problems.is_empty() {
-                println!("{} error(s)", problems.len());
+            if errors > 0 {
+                println!("{errors} error(s)");
                 return ExitCode::FAILURE;
             }
             let listeners: usize = compiled.config.ports.values().map(|s| s.listeners.len()).sum();

@@ -226,3 +226,18 @@ async fn gateway_refuses_to_start_on_invalid_config() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Gateway default/g: spec.listeners: at least one listener is required"), "{stderr}");
 }
+
+#[test]
+fn a_policy_for_a_missing_service_is_an_error() {
+    let dir = TempDir::new("meshgate-validate");
+    dir.write(
+        "policy.yaml",
+        "apiVersion: meshgate.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  targetRefs: [{kind: Service, name: nope}]\n  retry: {attempts: 1}\n",
+    );
+    let (code, out) = validate(&dir, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: ") && out.contains("TrafficPolicy default/p: spec.targetRefs[0]: Accepted=False (TargetNotFound): Service default/nope not found"),
+        "{out}"
+    );
+}

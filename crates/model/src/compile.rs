@@ -644,6 +644,21 @@ fn apply_filter(
                     });
                 }
             }
+            FilterType::ExtensionRef => {
+                let Some(ext) = &f.extension_ref else { return Ok(()) };
+                if ext.group != meshgate_api::MESHGATE_GROUP || ext.kind != "FaultInjection" {
+                    return Err(format!(
+                        "extensionRef {}/{} is not supported; meshgate understands {}/FaultInjection",
+                        ext.group,
+                        ext.kind,
+                        meshgate_api::MESHGATE_GROUP
+                    ));
+                }
+                match disc.fault(referrer.namespace, &ext.name) {
+                    Some(spec) => rule.fault = Some(crate::policy::Fault::from_spec(spec)),
+                    None => return Err(format!("FaultInjection {}/{} not found", referrer.namespace, ext.name)),
+                }
+            }
             other => {
                 return Err(format!(
                     "filter {} is not supported by meshgate; requests to this rule get 500",

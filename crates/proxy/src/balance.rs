@@ -127,6 +127,10 @@ impl BackendState {
         true
     }
 
+    pub(crate) fn force_add_connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn remove_connection(&self) {
         self.connections.fetch_sub(1, Ordering::Relaxed);
         self.freed.notify_one();

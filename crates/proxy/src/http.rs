@@ -332,7 +332,6 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
                 (idempotent && !overall, Failure::Timeout { overall })
             }
         };
-        drop(active);
         last = Some(endpoint.clone());
         if !retryable || last_attempt {
             if retryable {
@@ -344,14 +343,18 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
             flags.insert(Flags::REPLAY_OVERFLOW);
             return failure.into_outcome(&backend.model.id, addr, Some(rule), flags, attempt + 1);
         }
-        let Some(guard) =
-            backend.state.try_retry(backend.policy().retry.budget_ratio, backend.policy().retry.budget_min_per_second)
-        else {
-            flags.insert(Flags::RETRY_LIMIT);
-            tracing::debug!(backend = %backend.model.id, "retry budget exhausted");
-            return failure.into_outcome(&backend.model.id, addr, Some(rule), flags, attempt + 1);
-        };
-        _retry_guard = Some(guard);
+        // A request that never reached an application costs it nothing to retry: connect
+        // failures do not draw on the budget (the attempt count still bounds them).
+        if !matches!(failure, Failure::Connect(_)) {
+            let retry = &backend.policy().retry;
+            let Some(guard) = backend.state.try_retry(retry.budget_ratio, retry.budget_min_per_second) else {
+                flags.insert(Flags::RETRY_LIMIT);
+                tracing::debug!(backend = %backend.model.id, "retry budget exhausted");
+                return failure.into_outcome(&backend.model.id, addr, Some(rule), flags, attempt + 1);
+            };
+            _retry_guard = Some(guard);
+        }
+        drop(active);
         // Exponential backoff with full jitter.
         let cap = backoff.saturating_mul(1u32 << attempt.min(16)).min(max_backoff);
         let pause = cap.mul_f64(fastrand::f64());

@@ -170,8 +170,8 @@ impl EndpointPool {
         loop {
             let (mut sender, reused) = match self.take_idle().await {
                 Some(s) => (s, true),
-                None => match self.connect_h1().await {
-                    Ok(s) => (s, false),
+                None => match self.idle_or_connect_h1().await {
+                    Ok(s) => s,
                     Err(error) => return Err(SendError { error, request: Some(req) }),
                 },
             };
@@ -249,12 +249,13 @@ impl EndpointPool {
         }
     }
 
-    /// Waits for the backend's connection count to drop below its limit, then counts a new
-    /// connection; fails when too many requests already wait or none frees up in time.
-    async fn reserve_connection(&self) -> Result<ConnectionSlot, UpstreamError> {
+    /// Opens a connection if the backend is below its connection limit; otherwise waits (as
+    /// one of at most `maxPendingRequests`, for at most the connect timeout) for a connection
+    /// of this endpoint to come back idle or for the count to drop.
+    async fn idle_or_connect_h1(&self) -> Result<(http1::SendRequest<RequestBody>, bool), UpstreamError> {
         let state = &self.state;
         if state.try_add_connection() {
-            return Ok(ConnectionSlot(self.state.clone()));
+            return Ok((self.connect_h1(ConnectionSlot(self.state.clone())).await?, false));
         }
         let Some(_pending) = state.enter_pending() else {
             return Err(UpstreamError::Overflow(format!(
@@ -266,8 +267,11 @@ impl EndpointPool {
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         loop {
             let freed = state.freed.notified();
+            if let Some(s) = self.take_idle().await {
+                return Ok((s, true));
+            }
             if state.try_add_connection() {
-                return Ok(ConnectionSlot(self.state.clone()));
+                return Ok((self.connect_h1(ConnectionSlot(self.state.clone())).await?, false));
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(UpstreamError::Overflow(format!(
@@ -279,19 +283,18 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<(TokioIo<TcpStream>, ConnectionSlot), UpstreamError> {
-        let slot = self.reserve_connection().await?;
+    async fn connect(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
         let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr: self.addr, source }),
             Err(_) => return Err(UpstreamError::ConnectTimeout(self.addr)),
         };
         let _ = stream.set_nodelay(true);
-        Ok((TokioIo::new(stream), slot))
+        Ok(TokioIo::new(stream))
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let (io, slot) = self.connect().await?;
+    async fn connect_h1(&self, slot: ConnectionSlot) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let io = self.connect().await?;
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         let addr = self.addr;
         tokio::spawn(async move {
@@ -304,7 +307,9 @@ impl EndpointPool {
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-        let (io, slot) = self.connect().await?;
+        // One multiplexed connection: counted, but never waited for.
+        let slot = ConnectionSlot::counted(self.state.clone());
+        let io = self.connect().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
         let addr = self.addr;
         tokio::spawn(async move {
@@ -323,6 +328,13 @@ impl EndpointPool {
 /// One counted upstream connection; uncounted (and waiters woken) when dropped.
 #[derive(Debug)]
 struct ConnectionSlot(Arc<BackendState>);
+
+impl ConnectionSlot {
+    fn counted(state: Arc<BackendState>) -> Self {
+        state.force_add_connection();
+        ConnectionSlot(state)
+    }
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {

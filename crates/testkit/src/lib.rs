@@ -87,6 +87,8 @@ pub struct EchoOptions {
     /// Extra response headers (also: every `x-echo-response-*` request header is echoed back
     /// without the prefix, so tests can make the upstream send headers).
     pub response_headers: Vec<(String, String)>,
+    /// Statuses to answer with, in turn, request after request (overrides `status`).
+    pub status_cycle: Vec<u16>,
 }
 
 /// An upstream server that answers every request with a JSON [`Echoed`] and records it.
@@ -98,6 +100,7 @@ pub struct EchoServer {
     pub name: String,
     seen: Arc<Mutex<Vec<Echoed>>>,
     task: Arc<tokio::task::AbortHandle>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl EchoServer {
@@ -114,6 +117,8 @@ impl EchoServer {
         let name_owned = name.to_string();
         let seen2 = seen.clone();
         let options = Arc::new(options);
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let conns2 = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
@@ -121,15 +126,29 @@ impl EchoServer {
                 let name = name_owned.clone();
                 let seen = seen2.clone();
                 let options = options.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| echo(name.clone(), seen.clone(), options.clone(), req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
+                conns2.lock().unwrap().push(conn.abort_handle());
             }
         });
-        EchoServer { addr, name: name.to_string(), seen, task: Arc::new(task.abort_handle()) }
+        EchoServer { addr, name: name.to_string(), seen, task: Arc::new(task.abort_handle()), conns }
+    }
+
+    /// Number of requests seen so far.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Dies: stops accepting and drops every open connection (its port then refuses).
+    pub fn kill(&self) {
+        self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 
     /// Every request seen so far.
@@ -167,12 +186,21 @@ async fn echo(
         headers,
         body_bytes,
     };
-    seen.lock().unwrap().push(echoed.clone());
+    let n = {
+        let mut seen = seen.lock().unwrap();
+        seen.push(echoed.clone());
+        seen.len()
+    };
     if let Some(d) = options.delay {
         tokio::time::sleep(d).await;
     }
     let mut resp = Response::new(Full::new(Bytes::from(serde_json::to_vec(&echoed).unwrap())));
-    *resp.status_mut() = StatusCode::from_u16(options.status.unwrap_or(200)).unwrap();
+    let status = if options.status_cycle.is_empty() {
+        options.status.unwrap_or(200)
+    } else {
+        options.status_cycle[(n - 1) % options.status_cycle.len()]
+    };
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
     resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
     for (k, v) in &options.response_headers {
         resp.headers_mut().append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());

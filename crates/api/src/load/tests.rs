@@ -173,3 +173,57 @@ fn duplicates_name_both_files() {
         "other.yaml: Service default/s: metadata.name: duplicate: Service default/s is already defined in routes.yaml:1"
     );
 }
+
+#[test]
+fn traffic_policy_bad_values_name_their_fields() {
+    let errs = errors(
+        r#"
+apiVersion: meshgate.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  targetRefs: [{kind: Deployment, name: inventory}, {kind: Service, name: inventory, port: 70000}]
+  loadBalancer: {type: ConsistentHash}
+  timeouts: {request: -1s, perTry: 10s, connect: 0s, idle: forever}
+  retry:
+    attempts: 1000
+    codes: [200]
+    backoff: 2m
+    budget: {percent: 150, minRetriesPerSecond: -3}
+  connectionLimits: {maxConnections: 0, maxRequests: -5}
+  outlierDetection: {consecutive5xx: -1, baseEjectionTime: 30s, maxEjectionTime: 10s, maxEjectionPercent: 101}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: FaultInjection
+metadata: {name: f}
+spec:
+  delay: {fixedDelay: 2h, percentage: 120}
+  abort: {httpStatus: 99}
+"#,
+    );
+    let expect = [
+        "TrafficPolicy shop/p: spec.targetRefs[0].kind: only core Services can be targeted",
+        "TrafficPolicy shop/p: spec.targetRefs[1].port: must be 1..65535, got 70000",
+        "TrafficPolicy shop/p: spec.loadBalancer.consistentHash: required when type is ConsistentHash",
+        "TrafficPolicy shop/p: spec.timeouts.request: \"-1s\" is not a Gateway API duration",
+        "TrafficPolicy shop/p: spec.timeouts.connect: must be above 0s",
+        "TrafficPolicy shop/p: spec.timeouts.idle: \"forever\" is not a Gateway API duration",
+        "TrafficPolicy shop/p: spec.retry.attempts: must be 0..10, got 1000",
+        "TrafficPolicy shop/p: spec.retry.codes[0]: must be 400..599, got 200",
+        "TrafficPolicy shop/p: spec.retry.backoff: must be at most 60s",
+        "TrafficPolicy shop/p: spec.retry.budget.percent: must be 0..100, got 150",
+        "TrafficPolicy shop/p: spec.retry.budget.minRetriesPerSecond: must be 0..100000, got -3",
+        "TrafficPolicy shop/p: spec.connectionLimits.maxConnections: must be 1..1000000, got 0",
+        "TrafficPolicy shop/p: spec.connectionLimits.maxRequests: must be 1..1000000, got -5",
+        "TrafficPolicy shop/p: spec.outlierDetection.consecutive5xx: must be 0..1000, got -1",
+        "TrafficPolicy shop/p: spec.outlierDetection.maxEjectionTime: must not be below baseEjectionTime",
+        "TrafficPolicy shop/p: spec.outlierDetection.maxEjectionPercent: must be 0..100, got 101",
+        "FaultInjection default/f: spec.delay.fixedDelay: must be at most 1h",
+        "FaultInjection default/f: spec.delay.percentage: must be 0..100, got 120",
+        "FaultInjection default/f: spec.abort.httpStatus: must be 200..599, got 99",
+    ];
+    for e in expect {
+        assert!(errs.iter().any(|x| x.contains(e)), "missing {e:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}

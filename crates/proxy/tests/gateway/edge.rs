@@ -9,21 +9,7 @@ use meshgate_testkit::{Client, EchoServer, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Mesh, gateway, service_yaml};
-
-fn simple_route(backend: &str) -> String {
-    format!(
-        r#"
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r, namespace: infra}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: {backend}, port: 8080}}]}}]
-"#
-    )
-}
+use crate::harness::{Mesh, gateway, route_to, service_yaml};
 
 async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -35,7 +21,7 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn forwarded_headers_request_id_and_byte_for_byte_host_and_path() {
-    let m = Mesh::start(&(gateway("gw") + &simple_route("b")), &["infra/b"]).await;
+    let m = Mesh::start(&(gateway("gw") + &route_to("b", "")), &["infra/b"]).await;
     let e = m
         .get_with(
             "Shop.Example.COM",
@@ -143,7 +129,7 @@ async fn large_bodies_stream_both_ways() {
             .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
             .await;
     });
-    let yaml = gateway("gw") + &service_yaml("infra", "streamer", upstream, None) + &simple_route("streamer");
+    let yaml = gateway("gw") + &service_yaml("infra", "streamer", upstream, None) + &route_to("streamer", "");
     let m = Mesh::start(&yaml, &[]).await;
 
     let mut s = TcpStream::connect(m.addr()).await.unwrap();
@@ -190,7 +176,7 @@ impl http_body::Body for ChannelBody {
 
 #[tokio::test]
 async fn expect_100_continue() {
-    let m = Mesh::start(&(gateway("gw") + &simple_route("b")), &["infra/b"]).await;
+    let m = Mesh::start(&(gateway("gw") + &route_to("b", "")), &["infra/b"]).await;
     let mut s = TcpStream::connect(m.addr()).await.unwrap();
     s.write_all(b"POST /upload HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
         .await
@@ -216,7 +202,7 @@ async fn expect_100_continue() {
 
 #[tokio::test]
 async fn oversize_headers_and_malformed_requests() {
-    let m = Mesh::start(&(gateway("gw") + &simple_route("b")), &["infra/b"]).await;
+    let m = Mesh::start(&(gateway("gw") + &route_to("b", "")), &["infra/b"]).await;
     let big = format!("GET / HTTP/1.1\r\nhost: h\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
     let resp = raw(m.addr(), big.as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
@@ -332,7 +318,7 @@ spec:
     protocol: HTTPS
     hostname: secure.example.com
     tls: {certificateRefs: [{name: cert}]}
-"# + &simple_route("b");
+"# + &route_to("b", "");
     let m = Mesh::start(&yaml, &["infra/b"]).await;
     let snap = m.gateway.snapshot();
     let reasons: Vec<_> =

@@ -116,3 +116,33 @@ spec:
 
 /// The three conformance backends.
 pub const V123: [&str; 3] = ["infra/infra-backend-v1", "infra/infra-backend-v2", "infra/infra-backend-v3"];
+
+/// A Service `ns/name` on port 8080 with one EndpointSlice per address (the slices merge).
+pub fn multi_service_yaml(ns: &str, name: &str, addrs: &[SocketAddr]) -> String {
+    let mut out = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n"
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        out.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{i}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{}\"]}}]\nports: [{{name: http, port: {}}}]\n",
+            a.ip(),
+            a.port()
+        ));
+    }
+    out
+}
+
+impl Mesh {
+    /// Starts a gateway on `yaml` alone (the caller writes its own Services).
+    pub async fn start_raw(yaml: &str) -> Mesh {
+        Mesh::start(yaml, &[]).await
+    }
+}
+
+/// HTTPRoute `infra/r` on Gateway `gw`: one rule to `backend` port 8080, plus `rule_extra`
+/// (more fields of that rule, indented by four spaces).
+pub fn route_to(backend: &str, rule_extra: &str) -> String {
+    format!(
+        "\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: infra}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: {backend}, port: 8080}}]\n{rule_extra}\n"
+    )
+}

@@ -5,4 +5,5 @@
 mod conformance;
 mod edge;
 mod harness;
+mod policy;
 mod reload;

@@ -8,25 +8,11 @@ use std::time::Duration;
 use meshgate_proxy::source;
 use meshgate_testkit::{Client, free_port};
 
-use crate::harness::{Mesh, V123, gateway};
-
-fn route_to(backend: &str) -> String {
-    format!(
-        r#"
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r, namespace: infra}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: {backend}, port: 8080}}]}}]
-"#
-    )
-}
+use crate::harness::{Mesh, V123, gateway, route_to};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_fails_no_request() {
-    let m = Arc::new(Mesh::start(&(gateway("gw") + &route_to("infra-backend-v1")), &V123).await);
+    let m = Arc::new(Mesh::start(&(gateway("gw") + &route_to("infra-backend-v1", "")), &V123).await);
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -49,7 +35,7 @@ async fn reload_under_load_fails_no_request() {
     let mut versions = Vec::new();
     for i in 0..30 {
         let backend = ["infra-backend-v1", "infra-backend-v2", "infra-backend-v3"][i % 3];
-        versions.push(m.reload(&(gateway("gw") + &route_to(backend))).await.expect("valid config applies"));
+        versions.push(m.reload(&(gateway("gw") + &route_to(backend, ""))).await.expect("valid config applies"));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -63,25 +49,25 @@ async fn reload_under_load_fails_no_request() {
 
 #[tokio::test]
 async fn invalid_change_keeps_the_last_good_config() {
-    let m = Mesh::start(&(gateway("gw") + &route_to("infra-backend-v1")), &V123).await;
+    let m = Mesh::start(&(gateway("gw") + &route_to("infra-backend-v1", "")), &V123).await;
     let before = m.gateway.snapshot().version;
-    let broken = gateway("gw") + &route_to("infra-backend-v2").replace("backendRefs", "backendRefz");
+    let broken = gateway("gw") + &route_to("infra-backend-v2", "").replace("backendRefs", "backendRefz");
     assert_eq!(m.reload(&broken).await, None);
     assert_eq!(m.gateway.snapshot().version, before);
     m.expect_backend("h", "/", &[], "infra-backend-v1").await;
     let errors = source::load(&[m.dir.path().to_path_buf()]).unwrap_err();
     assert!(errors.to_string().contains("HTTPRoute infra/r: spec.rules[0].backendRefz: unknown field"), "{errors}");
     // Fixed again: applies.
-    assert!(m.reload(&(gateway("gw") + &route_to("infra-backend-v2"))).await.is_some());
+    assert!(m.reload(&(gateway("gw") + &route_to("infra-backend-v2", ""))).await.is_some());
     m.expect_backend("h", "/", &[], "infra-backend-v2").await;
 }
 
 #[tokio::test]
 async fn ports_open_and_close_with_listeners() {
-    let m = Mesh::start(&(gateway("gw") + &route_to("infra-backend-v1")), &V123).await;
+    let m = Mesh::start(&(gateway("gw") + &route_to("infra-backend-v1", "")), &V123).await;
     let second = free_port();
     let two = gateway("gw")
-        + &route_to("infra-backend-v1")
+        + &route_to("infra-backend-v1", "")
         + &format!(
             r#"
 ---
@@ -105,14 +91,14 @@ spec:
     let r = Client::h1().get(addr2, "h", "/", &[]).await;
     assert_eq!(r.echoed().backend, "infra-backend-v3");
     m.expect_backend("h", "/", &[], "infra-backend-v1").await;
-    m.reload(&(gateway("gw") + &route_to("infra-backend-v1"))).await.unwrap();
+    m.reload(&(gateway("gw") + &route_to("infra-backend-v1", ""))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(tokio::net::TcpStream::connect(addr2).await.is_err(), "the removed port is closed");
 }
 
 #[tokio::test]
 async fn file_watcher_picks_up_changed_new_and_deleted_files() {
-    let m = Arc::new(Mesh::start(&(gateway("gw") + &route_to("infra-backend-v1")), &V123).await);
+    let m = Arc::new(Mesh::start(&(gateway("gw") + &route_to("infra-backend-v1", "")), &V123).await);
     let watcher = tokio::spawn(source::watch(vec![m.dir.path().to_path_buf()], m.gateway.clone()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let wait_for = |backend: &'static str| {
@@ -129,7 +115,10 @@ async fn file_watcher_picks_up_changed_new_and_deleted_files() {
         }
     };
     // Changed.
-    m.dir.write("routes.yaml", &(gateway("gw") + &route_to("infra-backend-v2")).replace("{port}", &m.port.to_string()));
+    m.dir.write(
+        "routes.yaml",
+        &(gateway("gw") + &route_to("infra-backend-v2", "")).replace("{port}", &m.port.to_string()),
+    );
     wait_for("infra-backend-v2").await;
     // New file: a second route with a more specific match.
     m.dir.write(
