@@ -144,13 +144,13 @@ impl ResponseBody {
     }
 
     /// Wraps an upstream body; an already finished body returns its connection at once.
-    /// `active` counts the request as in flight until the body ends; past `deadline` (the
-    /// request timeout) the body is cut.
+    /// `active` counts the request as in flight until the body ends; when `deadline` (the
+    /// request timeout, already armed) fires the body is cut.
     pub fn upstream(
         body: Incoming,
         returner: Option<Returner>,
         active: Option<ActiveGuard>,
-        deadline: Option<tokio::time::Instant>,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     ) -> Self {
         let done = body.is_end_stream();
         let returner = match returner {
@@ -161,7 +161,7 @@ impl ResponseBody {
             other => other,
         };
         let active = if done { None } else { active };
-        let deadline = deadline.filter(|_| !done).map(|d| Box::pin(tokio::time::sleep_until(d)));
+        let deadline = deadline.filter(|_| !done);
         ResponseBody::Upstream { body, returner, active, deadline }
     }
 }

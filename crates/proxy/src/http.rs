@@ -3,6 +3,7 @@
 //! taken when the request arrives; a reload never changes a request in flight.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -225,6 +226,7 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
         Source::Once(Some(RequestBody::Incoming { body }))
     };
 
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut current = first;
     let mut last: Option<Arc<EndpointPool>> = None;
     let mut attempt = 0u32;
@@ -262,8 +264,20 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
             (None, d) => d,
         };
         let sent_at = tokio::time::Instant::now();
+        // One timer per request: armed for this attempt's deadline, then (if a response comes)
+        // reset to the request deadline and handed to the response body.
         let result = match try_deadline {
-            Some(d) => tokio::time::timeout_at(d, endpoint.send(req)).await.ok(),
+            Some(d) => {
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(d)));
+                timer.as_mut().reset(d);
+                let send = endpoint.send(req);
+                tokio::pin!(send);
+                tokio::select! {
+                    biased;
+                    r = &mut send => Some(r),
+                    () = timer.as_mut() => None,
+                }
+            }
             None => Some(endpoint.send(req).await),
         };
         let latency = sent_at.elapsed();
@@ -287,7 +301,15 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
                     strip_hop_by_hop(&mut rparts.headers);
                     rule.response_headers.apply(&mut rparts.headers);
                     weighted.response_headers.apply(&mut rparts.headers);
-                    let body = ResponseBody::upstream(rbody, Some(returner), Some(active), deadline);
+                    let body_timer = match (deadline, timer.take()) {
+                        (Some(d), Some(mut t)) => {
+                            t.as_mut().reset(d);
+                            Some(t)
+                        }
+                        (Some(d), None) => Some(Box::pin(tokio::time::sleep_until(d))),
+                        (None, _) => None,
+                    };
+                    let body = ResponseBody::upstream(rbody, Some(returner), Some(active), body_timer);
                     return Outcome {
                         resp: Response::from_parts(rparts, body),
                         rule: Some(rule),
