@@ -1,0 +1,49 @@
+//! Everything TLS, in one place: the certificate authority that issues X.509-SVIDs, key and
+//! CSR generation on the proxy side, the SPIFFE certificate verifier, and the rustls
+//! configurations the proxies use (rotated by swapping `Arc`s). One crypto provider for the
+//! whole workspace: aws-lc-rs.
+
+pub mod ca;
+pub mod config;
+pub mod svid;
+pub mod verify;
+
+use std::sync::{Arc, OnceLock};
+
+pub use ca::{CaError, CertificateAuthority};
+pub use config::{MeshTls, PeerIdentity};
+pub use svid::{Svid, SvidRequest, TrustBundle};
+pub use verify::{SvidError, validate_svid};
+
+/// The workspace's crypto provider (aws-lc-rs), shared by every config.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
+}
+
+/// PEM for a DER certificate.
+pub fn cert_pem(der: &[u8]) -> String {
+    pem_block("CERTIFICATE", der)
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
+    for chunk in der.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or(""));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
