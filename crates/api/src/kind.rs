@@ -28,6 +28,12 @@ pub enum Kind {
     TrafficPolicy,
     /// `meshgate.io/v1alpha1` FaultInjection: delays and aborts for an HTTPRoute rule.
     FaultInjection,
+    /// `meshgate.io/v1alpha1` PeerAuthentication: mTLS mode.
+    PeerAuthentication,
+    /// `meshgate.io/v1alpha1` AuthorizationPolicy: who may call what.
+    AuthorizationPolicy,
+    /// `meshgate.io/v1alpha1` MeshConfig: mesh-wide settings (cluster-scoped).
+    MeshConfig,
 }
 
 /// The Gateway API group.
@@ -37,7 +43,7 @@ pub const MESHGATE_GROUP: &str = "meshgate.io";
 
 impl Kind {
     /// Every kind, in the order resources are listed.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::GatewayClass,
         Kind::Gateway,
@@ -49,6 +55,9 @@ impl Kind {
         Kind::Workload,
         Kind::TrafficPolicy,
         Kind::FaultInjection,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
+        Kind::MeshConfig,
     ];
 
     /// The name used in `kind:`.
@@ -65,6 +74,9 @@ impl Kind {
             Kind::Workload => "Workload",
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::FaultInjection => "FaultInjection",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::MeshConfig => "MeshConfig",
         }
     }
 
@@ -74,7 +86,12 @@ impl Kind {
             Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => GATEWAY_GROUP,
             Kind::Namespace | Kind::Service | Kind::Secret => "",
             Kind::EndpointSlice => "discovery.k8s.io",
-            Kind::Workload | Kind::TrafficPolicy | Kind::FaultInjection => MESHGATE_GROUP,
+            Kind::Workload
+            | Kind::TrafficPolicy
+            | Kind::FaultInjection
+            | Kind::PeerAuthentication
+            | Kind::AuthorizationPolicy
+            | Kind::MeshConfig => MESHGATE_GROUP,
         }
     }
 
@@ -84,7 +101,12 @@ impl Kind {
             Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute => &["v1", "v1beta1"],
             Kind::ReferenceGrant => &["v1", "v1beta1"],
             Kind::Namespace | Kind::Service | Kind::Secret | Kind::EndpointSlice => &["v1"],
-            Kind::Workload | Kind::TrafficPolicy | Kind::FaultInjection => &["v1alpha1"],
+            Kind::Workload
+            | Kind::TrafficPolicy
+            | Kind::FaultInjection
+            | Kind::PeerAuthentication
+            | Kind::AuthorizationPolicy
+            | Kind::MeshConfig => &["v1alpha1"],
         }
     }
 
@@ -99,7 +121,7 @@ impl Kind {
 
     /// Whether resources of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+        !matches!(self, Kind::GatewayClass | Kind::Namespace | Kind::MeshConfig)
     }
 
     /// Looks a kind up by its `kind:` name (exact case, as the API server does).

@@ -7,6 +7,7 @@ mod kind;
 mod load;
 pub mod policy;
 mod resource;
+pub mod security;
 mod set;
 pub mod validate;
 mod workload;
@@ -16,7 +17,7 @@ pub use kind::{GATEWAY_GROUP, Kind, MESHGATE_GROUP};
 pub use load::{Loaded, collect_files, decode_document, is_resource_file, load_paths, load_str};
 pub use resource::{Object, ObjectRef, Resource, Source};
 pub use set::ResourceSet;
-pub use workload::{Workload, WorkloadSpec};
+pub use workload::{TlsMode, Workload, WorkloadSpec};
 
 /// Gateway API types as meshgate reads them (the experimental channel: a superset of standard).
 pub mod gw {

@@ -10,6 +10,7 @@ use crate::core::{EndpointSlice, Namespace, Secret, Service};
 use crate::gw::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
 use crate::kind::Kind;
 use crate::policy::{FaultInjection, TrafficPolicy};
+use crate::security::{AuthorizationPolicy, MeshConfig, PeerAuthentication};
 use crate::workload::Workload;
 
 /// Names one resource: `kind namespace/name` (no namespace for cluster-scoped kinds).
@@ -86,6 +87,12 @@ pub enum Resource {
     TrafficPolicy(Box<TrafficPolicy>),
     /// A FaultInjection.
     FaultInjection(Box<FaultInjection>),
+    /// A PeerAuthentication.
+    PeerAuthentication(Box<PeerAuthentication>),
+    /// An AuthorizationPolicy.
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
+    /// The MeshConfig.
+    MeshConfig(Box<MeshConfig>),
 }
 
 impl Resource {
@@ -103,6 +110,9 @@ impl Resource {
             Resource::Workload(_) => Kind::Workload,
             Resource::TrafficPolicy(_) => Kind::TrafficPolicy,
             Resource::FaultInjection(_) => Kind::FaultInjection,
+            Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::MeshConfig(_) => Kind::MeshConfig,
         }
     }
 
@@ -120,6 +130,9 @@ impl Resource {
             Resource::Workload(r) => &r.metadata,
             Resource::TrafficPolicy(r) => &r.metadata,
             Resource::FaultInjection(r) => &r.metadata,
+            Resource::PeerAuthentication(r) => &r.metadata,
+            Resource::AuthorizationPolicy(r) => &r.metadata,
+            Resource::MeshConfig(r) => &r.metadata,
         }
     }
 
@@ -137,6 +150,9 @@ impl Resource {
             Resource::Workload(r) => &mut r.metadata,
             Resource::TrafficPolicy(r) => &mut r.metadata,
             Resource::FaultInjection(r) => &mut r.metadata,
+            Resource::PeerAuthentication(r) => &mut r.metadata,
+            Resource::AuthorizationPolicy(r) => &mut r.metadata,
+            Resource::MeshConfig(r) => &mut r.metadata,
         }
     }
 }

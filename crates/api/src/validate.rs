@@ -5,6 +5,7 @@ mod core;
 mod gateway;
 mod policy;
 mod route;
+mod security;
 pub mod syntax;
 
 pub use route::{backend_filter_as_rule_filter, filter_name};
@@ -64,6 +65,9 @@ pub fn validate(object: &Object) -> Vec<Problem> {
         Resource::Workload(w) => core::workload(w, &mut report),
         Resource::TrafficPolicy(t) => policy::traffic_policy(t, &mut report),
         Resource::FaultInjection(f) => policy::fault_injection(f, &mut report),
+        Resource::PeerAuthentication(p) => security::peer_authentication(p, &mut report),
+        Resource::AuthorizationPolicy(a) => security::authorization_policy(a, &mut report),
+        Resource::MeshConfig(m) => security::mesh_config(object, m, &mut report),
         Resource::Namespace(_) => {}
     }
     report.problems

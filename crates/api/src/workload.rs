@@ -47,6 +47,19 @@ pub struct WorkloadSpec {
     /// Load-balancing weight relative to the other endpoints (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// `Mutual` when a meshgate proxy fronts the workload and accepts mTLS on its ports (the
+    /// control plane sets this for workloads whose proxy is connected); `Disabled` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<TlsMode>,
+}
+
+/// Whether a workload is reached over meshgate mTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsMode {
+    /// A meshgate proxy terminates mTLS in front of it.
+    Mutual,
+    /// Plain connections.
+    Disabled,
 }
 
 impl Workload {

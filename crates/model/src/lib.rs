@@ -7,6 +7,7 @@ pub mod matching;
 pub mod policy;
 pub mod resolve;
 pub mod rule;
+pub mod security;
 mod status;
 pub mod table;
 
