@@ -35,6 +35,7 @@ pub struct Discovery<'a> {
     /// Conditions of every TrafficPolicy.
     pub policy_conditions: Vec<Condition>,
     faults: HashMap<(&'a str, &'a str), &'a meshgate_api::policy::FaultInjectionSpec>,
+    trust_domain: String,
 }
 
 /// Who is referring: for ReferenceGrant checks.
@@ -61,6 +62,7 @@ impl<'a> Discovery<'a> {
             policies: HashMap::new(),
             policy_conditions: Vec::new(),
             faults: HashMap::new(),
+            trust_domain: crate::security::mesh_settings(set).trust_domain,
         };
         for (o, f) in set.fault_injections() {
             d.faults.insert((o.id.ns(), &o.id.name), &f.spec);
@@ -288,7 +290,7 @@ impl<'a> Discovery<'a> {
                 }
                 for a in &ep.addresses {
                     if let Ok(ip) = a.parse::<IpAddr>() {
-                        out.push(Endpoint { addr: SocketAddr::new(ip, port), origin: origin.clone() });
+                        out.push(Endpoint { addr: SocketAddr::new(ip, port), origin: origin.clone(), identity: None });
                     }
                 }
             }
@@ -312,7 +314,13 @@ impl<'a> Discovery<'a> {
             else {
                 continue;
             };
-            out.push(Endpoint { addr: SocketAddr::new(ip, port), origin: format!("Workload {ns}/{wname}") });
+            let identity = match (w.spec.tls_mode, &w.spec.service_account) {
+                (Some(meshgate_api::TlsMode::Mutual), Some(sa)) => {
+                    Some(format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain))
+                }
+                _ => None,
+            };
+            out.push(Endpoint { addr: SocketAddr::new(ip, port), origin: format!("Workload {ns}/{wname}"), identity });
         }
         out
     }

@@ -313,6 +313,9 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// What the address belongs to (`Workload ns/name` or `EndpointSlice ns/name`).
     pub origin: String,
+    /// The SPIFFE ID its meshgate proxy presents, when it is reached over mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 #[cfg(test)]

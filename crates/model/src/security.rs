@@ -48,10 +48,10 @@ pub fn mesh_settings(set: &ResourceSet) -> MeshSettings {
         if let Some(ns) = &m.spec.root_namespace {
             s.root_namespace.clone_from(ns);
         }
-        if let Some(ttl) = m.spec.certificates.as_ref().and_then(|c| c.workload_ttl.as_ref()) {
-            if let Ok(d) = gateway_duration(ttl) {
-                s.workload_ttl_secs = d.as_secs();
-            }
+        if let Some(ttl) = m.spec.certificates.as_ref().and_then(|c| c.workload_ttl.as_ref())
+            && let Ok(d) = gateway_duration(ttl)
+        {
+            s.workload_ttl_secs = d.as_secs();
         }
         s.registry_only = m.spec.outbound_traffic_policy.as_ref().is_some_and(|p| p.mode == "REGISTRY_ONLY");
     }

@@ -46,6 +46,8 @@ pub struct GatewayOptions {
     pub drain_timeout: Duration,
     /// Log one line per request.
     pub access_log: bool,
+    /// This proxy's mTLS identity, for endpoints reached over mTLS.
+    pub tls: Option<Arc<meshgate_tls::MeshTls>>,
 }
 
 impl Default for GatewayOptions {
@@ -55,6 +57,7 @@ impl Default for GatewayOptions {
             server: ServerSettings::default(),
             drain_timeout: Duration::from_secs(10),
             access_log: false,
+            tls: None,
         }
     }
 }
@@ -183,13 +186,16 @@ impl Gateway {
                             protocol: b.protocol,
                             connect: b.policy.connect_timeout,
                             idle: b.policy.idle_timeout,
+                            identity: e.identity.clone(),
                         };
                         match pools.get(&key).and_then(Weak::upgrade) {
                             Some(p) => p,
                             None => {
-                                let p = Arc::new(EndpointPool::new(
+                                let tls = self.tls_dial(e);
+                                let p = Arc::new(EndpointPool::with_tls(
                                     e.addr,
                                     b.protocol,
+                                    tls,
                                     state.clone(),
                                     b.policy.connect_timeout,
                                     b.policy.idle_timeout,
@@ -203,6 +209,23 @@ impl Gateway {
                 Arc::new(BackendRt::new(b.clone(), endpoints, state))
             })
             .collect()
+    }
+
+    /// mTLS settings for an endpoint that expects them (and for which this proxy has an
+    /// identity).
+    fn tls_dial(&self, e: &meshgate_model::rule::Endpoint) -> Option<crate::pool::TlsDial> {
+        let expected = e.identity.as_deref()?;
+        let Some(mesh) = &self.options.tls else {
+            tracing::warn!(endpoint = %e.addr, %expected, "endpoint expects mTLS but this proxy has no identity; dialling plaintext");
+            return None;
+        };
+        match meshgate_identity::SpiffeId::parse(expected) {
+            Ok(expected) => Some(crate::pool::TlsDial { mesh: mesh.clone(), expected }),
+            Err(err) => {
+                tracing::warn!(endpoint = %e.addr, %err, "endpoint identity is not a SPIFFE ID; dialling plaintext");
+                None
+            }
+        }
     }
 
     fn prune_pools(&self) {
@@ -293,6 +316,7 @@ struct PoolKey {
     protocol: UpstreamProtocol,
     connect: Duration,
     idle: Duration,
+    identity: Option<String>,
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -10,6 +10,8 @@ pub mod flags;
 pub mod gateway;
 pub mod headers;
 pub mod http;
+pub mod identity;
+pub mod inbound;
 pub mod pool;
 pub mod replay;
 pub mod server;

@@ -40,6 +40,14 @@ pub enum UpstreamError {
     /// The connection limit was reached and no connection freed up in time.
     #[error("{0}")]
     Overflow(String),
+    /// The mTLS handshake failed, or the peer is not who it should be.
+    #[error("mTLS to {addr} failed: {reason}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why (the SPIFFE verifier's reason, or the identity mismatch).
+        reason: String,
+    },
     /// The HTTP handshake or exchange failed before response headers.
     #[error("{0}")]
     Http(#[from] hyper::Error),
@@ -48,7 +56,7 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// True when the request never reached the endpoint's application.
     pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_))
+        matches!(self, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_) | UpstreamError::Tls { .. })
     }
 }
 
@@ -76,11 +84,21 @@ pub struct Health {
     pub(crate) ewma_at: AtomicU64,
 }
 
+/// How to dial an endpoint over mTLS, and whom to expect there.
+#[derive(Debug, Clone)]
+pub struct TlsDial {
+    /// This proxy's TLS state (its SVID and trust bundle, rotated in place).
+    pub mesh: Arc<meshgate_tls::MeshTls>,
+    /// The SPIFFE ID the endpoint must present.
+    pub expected: meshgate_identity::SpiffeId,
+}
+
 /// Connections to one endpoint.
 #[derive(Debug)]
 pub struct EndpointPool {
     /// The endpoint.
     pub addr: SocketAddr,
+    tls: Option<TlsDial>,
     protocol: UpstreamProtocol,
     state: Arc<BackendState>,
     connect_timeout: Duration,
@@ -125,8 +143,23 @@ impl EndpointPool {
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Self {
+        Self::with_tls(addr, protocol, None, state, connect_timeout, idle_timeout)
+    }
+
+    /// A pool that dials mTLS (HTTP/2 over it) when `tls` is set.
+    pub fn with_tls(
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        tls: Option<TlsDial>,
+        state: Arc<BackendState>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        // Between meshgate proxies: one multiplexed HTTP/2 connection over mTLS.
+        let protocol = if tls.is_some() { UpstreamProtocol::H2c } else { protocol };
         EndpointPool {
             addr,
+            tls,
             protocol,
             state,
             connect_timeout,
@@ -283,18 +316,40 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    async fn connect(&self) -> Result<TcpStream, UpstreamError> {
         let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr: self.addr, source }),
             Err(_) => return Err(UpstreamError::ConnectTimeout(self.addr)),
         };
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
+    }
+
+    /// The mTLS handshake, then the identity check: the peer must be the one expected.
+    async fn tls_handshake(
+        &self,
+        tcp: TcpStream,
+        dial: &TlsDial,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let connector = tokio_rustls::TlsConnector::from(dial.mesh.client_config());
+        let name = rustls_pki_types::ServerName::IpAddress(self.addr.ip().into());
+        let fail = |reason: String| UpstreamError::Tls { addr: self.addr, reason };
+        let tls = match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Err(_) => return Err(fail("handshake timed out".into())),
+        };
+        let peer = meshgate_tls::PeerIdentity::from_connection(tls.get_ref().1)
+            .ok_or_else(|| fail("the server presented no SPIFFE identity".into()))?;
+        if peer.id != dial.expected {
+            return Err(fail(format!("server identity {} is not the expected {}", peer.id, dial.expected)));
+        }
+        Ok(tls)
     }
 
     async fn connect_h1(&self, slot: ConnectionSlot) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let io = self.connect().await?;
+        let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         let addr = self.addr;
         tokio::spawn(async move {
@@ -309,20 +364,37 @@ impl EndpointPool {
     async fn connect_h2(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         // One multiplexed connection: counted, but never waited for.
         let slot = ConnectionSlot::counted(self.state.clone());
-        let io = self.connect().await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream h2 connection closed with error");
+        let tcp = self.connect().await?;
+        let sender = match &self.tls {
+            None => spawn_h2(TokioIo::new(tcp), slot, self.addr).await?,
+            Some(dial) => {
+                let tls = self.tls_handshake(tcp, dial).await?;
+                spawn_h2(TokioIo::new(tls), slot, self.addr).await?
             }
-        });
+        };
         if let Ok(mut g) = self.h2.lock() {
             *g = Some(sender.clone());
         }
         Ok(sender)
     }
+}
+
+async fn spawn_h2<I>(
+    io: I,
+    slot: ConnectionSlot,
+    addr: SocketAddr,
+) -> Result<http2::SendRequest<RequestBody>, UpstreamError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream h2 connection closed with error");
+        }
+    });
+    Ok(sender)
 }
 
 /// One counted upstream connection; uncounted (and waiters woken) when dropped.

@@ -67,6 +67,10 @@ pub struct CertificateAuthority {
     roots: Vec<CertificateDer<'static>>,
     /// Leaf lifetime when the request names none.
     pub default_ttl: Duration,
+    /// Shortest leaf lifetime accepted (1 minute; tests lower it to rotate every few seconds).
+    pub min_ttl: Duration,
+    /// A root added for rotation, not yet signing.
+    next: Option<(KeyPair, CertificateDer<'static>)>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -120,6 +124,8 @@ impl CertificateAuthority {
             intermediates: Vec::new(),
             roots: vec![der],
             default_ttl: Duration::from_secs(24 * 3600),
+            min_ttl: MIN_TTL,
+            next: None,
         })
     }
 
@@ -170,6 +176,8 @@ impl CertificateAuthority {
             intermediates,
             roots,
             default_ttl: Duration::from_secs(24 * 3600),
+            min_ttl: MIN_TTL,
+            next: None,
         })
     }
 
@@ -187,7 +195,7 @@ impl CertificateAuthority {
     /// the caller has established the requester may have.
     pub fn sign(&self, csr: &[u8], identity: &SpiffeId, ttl: Option<Duration>) -> Result<Vec<Vec<u8>>, CaError> {
         let ttl = ttl.unwrap_or(self.default_ttl);
-        if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        if !(self.min_ttl..=MAX_TTL).contains(&ttl) {
             return Err(CaError::Lifetime(ttl));
         }
         if identity.trust_domain() != self.trust_domain.as_str() {
@@ -242,22 +250,39 @@ impl CertificateAuthority {
         Ok(chain)
     }
 
-    /// Starts a root rotation: a new self-signed root signs from now on; the old roots stay
-    /// trusted until [`CertificateAuthority::withdraw_old_roots`].
-    pub fn rotate_root(&mut self, lifetime: Duration) -> Result<(), CaError> {
+    /// Root rotation, step 1: a new root joins the trust bundle (distribute it to every
+    /// proxy before step 2); the old one still signs.
+    pub fn add_next_root(&mut self, lifetime: Duration) -> Result<(), CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = root_params(&self.trust_domain, lifetime)?.self_signed(&key)?;
-        let der = cert.der().clone();
-        self.signer_key = key;
-        self.signer_cert = der.clone();
-        self.intermediates.clear();
-        self.roots.insert(0, der);
+        self.next = Some((key, cert.der().clone()));
+        self.roots.push(cert.der().clone());
         Ok(())
+    }
+
+    /// Root rotation, step 2: the new root signs from now on (both stay trusted).
+    pub fn use_next_root(&mut self) -> Result<(), CaError> {
+        let (key, cert) = self.next.take().ok_or_else(|| CaError::Material("no next root: add one first".into()))?;
+        self.roots.retain(|r| *r != cert);
+        self.roots.insert(0, cert.clone());
+        self.signer_key = key;
+        self.signer_cert = cert;
+        self.intermediates.clear();
+        Ok(())
+    }
+
+    /// Steps 1 and 2 at once (for a CA whose bundle no proxy holds yet).
+    pub fn rotate_root(&mut self, lifetime: Duration) -> Result<(), CaError> {
+        self.add_next_root(lifetime)?;
+        self.use_next_root()
     }
 
     /// Ends a rotation: only the root in use stays trusted.
     pub fn withdraw_old_roots(&mut self) {
-        self.roots.truncate(1);
+        let keep: Vec<&CertificateDer<'static>> =
+            std::iter::once(&self.signer_cert).chain(self.next.as_ref().map(|(_, c)| c)).collect();
+        let signer_root = self.roots.first().cloned();
+        self.roots.retain(|r| keep.contains(&r) || (!self.intermediates.is_empty() && Some(r) == signer_root.as_ref()));
     }
 
     /// The signer certificate, its key and the trust bundle, PEM, for persistence.

@@ -122,9 +122,9 @@ fn aws_lc_rs_digest(data: &[u8]) -> Vec<u8> {
     let hash = provider
         .cipher_suites
         .iter()
-        .find_map(|s| s.tls13())
+        .filter_map(|s| s.tls13())
         .map(|s| s.common.hash_provider)
-        .filter(|h| h.output_len() == 32);
+        .find(|h| h.output_len() == 32);
     match hash {
         Some(h) => h.hash(data).as_ref().to_vec(),
         None => Vec::new(),

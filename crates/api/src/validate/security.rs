@@ -96,10 +96,10 @@ pub(super) fn mesh_config(o: &Object, m: &MeshConfig, r: &mut Report) {
             );
         }
     }
-    if let Some(ns) = &m.spec.root_namespace {
-        if let Err(msg) = syntax::dns_label(ns) {
-            r.add("spec.rootNamespace", msg);
-        }
+    if let Some(ns) = &m.spec.root_namespace
+        && let Err(msg) = syntax::dns_label(ns)
+    {
+        r.add("spec.rootNamespace", msg);
     }
     if let Some(ttl) = m.spec.certificates.as_ref().and_then(|c| c.workload_ttl.as_ref()) {
         match syntax::gateway_duration(ttl) {
@@ -113,9 +113,10 @@ pub(super) fn mesh_config(o: &Object, m: &MeshConfig, r: &mut Report) {
             Err(msg) => r.add("spec.certificates.workloadTTL", msg),
         }
     }
-    if let Some(p) = &m.spec.outbound_traffic_policy {
-        if p.mode != "ALLOW_ANY" && p.mode != "REGISTRY_ONLY" {
-            r.add("spec.outboundTrafficPolicy.mode", format!("{:?}: ALLOW_ANY or REGISTRY_ONLY", p.mode));
-        }
+    if let Some(p) = &m.spec.outbound_traffic_policy
+        && p.mode != "ALLOW_ANY"
+        && p.mode != "REGISTRY_ONLY"
+    {
+        r.add("spec.outboundTrafficPolicy.mode", format!("{:?}: ALLOW_ANY or REGISTRY_ONLY", p.mode));
     }
 }

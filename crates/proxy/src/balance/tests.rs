@@ -8,7 +8,11 @@ use super::*;
 fn backend(n: usize, policy: BackendPolicy) -> BackendRt {
     let state = Arc::new(BackendState::default());
     let endpoints: Vec<Endpoint> = (0..n)
-        .map(|i| Endpoint { addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)), origin: String::new() })
+        .map(|i| Endpoint {
+            addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)),
+            origin: String::new(),
+            identity: None,
+        })
         .collect();
     backend_with(endpoints, policy, state)
 }

@@ -46,6 +46,11 @@ impl Mesh {
     /// Starts echo backends named `ns/name`, writes `yaml` (with `{port}` replaced by a free
     /// port) next to their Services, and starts a gateway on it.
     pub async fn start(yaml: &str, backends: &[&str]) -> Mesh {
+        Mesh::start_with(yaml, backends, GatewayOptions::default()).await
+    }
+
+    /// As [`Mesh::start`], with gateway options (an mTLS identity, say).
+    pub async fn start_with(yaml: &str, backends: &[&str], options: GatewayOptions) -> Mesh {
         let mut servers = HashMap::new();
         let mut services = String::new();
         for b in backends {
@@ -58,7 +63,7 @@ impl Mesh {
         let dir = TempDir::new("meshgate-gw");
         dir.write("services.yaml", &services);
         dir.write("routes.yaml", &yaml.replace("{port}", &port.to_string()));
-        let gateway = Gateway::new(GatewayOptions { bind: "127.0.0.1".parse().unwrap(), ..GatewayOptions::default() });
+        let gateway = Gateway::new(GatewayOptions { bind: "127.0.0.1".parse().unwrap(), ..options });
         let paths = vec![dir.path().to_path_buf()];
         let (_, compiled) = source::load(&paths).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         gateway.apply(compiled, vec!["test".into()]).await.unwrap();

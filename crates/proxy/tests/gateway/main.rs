@@ -5,5 +5,6 @@
 mod conformance;
 mod edge;
 mod harness;
+mod mtls;
 mod policy;
 mod reload;

@@ -1,0 +1,122 @@
+//! The proxy's own identity: a key generated here (it never leaves), an SVID obtained by
+//! sending a CSR to a certifier (the control plane, or a local CA), renewed at half-life with
+//! jitter; every renewal publishes new TLS configs, so new connections use the new certificate
+//! and live ones keep theirs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use meshgate_identity::SpiffeId;
+use meshgate_tls::{CertificateAuthority, MeshTls, SvidRequest, TrustBundle};
+
+/// What a certifier answers: the SVID chain and the trust bundle to use.
+#[derive(Debug, Clone)]
+pub struct Certified {
+    /// Leaf first, DER.
+    pub chain: Vec<Vec<u8>>,
+    /// The roots to trust.
+    pub bundle: TrustBundle,
+}
+
+/// Something that turns a CSR into an SVID (the control plane's `Identity.Certify`).
+pub trait Certifier: Send + Sync + 'static {
+    /// Signs `csr` for `id`.
+    fn certify<'a>(
+        &'a self,
+        id: &'a SpiffeId,
+        csr: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Certified, String>> + Send + 'a>>;
+}
+
+/// A certifier backed by an in-process CA (tests, and a standalone proxy with its own CA).
+pub struct LocalCa {
+    /// The CA.
+    pub ca: Mutex<CertificateAuthority>,
+    /// Leaf lifetime.
+    pub ttl: Duration,
+}
+
+impl Certifier for LocalCa {
+    fn certify<'a>(
+        &'a self,
+        id: &'a SpiffeId,
+        csr: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Certified, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let ca = self.ca.lock().map_err(|_| "CA lock poisoned".to_string())?;
+            let chain = ca.sign(&csr, id, Some(self.ttl)).map_err(|e| e.to_string())?;
+            Ok(Certified { chain, bundle: ca.bundle() })
+        })
+    }
+}
+
+/// Why the identity could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The certifier refused or could not be reached.
+    #[error("certificate request for {id} failed: {reason}")]
+    Certify {
+        /// The identity.
+        id: SpiffeId,
+        /// Why.
+        reason: String,
+    },
+    /// The answer was not a usable SVID.
+    #[error("certificate for {id} unusable: {reason}")]
+    Unusable {
+        /// The identity.
+        id: SpiffeId,
+        /// Why.
+        reason: String,
+    },
+}
+
+async fn obtain(certifier: &dyn Certifier, id: &SpiffeId) -> Result<(meshgate_tls::Svid, TrustBundle), IdentityError> {
+    let req = SvidRequest::new(id).map_err(|e| IdentityError::Unusable { id: id.clone(), reason: e.to_string() })?;
+    let csr = req.csr.clone();
+    let certified =
+        certifier.certify(id, csr).await.map_err(|reason| IdentityError::Certify { id: id.clone(), reason })?;
+    let svid =
+        req.complete(certified.chain).map_err(|e| IdentityError::Unusable { id: id.clone(), reason: e.to_string() })?;
+    Ok((svid, certified.bundle))
+}
+
+/// Obtains the first SVID and builds the TLS state.
+pub async fn bootstrap(certifier: &dyn Certifier, id: &SpiffeId) -> Result<Arc<MeshTls>, IdentityError> {
+    let (svid, bundle) = obtain(certifier, id).await?;
+    tracing::info!(%id, not_after = ?svid.not_after, "identity issued");
+    MeshTls::new(svid, bundle)
+        .map(Arc::new)
+        .map_err(|e| IdentityError::Unusable { id: id.clone(), reason: e.to_string() })
+}
+
+/// Renews the SVID at its rotation time for as long as the task runs; on failure, retries
+/// with backoff (the current SVID stays in use until it expires).
+pub async fn rotate(mesh: Arc<MeshTls>, certifier: Arc<dyn Certifier>, id: SpiffeId) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let due = mesh.material().next_rotation;
+        let wait = due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait).await;
+        match obtain(certifier.as_ref(), &id).await {
+            Ok((svid, bundle)) => {
+                let not_after = svid.not_after;
+                match mesh.update(Some(svid), Some(bundle)) {
+                    Ok(()) => {
+                        tracing::info!(%id, ?not_after, "identity rotated");
+                        backoff = Duration::from_millis(500);
+                    }
+                    Err(e) => tracing::error!(%id, error = %e, "rotated certificate unusable"),
+                }
+            }
+            Err(e) => {
+                let expires = mesh.material().svid.not_after;
+                tracing::warn!(error = %e, ?expires, "certificate renewal failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The inbound side of a workload's proxy: accept a connection meant for the application,
+//! tell mTLS from plaintext by its first byte, apply the mTLS mode (STRICT refuses plaintext,
+//! PERMISSIVE accepts and marks it, DISABLE passes it through), learn the caller's SPIFFE ID,
+//! authorize, hand the caller's identity to the application in `x-forwarded-client-cert`, and
+//! forward to the application on its local address.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use meshgate_model::rule::UpstreamProtocol;
+use meshgate_model::security::{Attributes, Decision, InboundPolicy, Mode};
+use meshgate_tls::{MeshTls, PeerIdentity};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::balance::BackendState;
+use crate::body::{RequestBody, ResponseBody};
+use crate::headers::strip_hop_by_hop;
+use crate::pool::EndpointPool;
+
+/// `x-forwarded-client-cert`, as Envoy writes it.
+pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Why a connection is not mTLS: a reason, not a bare bool, so logs, metrics and the
+/// dashboard can say which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaintextReason {
+    /// PERMISSIVE accepted a plaintext client (the "insecure channel" warning).
+    Permissive,
+    /// mTLS is DISABLEd for this workload or port.
+    Disabled,
+}
+
+/// How a connection is secured.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// Mutual TLS with a verified SPIFFE peer.
+    Mutual(PeerIdentity),
+    /// Plaintext, and why.
+    Plaintext(PlaintextReason),
+}
+
+impl Security {
+    /// The `connection_security_policy` label (Istio's values).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Security::Mutual(_) => "mutual_tls",
+            Security::Plaintext(_) => "none",
+        }
+    }
+}
+
+/// Where the application is.
+#[derive(Debug, Clone, Copy)]
+pub enum AppTarget {
+    /// A fixed address (the loopback lab, tests).
+    Fixed(SocketAddr),
+}
+
+/// Settings of an inbound proxy.
+#[derive(Debug, Clone)]
+pub struct InboundOptions {
+    /// `namespace/name` of the workload, for logs.
+    pub workload: String,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// How long to wait for a plaintext client's first bytes before treating the connection
+    /// as opaque TCP (server-speaks-first protocols send nothing).
+    pub sniff_timeout: Duration,
+}
+
+impl Default for InboundOptions {
+    fn default() -> Self {
+        InboundOptions {
+            workload: String::new(),
+            handshake_timeout: Duration::from_secs(10),
+            sniff_timeout: Duration::from_millis(200),
+        }
+    }
+}
+
+/// An inbound proxy.
+pub struct Inbound {
+    opts: InboundOptions,
+    target: AppTarget,
+    policy: ArcSwap<InboundPolicy>,
+    tls: Option<Arc<MeshTls>>,
+    app_state: Arc<BackendState>,
+    pools: Mutex<std::collections::HashMap<SocketAddr, Arc<EndpointPool>>>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Inbound({})", self.opts.workload)
+    }
+}
+
+fn reply(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::local(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+impl Inbound {
+    /// An inbound proxy for one workload.
+    pub fn new(target: AppTarget, tls: Option<Arc<MeshTls>>, policy: InboundPolicy, opts: InboundOptions) -> Arc<Self> {
+        let app_state = Arc::new(BackendState::default());
+        app_state.set_limits(&meshgate_model::policy::BackendPolicy::default());
+        Arc::new(Inbound {
+            opts,
+            target,
+            policy: ArcSwap::from_pointee(policy),
+            tls,
+            app_state,
+            pools: Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// Replaces the policy; connections and requests from now on use it.
+    pub fn set_policy(&self, policy: InboundPolicy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<InboundPolicy> {
+        self.policy.load_full()
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            tokio::spawn(async move { me.connection(stream, peer).await });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let AppTarget::Fixed(app) = self.target;
+        let port = app.port();
+        let mode = self.policy.load().mode_for(port);
+        let mut first = [0u8; 1];
+        let sniffed = tokio::time::timeout(self.opts.sniff_timeout, stream.peek(&mut first)).await;
+        let is_tls = matches!(sniffed, Ok(Ok(1))) && first[0] == 0x16;
+        if is_tls && mode != Mode::Disable {
+            let Some(tls) = &self.tls else {
+                tracing::warn!(%peer, workload = %self.opts.workload, "TLS client, but this proxy has no identity: closing");
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+            let accepted = tokio::time::timeout(self.opts.handshake_timeout, acceptor.accept(stream)).await;
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, workload = %self.opts.workload, "mTLS handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, workload = %self.opts.workload, "mTLS handshake timed out");
+                    return;
+                }
+            };
+            let Some(identity) = PeerIdentity::from_connection(stream.get_ref().1) else {
+                tracing::warn!(%peer, "mTLS peer without a SPIFFE identity: closing");
+                return;
+            };
+            let opaque = stream.get_ref().1.alpn_protocol() == Some(meshgate_tls::config::ALPN_TCP);
+            let security = Security::Mutual(identity);
+            if opaque {
+                self.tcp(stream, security, peer, app).await;
+            } else {
+                self.http(TokioIo::new(stream), security, app).await;
+            }
+            return;
+        }
+        if !is_tls && mode == Mode::Strict {
+            tracing::warn!(
+                %peer,
+                port,
+                workload = %self.opts.workload,
+                "plaintext connection refused: mTLS is STRICT"
+            );
+            return;
+        }
+        let reason = if mode == Mode::Disable { PlaintextReason::Disabled } else { PlaintextReason::Permissive };
+        if reason == PlaintextReason::Permissive {
+            tracing::debug!(%peer, port, "plaintext connection accepted (PERMISSIVE): insecure channel");
+        }
+        let security = Security::Plaintext(reason);
+        if !is_tls && looks_like_http(&stream, self.opts.sniff_timeout).await {
+            self.http(TokioIo::new(stream), security, app).await;
+        } else {
+            self.tcp(stream, security, peer, app).await;
+        }
+    }
+
+    async fn tcp<S>(&self, mut stream: S, security: Security, peer: SocketAddr, app: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let principal = principal_of(&security);
+        let attrs = Attributes {
+            principal: principal.as_deref(),
+            namespace: namespace_of(&security),
+            method: None,
+            path: None,
+            port: app.port(),
+            headers: None,
+        };
+        if let Decision::Deny(why) = self.authorize(&attrs, "TCP") {
+            tracing::info!(target: "meshgate::authz", %peer, port = app.port(), "TCP connection closed: {why}");
+            return;
+        }
+        let mut upstream = match TcpStream::connect(app).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%app, error = %e, "cannot reach the application");
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+    }
+
+    /// Decides, logging every decision with the policy that made it.
+    fn authorize(&self, attrs: &Attributes<'_>, what: &str) -> Decision {
+        let policy = self.policy.load();
+        let (decision, audits) = policy.authz.check(attrs);
+        for a in audits {
+            tracing::info!(
+                target: "meshgate::authz",
+                policy = a,
+                principal = attrs.principal.unwrap_or("-"),
+                "AUDIT {what} {} {}",
+                attrs.method.unwrap_or("-"),
+                attrs.path.unwrap_or("-")
+            );
+        }
+        match &decision {
+            Decision::Deny(why) => tracing::info!(
+                target: "meshgate::authz",
+                principal = attrs.principal.unwrap_or("-"),
+                "DENY {what} {} {} port {}: {why}",
+                attrs.method.unwrap_or("-"),
+                attrs.path.unwrap_or("-"),
+                attrs.port
+            ),
+            Decision::Allow(by) => tracing::debug!(
+                target: "meshgate::authz",
+                principal = attrs.principal.unwrap_or("-"),
+                policy = by.as_deref().unwrap_or("-"),
+                "ALLOW {what} {} {}",
+                attrs.method.unwrap_or("-"),
+                attrs.path.unwrap_or("-")
+            ),
+        }
+        decision
+    }
+
+    async fn http<I>(self: &Arc<Self>, io: I, security: Security, app: SocketAddr)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let me = self.clone();
+        let security = Arc::new(security);
+        let service = service_fn(move |req| {
+            let me = me.clone();
+            let security = security.clone();
+            async move { Ok::<_, Infallible>(me.request(req, &security, app).await) }
+        });
+        if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(io, service).await {
+            tracing::debug!(error = %e, "inbound connection ended with error");
+        }
+    }
+
+    async fn request(&self, req: Request<Incoming>, security: &Security, app: SocketAddr) -> Response<ResponseBody> {
+        let (mut parts, body) = req.into_parts();
+        // A client's own XFCC is never trusted.
+        parts.headers.remove(&XFCC);
+        let principal = principal_of(security);
+        let attrs = Attributes {
+            principal: principal.as_deref(),
+            namespace: namespace_of(security),
+            method: Some(parts.method.as_str()),
+            path: Some(parts.uri.path()),
+            port: app.port(),
+            headers: Some(&parts.headers),
+        };
+        if let Decision::Deny(_) = self.authorize(&attrs, "HTTP") {
+            return reply(StatusCode::FORBIDDEN, "RBAC: access denied");
+        }
+        if let (Security::Mutual(peer), Some(tls)) = (security, &self.tls) {
+            let xfcc = format!("By={};Hash={};URI={}", tls.id(), peer.cert_sha256_hex(), peer.id);
+            if let Ok(v) = HeaderValue::from_str(&xfcc) {
+                parts.headers.insert(XFCC.clone(), v);
+            }
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        // HTTP/2 from the peer proxy carries the host in the URI: the app gets a Host header.
+        if let Some(a) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let mut uri = http::uri::Parts::default();
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
+        parts.version = Version::HTTP_11;
+        let pool = self.pool(app);
+        match pool.send(Request::from_parts(parts, RequestBody::Incoming { body })).await {
+            Ok((resp, returner)) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                Response::from_parts(rparts, ResponseBody::upstream(rbody, Some(returner), None, None))
+            }
+            Err(e) => {
+                tracing::warn!(%app, error = %e.error, "application unreachable");
+                let status =
+                    if e.error.is_connect() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
+                reply(status, "application unreachable")
+            }
+        }
+    }
+
+    fn pool(&self, app: SocketAddr) -> Arc<EndpointPool> {
+        let Ok(mut pools) = self.pools.lock() else {
+            return Arc::new(EndpointPool::new(
+                app,
+                UpstreamProtocol::Http1,
+                self.app_state.clone(),
+                Duration::from_secs(5),
+                Duration::from_secs(60),
+            ));
+        };
+        pools
+            .entry(app)
+            .or_insert_with(|| {
+                Arc::new(EndpointPool::new(
+                    app,
+                    UpstreamProtocol::Http1,
+                    self.app_state.clone(),
+                    Duration::from_secs(5),
+                    Duration::from_secs(60),
+                ))
+            })
+            .clone()
+    }
+}
+
+fn principal_of(s: &Security) -> Option<String> {
+    match s {
+        Security::Mutual(p) => Some(p.id.as_str().strip_prefix("spiffe://").unwrap_or(p.id.as_str()).to_string()),
+        Security::Plaintext(_) => None,
+    }
+}
+
+fn namespace_of(s: &Security) -> Option<&str> {
+    match s {
+        Security::Mutual(p) => p.id.workload().map(|(ns, _)| ns),
+        Security::Plaintext(_) => None,
+    }
+}
+
+/// Whether the first bytes look like an HTTP/1 request line or the HTTP/2 preface.
+async fn looks_like_http(stream: &TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 16];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        match http_prefix(&buf[..n]) {
+            Some(verdict) => return verdict,
+            None => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// `Some(true)`: HTTP; `Some(false)`: not HTTP; `None`: too few bytes to tell.
+pub fn http_prefix(seen: &[u8]) -> Option<bool> {
+    const STARTS: [&[u8]; 10] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"TRACE ",
+        b"CONNECT ",
+        b"PRI * HTTP/2.0",
+    ];
+    let mut undecided = false;
+    for s in STARTS {
+        let k = s.len().min(seen.len());
+        if seen[..k] == s[..k] {
+            if seen.len() >= s.len() {
+                return Some(true);
+            }
+            undecided = true;
+        }
+    }
+    if undecided { None } else { Some(false) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_prefix;
+
+    #[test]
+    fn http_detection() {
+        assert_eq!(http_prefix(b"GET / HTTP/1.1"), Some(true));
+        assert_eq!(http_prefix(b"GE"), None);
+        assert_eq!(http_prefix(b"PRI * HTTP/2.0\r\n"), Some(true));
+        assert_eq!(http_prefix(b"SSH-2.0-OpenSSH"), Some(false));
+        assert_eq!(http_prefix(b"\x16\x03\x01"), Some(false));
+        assert_eq!(http_prefix(b"hello\n"), Some(false));
+    }
+}
