@@ -112,21 +112,6 @@ impl PeerIdentity {
 
     /// SHA-256 of the leaf certificate, hex (Envoy's XFCC `Hash`).
     pub fn cert_sha256_hex(&self) -> String {
-        let digest = aws_lc_rs_digest(&self.leaf);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-fn aws_lc_rs_digest(data: &[u8]) -> Vec<u8> {
-    let provider = crate::provider();
-    let hash = provider
-        .cipher_suites
-        .iter()
-        .filter_map(|s| s.tls13())
-        .map(|s| s.common.hash_provider)
-        .find(|h| h.output_len() == 32);
-    match hash {
-        Some(h) => h.hash(data).as_ref().to_vec(),
-        None => Vec::new(),
+        crate::hex(&crate::sha256(&self.leaf))
     }
 }

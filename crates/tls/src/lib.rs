@@ -21,6 +21,33 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
 }
 
+/// SHA-256 of `data` (through the workspace's crypto provider).
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    crate::provider()
+        .cipher_suites
+        .iter()
+        .filter_map(|s| s.tls13())
+        .map(|s| s.common.hash_provider)
+        .find(|h| h.output_len() == 32)
+        .map(|h| h.hash(data).as_ref().to_vec())
+        .unwrap_or_default()
+}
+
+/// Hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Random bytes from the crypto provider's secure random source.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    if crate::provider().secure_random.fill(&mut out).is_err() {
+        // Never expected; fall back to a non-cryptographic source rather than zeros.
+        out.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    out
+}
+
 /// PEM for a DER certificate.
 pub fn cert_pem(der: &[u8]) -> String {
     pem_block("CERTIFICATE", der)

@@ -1,0 +1,4 @@
+//! The control plane: resources in (from a store), per-proxy configuration out (pushed over
+//! gRPC), identities issued by its CA, and the HTTP API the CLI and dashboard use.
+
+pub mod store;

@@ -1,0 +1,192 @@
+//! The directory store: every YAML file under a directory (as `meshgate gateway -f` reads
+//! them), watched for changes; `meshgate apply` writes one file per resource. The control
+//! plane's own state lives in `.meshgate/` inside it (hidden files are not resources).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshgate_api::{Loaded, Object, ObjectRef};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::watch;
+
+use super::{Store, StoreError};
+
+/// A directory of resources.
+#[derive(Debug)]
+pub struct DirStore {
+    root: PathBuf,
+    changes: watch::Sender<u64>,
+    _watcher: Option<Arc<std::sync::Mutex<notify::RecommendedWatcher>>>,
+}
+
+impl DirStore {
+    /// Opens (and creates) the directory and starts watching it.
+    pub fn open(root: PathBuf) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root.join(".meshgate"))?;
+        let (tx, _) = watch::channel(0u64);
+        let sender = tx.clone();
+        let (raw_tx, raw_rx) = std::sync::mpsc::channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if let Ok(e) = e {
+                let internal = e.paths.iter().all(|p| p.components().any(|c| c.as_os_str() == ".meshgate"));
+                if !internal && !matches!(e.kind, notify::EventKind::Access(_)) {
+                    let _ = raw_tx.send(());
+                }
+            }
+        })
+        .map_err(|e| StoreError::Refused(format!("cannot watch {}: {e}", root.display())))?;
+        watcher
+            .watch(&root, RecursiveMode::Recursive)
+            .map_err(|e| StoreError::Refused(format!("cannot watch {}: {e}", root.display())))?;
+        // Debounce on a thread: editors write in steps.
+        std::thread::spawn(move || {
+            while raw_rx.recv().is_ok() {
+                while raw_rx.recv_timeout(Duration::from_millis(100)).is_ok() {}
+                sender.send_modify(|v| *v += 1);
+            }
+        });
+        Ok(DirStore { root, changes: tx, _watcher: Some(Arc::new(std::sync::Mutex::new(watcher))) })
+    }
+
+    fn blob_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        if key.split('/').any(|s| s.is_empty() || s == "..") {
+            return Err(StoreError::Refused(format!("bad blob key {key:?}")));
+        }
+        Ok(self.root.join(".meshgate").join(key))
+    }
+
+    /// Files whose documents define `id`, with how many documents each holds.
+    fn files_defining(&self, id: &ObjectRef) -> Vec<(PathBuf, usize)> {
+        let mut files = Vec::new();
+        let _ = meshgate_api::collect_files(&self.root, &mut files);
+        files
+            .into_iter()
+            .filter_map(|f| {
+                let text = std::fs::read_to_string(&f).ok()?;
+                let loaded = meshgate_api::load_str(&f.display().to_string().into(), &text);
+                let docs = loaded.objects.len() + loaded.errors.len();
+                loaded.objects.iter().any(|o| o.id == *id).then_some((f, docs))
+            })
+            .collect()
+    }
+
+    fn new_file_for(&self, id: &ObjectRef) -> PathBuf {
+        let dir = match &id.namespace {
+            Some(ns) => self.root.join(ns.as_ref()),
+            None => self.root.join("_cluster"),
+        };
+        dir.join(format!("{}-{}.yaml", id.kind.as_str().to_ascii_lowercase(), id.name))
+    }
+}
+
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{:x}.tmp", fastrand::u64(..)));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+impl Store for DirStore {
+    async fn load(&self) -> Result<Loaded, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || meshgate_api::load_paths(&[root]))
+            .await
+            .map_err(|e| StoreError::Refused(e.to_string()))
+    }
+
+    async fn put(&self, object: &Object, json: &serde_json::Value) -> Result<(), StoreError> {
+        let yaml = serde_saphyr::to_string(json).map_err(|e| StoreError::Refused(e.to_string()))?;
+        let target = match self.files_defining(&object.id).as_slice() {
+            [] => self.new_file_for(&object.id),
+            [(file, 1)] => file.clone(),
+            [(file, _)] => {
+                return Err(StoreError::Refused(format!(
+                    "{} is defined in {} together with other resources; edit that file",
+                    object.id,
+                    file.display()
+                )));
+            }
+            many => {
+                let names: Vec<String> = many.iter().map(|(f, _)| f.display().to_string()).collect();
+                return Err(StoreError::Refused(format!(
+                    "{} is defined in several files: {}",
+                    object.id,
+                    names.join(", ")
+                )));
+            }
+        };
+        write_atomically(&target, yaml.as_bytes())?;
+        self.changes.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    async fn delete(&self, id: &ObjectRef) -> Result<bool, StoreError> {
+        match self.files_defining(id).as_slice() {
+            [] => Ok(false),
+            [(file, 1)] => {
+                std::fs::remove_file(file)?;
+                self.changes.send_modify(|v| *v += 1);
+                Ok(true)
+            }
+            [(file, _), ..] => Err(StoreError::Refused(format!(
+                "{id} is defined in {} together with other resources; edit that file",
+                file.display()
+            ))),
+        }
+    }
+
+    async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match std::fs::read(self.blob_path(key)?) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put_blob(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        Ok(write_atomically(&self.blob_path(key)?, value)?)
+    }
+
+    async fn create_blob(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let path = self.blob_path(key)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        use std::io::Write;
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                f.write_all(value)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn take_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.blob_path(key)?;
+        // Rename first: of two concurrent takers, exactly one wins the rename.
+        let claimed = path.with_file_name(format!(".taken-{:x}", fastrand::u64(..)));
+        match std::fs::rename(&path, &claimed) {
+            Ok(()) => {
+                let v = std::fs::read(&claimed)?;
+                let _ = std::fs::remove_file(&claimed);
+                Ok(Some(v))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn describe(&self) -> String {
+        format!("dir:{}", self.root.display())
+    }
+}
