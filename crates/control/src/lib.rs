@@ -2,3 +2,8 @@
 //! gRPC), identities issued by its CA, and the HTTP API the CLI and dashboard use.
 
 pub mod store;
+pub mod ca;
+pub mod state;
+pub mod tokens;
+pub mod grpc;
+pub mod plane;

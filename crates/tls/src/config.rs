@@ -115,3 +115,88 @@ impl PeerIdentity {
         crate::hex(&crate::sha256(&self.leaf))
     }
 }
+
+/// A client verifier that asks for a certificate but does not require one (the control plane:
+/// a proxy's first request has only a join token).
+#[derive(Debug)]
+struct OptionalClientAuth(Arc<SpiffeVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for OptionalClientAuth {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        rustls::server::danger::ClientCertVerifier::root_hint_subjects(self.0.as_ref())
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::server::danger::ClientCertVerifier::verify_tls12_signature(self.0.as_ref(), message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::server::danger::ClientCertVerifier::verify_tls13_signature(self.0.as_ref(), message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::server::danger::ClientCertVerifier::supported_verify_schemes(self.0.as_ref())
+    }
+}
+
+/// The control plane's server config: its SVID, client certificates optional (verified when
+/// presented), HTTP/2 for gRPC.
+pub fn control_plane_server(svid: &Svid, bundle: Arc<TrustBundle>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let verifier = Arc::new(OptionalClientAuth(SpiffeVerifier::new(bundle)));
+    let mut server = ServerConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(svid.chain.clone(), svid.key.clone_key())?;
+    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(server))
+}
+
+/// A proxy's config for dialling the control plane: verifies it against `bundle`; presents
+/// `svid` when there is one.
+pub fn control_plane_client(bundle: Arc<TrustBundle>, svid: Option<&Svid>) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let builder = ClientConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(SpiffeVerifier::new(bundle));
+    let mut client = match svid {
+        Some(s) => builder.with_client_auth_cert(s.chain.clone(), s.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    client.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(client))
+}
+
+/// Reads a PEM bundle of root certificates.
+pub fn bundle_from_pem(trust_domain: meshgate_identity::TrustDomain, pem: &str) -> Result<TrustBundle, String> {
+    use rustls_pki_types::pem::PemObject;
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("trust bundle: {e}"))?;
+    if roots.is_empty() {
+        return Err("trust bundle: no certificate in it".into());
+    }
+    Ok(TrustBundle { trust_domain, roots })
+}

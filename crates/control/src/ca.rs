@@ -1,0 +1,71 @@
+//! The control plane's CA, shared through the store: the first replica to start creates it (or
+//! imports the user's root or intermediate); every replica loads the same material.
+
+use std::time::Duration;
+
+use meshgate_identity::TrustDomain;
+use meshgate_tls::CertificateAuthority;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
+
+const KEY: &str = "ca/material.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Material {
+    trust_domain: String,
+    cert: String,
+    key: String,
+    chain: String,
+}
+
+/// User-provided CA material (PEM).
+#[derive(Debug, Clone)]
+pub struct UserCa {
+    /// Root or intermediate certificate.
+    pub cert: String,
+    /// Its key.
+    pub key: String,
+    /// The chain up to (and including) the root, for an intermediate.
+    pub chain: Option<String>,
+}
+
+/// Loads the CA from the store, creating it first if the store has none.
+pub async fn load_or_create<S: Store>(
+    store: &S,
+    trust_domain: &TrustDomain,
+    root_lifetime: Duration,
+    user: Option<UserCa>,
+) -> Result<CertificateAuthority, StoreError> {
+    if store.get_blob(KEY).await?.is_none() {
+        let ca = match &user {
+            Some(u) => CertificateAuthority::from_pem(trust_domain.clone(), &u.cert, &u.key, u.chain.as_deref()),
+            None => CertificateAuthority::self_signed(trust_domain.clone(), root_lifetime),
+        }
+        .map_err(|e| StoreError::Refused(e.to_string()))?;
+        let (cert, key, chain) = ca.to_pem();
+        let m = Material { trust_domain: trust_domain.to_string(), cert, key, chain };
+        let bytes = serde_json::to_vec(&m).map_err(|e| StoreError::Refused(e.to_string()))?;
+        if store.create_blob(KEY, &bytes).await? {
+            tracing::info!(%trust_domain, "certificate authority created");
+        }
+    }
+    let raw = store.get_blob(KEY).await?.ok_or_else(|| StoreError::Refused("CA material vanished".into()))?;
+    let m: Material = serde_json::from_slice(&raw).map_err(|e| StoreError::Refused(format!("CA material: {e}")))?;
+    if m.trust_domain != trust_domain.as_str() {
+        return Err(StoreError::Refused(format!(
+            "the store's CA is for trust domain {:?}, not {trust_domain:?}",
+            m.trust_domain
+        )));
+    }
+    CertificateAuthority::from_pem(trust_domain.clone(), &m.cert, &m.key, Some(&m.chain))
+        .map_err(|e| StoreError::Refused(e.to_string()))
+}
+
+/// Saves the CA (after a root rotation step).
+pub async fn save<S: Store>(store: &S, ca: &CertificateAuthority) -> Result<(), StoreError> {
+    let (cert, key, chain) = ca.to_pem();
+    let m = Material { trust_domain: ca.trust_domain().to_string(), cert, key, chain };
+    let bytes = serde_json::to_vec(&m).map_err(|e| StoreError::Refused(e.to_string()))?;
+    store.put_blob(KEY, &bytes).await
+}

@@ -1,0 +1,307 @@
+//! The gRPC API proxies use: `Identity.Certify` (CSR in, SVID out) and `Discovery.Stream`
+//! (versioned pushes of the resources a proxy needs; ACK or NACK back), served over TLS with
+//! the control plane's own SVID. Client certificates are optional (a first request carries a
+//! join token) and, when present, verified and used as the caller's identity.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use meshgate_api::{Kind, Object, Resource};
+use meshgate_identity::SpiffeId;
+use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
+use meshgate_proto::meshgate::discovery_server::{Discovery, DiscoveryServer};
+use meshgate_proto::meshgate::identity_server::{Identity, IdentityServer};
+use meshgate_proto::meshgate::{
+    CertifyRequest, CertifyResponse, DiscoveryRequest, DiscoveryResponse, Resource as WireResource,
+};
+use meshgate_tls::PeerIdentity;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::plane::{ControlPlane, ProxyRecord, unix_now};
+use crate::state::Snapshot;
+use crate::store::Store;
+
+/// Who called: the address, and the SPIFFE ID when a client certificate was presented.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// Verified SPIFFE ID.
+    pub id: Option<SpiffeId>,
+}
+
+/// A TLS connection tonic can serve, carrying the caller.
+pub struct TlsIo {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    caller: Caller,
+}
+
+impl Connected for TlsIo {
+    type ConnectInfo = Caller;
+    fn connect_info(&self) -> Caller {
+        self.caller.clone()
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves the gRPC API on `listener` with the control plane's TLS config.
+pub async fn serve<S: Store>(
+    cp: Arc<ControlPlane<S>>,
+    listener: TcpListener,
+    tls: Arc<arc_swap::ArcSwap<rustls_server::ServerConfig>>,
+) -> Result<(), tonic::transport::Error> {
+    let (tx, rx) = mpsc::channel::<Result<TlsIo, std::io::Error>>(64);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, addr)) = listener.accept().await else { continue };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let id = PeerIdentity::from_connection(stream.get_ref().1).map(|p| p.id);
+                        let _ = tx.send(Ok(TlsIo { inner: stream, caller: Caller { addr, id } })).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%addr, "control plane TLS handshake refused: {e}"),
+                    Err(_) => tracing::warn!(%addr, "control plane TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tonic::transport::Server::builder()
+        .add_service(IdentityServer::from_arc(Arc::new(IdentityService(cp.clone()))))
+        .add_service(DiscoveryServer::from_arc(Arc::new(DiscoveryService(cp))))
+        .serve_with_incoming(ReceiverStream::new(rx))
+        .await
+}
+
+/// rustls's server config type, re-exported for callers.
+pub mod rustls_server {
+    pub use tokio_rustls::rustls::ServerConfig;
+}
+
+struct IdentityService<S: Store>(Arc<ControlPlane<S>>);
+
+#[tonic::async_trait]
+impl<S: Store> Identity for IdentityService<S> {
+    async fn certify(&self, req: Request<CertifyRequest>) -> Result<Response<CertifyResponse>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let addr = caller.as_ref().map_or_else(|| "?".to_string(), |c| c.addr.to_string());
+        let req = req.into_inner();
+        let cp = &self.0;
+        let identity = match caller.and_then(|c| c.id) {
+            Some(id) => id,
+            None => {
+                if req.token.is_empty() {
+                    tracing::warn!(%addr, "certificate request refused: no join token and no client certificate");
+                    return Err(Status::unauthenticated("a join token (or a valid SVID) is required"));
+                }
+                let grant = crate::tokens::redeem(&cp.store, &req.token).await.map_err(|e| {
+                    tracing::warn!(%addr, "certificate request refused: {e}");
+                    Status::permission_denied(e.to_string())
+                })?;
+                cp.options
+                    .trust_domain
+                    .workload_id(&grant.namespace, &grant.service_account)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
+        };
+        let ttl = cp.state.snapshot().settings.workload_ttl();
+        let (chain, bundle) = {
+            let ca = cp.ca.lock().map_err(|_| Status::internal("CA unavailable"))?;
+            let chain = ca.sign(&req.csr, &identity, Some(ttl)).map_err(|e| {
+                tracing::warn!(%addr, %identity, "certificate request refused: {e}");
+                Status::invalid_argument(e.to_string())
+            })?;
+            (chain, ca.bundle())
+        };
+        tracing::info!(%addr, %identity, "certificate issued");
+        Ok(Response::new(CertifyResponse {
+            chain,
+            roots: bundle.roots.iter().map(|r| r.to_vec()).collect(),
+            trust_domain: bundle.trust_domain.to_string(),
+            spiffe_id: identity.to_string(),
+        }))
+    }
+}
+
+struct DiscoveryService<S: Store>(Arc<ControlPlane<S>>);
+
+/// Whether a proxy of `role` in namespace `ns` needs `object`.
+pub fn wanted(role: &str, ns: &str, root_ns: &str, object: &Object) -> bool {
+    match &object.resource {
+        Resource::Secret(_) => false,
+        Resource::Gateway(_) | Resource::GatewayClass(_) => role == "gateway",
+        Resource::HttpRoute(r) => {
+            let refs = r.spec.parent_refs.as_deref().unwrap_or_default();
+            let mesh = refs.iter().any(|p| p.kind.as_deref() == Some("Service"));
+            let gw = refs.iter().any(|p| p.kind.as_deref().unwrap_or("Gateway") == "Gateway");
+            (role == "gateway" && gw) || (role != "gateway" && mesh)
+        }
+        Resource::PeerAuthentication(_) | Resource::AuthorizationPolicy(_) => {
+            role != "gateway" && (object.id.ns() == ns || object.id.ns() == root_ns)
+        }
+        _ => true,
+    }
+}
+
+fn full(snap: &Snapshot, role: &str, ns: &str, sent: &mut HashMap<String, u64>) -> DiscoveryResponse {
+    sent.clear();
+    let root = snap.settings.root_namespace.as_str();
+    let upserts = snap
+        .entries
+        .iter()
+        .filter(|(_, e)| wanted(role, ns, root, &e.object))
+        .map(|(k, e)| {
+            sent.insert(k.clone(), e.hash);
+            WireResource { key: k.clone(), json: e.json.to_vec() }
+        })
+        .collect();
+    DiscoveryResponse { version: snap.version.to_string(), full: true, upserts, removals: Vec::new(), roots: Vec::new() }
+}
+
+/// What changed for one proxy: only the keys of `change` are looked at, so a change to one
+/// Service costs the same whatever the size of the mesh.
+fn delta(
+    snap: &Snapshot,
+    change: &crate::state::Change,
+    role: &str,
+    ns: &str,
+    sent: &mut HashMap<String, u64>,
+) -> DiscoveryResponse {
+    let root = snap.settings.root_namespace.as_str();
+    let mut upserts = Vec::new();
+    let mut removals = Vec::new();
+    for k in change.changed.iter().chain(&change.removed) {
+        match snap.entries.get(k) {
+            Some(e) if wanted(role, ns, root, &e.object) => {
+                if sent.get(k) != Some(&e.hash) {
+                    sent.insert(k.clone(), e.hash);
+                    upserts.push(WireResource { key: k.clone(), json: e.json.to_vec() });
+                }
+            }
+            _ => {
+                if sent.remove(k).is_some() {
+                    removals.push(k.clone());
+                }
+            }
+        }
+    }
+    DiscoveryResponse { version: snap.version.to_string(), full: false, upserts, removals, roots: Vec::new() }
+}
+
+#[tonic::async_trait]
+impl<S: Store> Discovery for DiscoveryService<S> {
+    type StreamStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+
+    async fn stream(&self, req: Request<Streaming<DiscoveryRequest>>) -> Result<Response<Self::StreamStream>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let Some(identity) = caller.as_ref().and_then(|c| c.id.clone()) else {
+            return Err(Status::unauthenticated("subscribe with your SVID as client certificate"));
+        };
+        let mut inbound = req.into_inner();
+        let cp = self.0.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let hello = match inbound.message().await {
+                Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Hello(h)) })) => h,
+                _ => {
+                    let _ = tx.send(Err(Status::invalid_argument("the first message must be Hello"))).await;
+                    return;
+                }
+            };
+            let ns = identity.workload().map(|(ns, _)| ns.to_string()).unwrap_or_default();
+            let role = if hello.role == "gateway" { "gateway" } else { "sidecar" }.to_string();
+            let mut changes = cp.state.subscribe();
+            let conn = cp.register(ProxyRecord {
+                identity: identity.to_string(),
+                node: hello.node.clone(),
+                role: role.clone(),
+                workload: hello.workload.clone(),
+                sent: 0,
+                acked: 0,
+                nack: None,
+                sent_at: unix_now(),
+                replica: cp.options.replica.clone(),
+            });
+            tracing::info!(%identity, role, node = %hello.node, "proxy subscribed");
+            let mut sent_keys = HashMap::new();
+            let mut bundle_sent = 0;
+            let mut next = full(&cp.state.snapshot(), &role, &ns, &mut sent_keys);
+            loop {
+                let bv = cp.bundle_version.load(std::sync::atomic::Ordering::Relaxed);
+                if bv != bundle_sent {
+                    next.roots = cp.bundle().roots.iter().map(|r| r.to_vec()).collect();
+                    bundle_sent = bv;
+                }
+                if next.full || !next.upserts.is_empty() || !next.removals.is_empty() || !next.roots.is_empty() {
+                    let v: u64 = next.version.parse().unwrap_or(0);
+                    cp.update_proxy(conn, |r| {
+                        r.sent = v;
+                        r.nack = None;
+                        r.sent_at = unix_now();
+                    });
+                    if tx.send(Ok(next)).await.is_err() {
+                        break;
+                    }
+                }
+                next = tokio::select! {
+                    msg = inbound.message() => {
+                        match msg {
+                            Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Ack(a)) })) => {
+                                let v = a.version.parse().unwrap_or(0);
+                                cp.update_proxy(conn, |r| { r.acked = r.acked.max(v); if v >= r.sent { r.nack = None; } });
+                            }
+                            Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Nack(n)) })) => {
+                                tracing::warn!(%identity, version = %n.version, "proxy refused configuration: {}", n.error);
+                                cp.update_proxy(conn, |r| r.nack = Some(n.error.clone()));
+                            }
+                            Ok(Some(_)) => {}
+                            Ok(None) | Err(_) => break,
+                        }
+                        DiscoveryResponse::default()
+                    }
+                    change = changes.recv() => {
+                        match change {
+                            Ok(c) => delta(&cp.state.snapshot(), &c, &role, &ns, &mut sent_keys),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => full(&cp.state.snapshot(), &role, &ns, &mut sent_keys),
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        }
+                    }
+                };
+            }
+            cp.unregister(conn);
+            tracing::info!(%identity, "proxy disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Kinds a proxy receives, for documentation and tests.
+pub const PUSHED_KINDS: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Workload];

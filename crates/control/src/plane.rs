@@ -1,0 +1,195 @@
+//! The control plane's core: the store, the resource state, the CA, the registry of connected
+//! proxies, and the control plane's own serving identity.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshgate_identity::{SpiffeId, TrustDomain};
+use meshgate_tls::{CertificateAuthority, SvidRequest, TrustBundle};
+use serde::Serialize;
+
+use crate::state::State;
+use crate::store::{Store, StoreError};
+
+/// How the control plane is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// SPIFFE trust domain (must match the MeshConfig's, when there is one).
+    pub trust_domain: TrustDomain,
+    /// Lifetime of a self-signed root.
+    pub root_lifetime: Duration,
+    /// User-provided CA material.
+    pub user_ca: Option<crate::ca::UserCa>,
+    /// A name for this replica (proxy-status shows it).
+    pub replica: String,
+}
+
+impl Options {
+    /// Defaults for a trust domain: a self-signed root for ten years.
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Options {
+            trust_domain,
+            root_lifetime: Duration::from_secs(10 * 365 * 24 * 3600),
+            user_ca: None,
+            replica: format!("cp-{:04x}", fastrand::u16(..)),
+        }
+    }
+}
+
+/// One connected proxy, as `meshgate proxy-status` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRecord {
+    /// Its SPIFFE ID.
+    pub identity: String,
+    /// Node name it reported.
+    pub node: String,
+    /// sidecar or gateway.
+    pub role: String,
+    /// Its Workload, for sidecars.
+    pub workload: String,
+    /// Version last sent.
+    pub sent: u64,
+    /// Version last acknowledged.
+    pub acked: u64,
+    /// The error of the last NACK (for the version sent), if any.
+    pub nack: Option<String>,
+    /// Unix seconds when the last version was sent.
+    pub sent_at: u64,
+    /// Which control-plane replica serves it.
+    pub replica: String,
+}
+
+impl ProxyRecord {
+    /// SYNCED, STALE or NACKED.
+    pub fn status(&self) -> &'static str {
+        if self.nack.is_some() {
+            "NACKED"
+        } else if self.acked >= self.sent {
+            "SYNCED"
+        } else {
+            "STALE"
+        }
+    }
+}
+
+/// The control plane.
+pub struct ControlPlane<S: Store> {
+    /// Where resources live.
+    pub store: S,
+    /// Resources in force.
+    pub state: State,
+    /// The certificate authority.
+    pub ca: Mutex<CertificateAuthority>,
+    /// Increases when the trust bundle changes.
+    pub bundle_version: AtomicU64,
+    /// Connected proxies by connection id.
+    pub proxies: Mutex<BTreeMap<u64, ProxyRecord>>,
+    next_conn: AtomicU64,
+    /// Setup.
+    pub options: Options,
+}
+
+impl<S: Store> std::fmt::Debug for ControlPlane<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ControlPlane({})", self.store.describe())
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl<S: Store> ControlPlane<S> {
+    /// Opens the CA (creating it in the store when needed) and loads the resources.
+    pub async fn new(store: S, options: Options) -> Result<Arc<Self>, StoreError> {
+        let ca = crate::ca::load_or_create(&store, &options.trust_domain, options.root_lifetime, options.user_ca.clone())
+            .await?;
+        let cp = Arc::new(ControlPlane {
+            store,
+            state: State::default(),
+            ca: Mutex::new(ca),
+            bundle_version: AtomicU64::new(1),
+            proxies: Mutex::new(BTreeMap::new()),
+            next_conn: AtomicU64::new(1),
+            options,
+        });
+        cp.state.reload(&cp.store).await?;
+        Ok(cp)
+    }
+
+    /// Re-reads the store whenever it changes, until the task is dropped.
+    pub async fn watch_store(self: Arc<Self>) {
+        let mut changes = self.store.changes();
+        loop {
+            if changes.changed().await.is_err() {
+                return;
+            }
+            match self.state.reload(&self.store).await {
+                Ok(Some(c)) => tracing::info!(
+                    version = c.version,
+                    changed = c.changed.len(),
+                    removed = c.removed.len(),
+                    "resources changed"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the store; keeping the resources in force"),
+            }
+        }
+    }
+
+    /// The trust bundle.
+    pub fn bundle(&self) -> TrustBundle {
+        self.ca.lock().map(|ca| ca.bundle()).unwrap_or_else(|_| TrustBundle {
+            trust_domain: self.options.trust_domain.clone(),
+            roots: Vec::new(),
+        })
+    }
+
+    /// The control plane's own identity.
+    pub fn id(&self) -> Result<SpiffeId, StoreError> {
+        self.options
+            .trust_domain
+            .workload_id("meshgate-system", "control-plane")
+            .map_err(|e| StoreError::Refused(e.to_string()))
+    }
+
+    /// Issues the control plane its own SVID from its CA.
+    pub fn own_svid(&self, ttl: Duration) -> Result<meshgate_tls::Svid, StoreError> {
+        let id = self.id()?;
+        let req = SvidRequest::new(&id).map_err(|e| StoreError::Refused(e.to_string()))?;
+        let chain = {
+            let ca = self.ca.lock().map_err(|_| StoreError::Refused("CA lock poisoned".into()))?;
+            ca.sign(&req.csr, &id, Some(ttl)).map_err(|e| StoreError::Refused(e.to_string()))?
+        };
+        req.complete(chain).map_err(|e| StoreError::Refused(e.to_string()))
+    }
+
+    /// Registers a connected proxy; returns its connection id.
+    pub fn register(&self, record: ProxyRecord) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut p) = self.proxies.lock() {
+            p.insert(id, record);
+        }
+        id
+    }
+
+    /// Updates a connected proxy's record.
+    pub fn update_proxy(&self, conn: u64, f: impl FnOnce(&mut ProxyRecord)) {
+        if let Ok(mut p) = self.proxies.lock() {
+            if let Some(r) = p.get_mut(&conn) {
+                f(r);
+            }
+        }
+    }
+
+    /// Forgets a disconnected proxy.
+    pub fn unregister(&self, conn: u64) {
+        if let Ok(mut p) = self.proxies.lock() {
+            p.remove(&conn);
+        }
+    }
+}
