@@ -7,3 +7,6 @@ pub mod state;
 pub mod tokens;
 pub mod grpc;
 pub mod plane;
+pub mod analyze;
+pub mod api;
+pub mod run;

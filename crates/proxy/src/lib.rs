@@ -6,6 +6,7 @@ pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod clock;
+pub mod cp;
 pub mod flags;
 pub mod gateway;
 pub mod headers;

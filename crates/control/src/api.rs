@@ -1,0 +1,313 @@
+//! The HTTP API the CLI (and the dashboard) use, token-protected and loopback by default:
+//! resources (get, apply, delete), proxies, join tokens, analysis, status, CA rotation.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use meshgate_api::{Kind, ObjectRef};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::plane::ControlPlane;
+use crate::store::{Store, key_of};
+
+type Reply = Response<Full<Bytes>>;
+
+fn json_reply(status: StatusCode, v: &serde_json::Value) -> Reply {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
+    json_reply(status, &json!({ "error": msg.into() }))
+}
+
+/// Serves the API until the task is dropped.
+pub async fn serve<S: Store>(cp: Arc<ControlPlane<S>>, listener: TcpListener, token: Arc<String>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (cp, token) = (cp.clone(), token.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let (cp, token) = (cp.clone(), token.clone());
+                async move { Ok::<_, Infallible>(handle(&cp, &token, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+    let Some(given) = given.strip_prefix("Bearer ") else { return false };
+    // Constant time: the length is not secret, the bytes are.
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn parse_ref(kind: &str, ns: &str, name: &str) -> Result<ObjectRef, String> {
+    let kind = Kind::from_cli(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    Ok(ObjectRef {
+        kind,
+        namespace: kind.namespaced().then(|| if ns == "-" { "default" } else { ns }.into()),
+        name: name.into(),
+    })
+}
+
+async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incoming>) -> Reply {
+    if !authorized(&req, token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong token (Authorization: Bearer TOKEN)");
+    }
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["api", "v1", "resources"]) => list(cp, &query),
+        (&Method::GET, ["api", "v1", "resources", kind, ns, name]) => get(cp, kind, ns, name),
+        (&Method::DELETE, ["api", "v1", "resources", kind, ns, name]) => match parse_ref(kind, ns, name) {
+            Ok(id) => match cp.store.delete(&id).await {
+                Ok(true) => {
+                    let _ = cp.state.reload(&cp.store).await;
+                    json_reply(StatusCode::OK, &json!({ "deleted": id.to_string() }))
+                }
+                Ok(false) => error(StatusCode::NOT_FOUND, format!("{id} not found")),
+                Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+            },
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        },
+        (&Method::POST, ["api", "v1", "apply"]) => apply(cp, req).await,
+        (&Method::GET, ["api", "v1", "proxies"]) => {
+            let proxies: Vec<serde_json::Value> = cp
+                .proxies
+                .lock()
+                .map(|p| {
+                    p.values()
+                        .map(|r| {
+                            let mut v = serde_json::to_value(r).unwrap_or_default();
+                            v["status"] = json!(r.status());
+                            v
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json_reply(StatusCode::OK, &json!({ "version": cp.state.snapshot().version, "proxies": proxies }))
+        }
+        (&Method::POST, ["api", "v1", "tokens"]) => create_token(cp, req).await,
+        (&Method::GET, ["api", "v1", "bundle"]) => {
+            let pem: String = cp.bundle().roots.iter().map(|r| meshgate_tls::cert_pem(r)).collect();
+            json_reply(StatusCode::OK, &json!({ "trustDomain": cp.options.trust_domain.to_string(), "pem": pem }))
+        }
+        (&Method::GET, ["api", "v1", "analyze"]) => {
+            let snap = cp.state.snapshot();
+            let findings = crate::analyze::analyze(&snap.set, &snap.settings, &snap.conditions);
+            json_reply(StatusCode::OK, &json!({ "findings": findings }))
+        }
+        (&Method::GET, ["api", "v1", "status"]) => {
+            let snap = cp.state.snapshot();
+            let errors: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+            json_reply(
+                StatusCode::OK,
+                &json!({ "version": snap.version, "store": cp.store.describe(), "resources": snap.entries.len(), "errors": errors, "conditions": snap.conditions }),
+            )
+        }
+        (&Method::POST, ["api", "v1", "ca", step]) => rotate(cp, step).await,
+        _ => error(StatusCode::NOT_FOUND, format!("no route for {method} {path}")),
+    }
+}
+
+fn item(snap: &crate::state::Snapshot, key: &str) -> Option<serde_json::Value> {
+    let e = snap.entries.get(key)?;
+    let conditions: Vec<&meshgate_model::Condition> = snap.conditions.iter().filter(|c| c.object == e.object.id).collect();
+    let mut v: serde_json::Value = serde_json::from_slice(&e.json).ok()?;
+    if !conditions.is_empty() {
+        v["status"]["meshgate"] = json!({ "conditions": conditions });
+    }
+    Some(v)
+}
+
+fn list<S: Store>(cp: &ControlPlane<S>, query: &str) -> Reply {
+    let mut kind = None;
+    let mut ns = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("kind", k)) => match Kind::from_cli(k) {
+                Some(k) => kind = Some(k),
+                None => return error(StatusCode::BAD_REQUEST, format!("unknown kind {k:?}")),
+            },
+            Some(("namespace", n)) => ns = Some(n.to_string()),
+            _ => {}
+        }
+    }
+    let snap = cp.state.snapshot();
+    let items: Vec<serde_json::Value> = snap
+        .entries
+        .iter()
+        .filter(|(_, e)| kind.is_none_or(|k| e.object.id.kind == k))
+        .filter(|(_, e)| ns.as_deref().is_none_or(|n| e.object.id.ns() == n || !e.object.id.kind.namespaced()))
+        .filter_map(|(k, _)| item(&snap, k))
+        .collect();
+    let invalid: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+    json_reply(StatusCode::OK, &json!({ "items": items, "invalid": invalid }))
+}
+
+fn get<S: Store>(cp: &ControlPlane<S>, kind: &str, ns: &str, name: &str) -> Reply {
+    let id = match parse_ref(kind, ns, name) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let snap = cp.state.snapshot();
+    match item(&snap, &key_of(&id)) {
+        Some(v) => json_reply(StatusCode::OK, &v),
+        None => {
+            let invalid: Vec<String> =
+                snap.errors.iter().filter(|e| e.object.as_ref() == Some(&id)).map(ToString::to_string).collect();
+            if invalid.is_empty() {
+                error(StatusCode::NOT_FOUND, format!("{id} not found"))
+            } else {
+                error(StatusCode::UNPROCESSABLE_ENTITY, format!("{id} is in the store but invalid: {}", invalid.join("; ")))
+            }
+        }
+    }
+}
+
+async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Reply> {
+    match Limited::new(req.into_body(), 8 << 20).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}"))),
+    }
+}
+
+async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply {
+    let source = req
+        .headers()
+        .get("x-meshgate-source")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("apply")
+        .to_string();
+    let body = match body_bytes(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let text = String::from_utf8_lossy(&body);
+    let loaded = meshgate_api::load_str(&source.as_str().into(), &text);
+    if !loaded.errors.is_empty() {
+        let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        return json_reply(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "errors": errors }));
+    }
+    let snap = cp.state.snapshot();
+    let mut results = Vec::new();
+    for o in &loaded.objects {
+        let value = match serde_json::to_value(&o.resource) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let key = key_of(&o.id);
+        let action = match snap.entries.get(&key) {
+            Some(e) if serde_json::from_slice::<serde_json::Value>(&e.json).ok().as_ref() == Some(&value) => "unchanged",
+            Some(_) => "configured",
+            None => "created",
+        };
+        if action != "unchanged" {
+            if let Err(e) = cp.store.put(o, &value).await {
+                return json_reply(
+                    StatusCode::CONFLICT,
+                    &json!({ "errors": [format!("{}: {e}", o.id)], "results": results }),
+                );
+            }
+        }
+        results.push(json!({ "object": o.id.to_string(), "action": action }));
+    }
+    let _ = cp.state.reload(&cp.store).await;
+    json_reply(StatusCode::OK, &json!({ "results": results }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenRequest {
+    namespace: String,
+    service_account: String,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+async fn create_token<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply {
+    let body = match body_bytes(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let t: TokenRequest = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("token request: {e}")),
+    };
+    for (what, v) in [("namespace", &t.namespace), ("serviceAccount", &t.service_account)] {
+        if meshgate_api::validate::syntax::dns_label(v).is_err() {
+            return error(StatusCode::BAD_REQUEST, format!("{what} {v:?} is not a valid name"));
+        }
+    }
+    let ttl = Duration::from_secs(t.ttl_seconds.unwrap_or(3600).clamp(1, 7 * 24 * 3600));
+    match crate::tokens::create(&cp.store, &t.namespace, &t.service_account, ttl).await {
+        Ok(token) => {
+            let pem: String = cp.bundle().roots.iter().map(|r| meshgate_tls::cert_pem(r)).collect();
+            json_reply(
+                StatusCode::OK,
+                &json!({
+                    "token": token,
+                    "identity": cp.options.trust_domain.workload_id(&t.namespace, &t.service_account).map(|i| i.to_string()).unwrap_or_default(),
+                    "expiresInSeconds": ttl.as_secs(),
+                    "caBundlePem": pem,
+                }),
+            )
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn rotate<S: Store>(cp: &ControlPlane<S>, step: &str) -> Reply {
+    let result = {
+        let Ok(mut ca) = cp.ca.lock() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "CA unavailable") };
+        let r = match step {
+            "add-root" => ca.add_next_root(cp.options.root_lifetime).map_err(|e| e.to_string()),
+            "use-root" => ca.use_next_root().map_err(|e| e.to_string()),
+            "withdraw-old-roots" => {
+                ca.withdraw_old_roots();
+                Ok(())
+            }
+            other => Err(format!("unknown step {other:?}: add-root, use-root, withdraw-old-roots")),
+        };
+        r.map(|()| (ca.to_pem(), ca.bundle().roots.len()))
+    };
+    match result {
+        Ok((_, roots)) => {
+            let saved = {
+                let ca = cp.ca.lock();
+                match ca {
+                    Ok(ca) => {
+                        let (cert, key, chain) = ca.to_pem();
+                        Some((cert, key, chain, ca.trust_domain().to_string()))
+                    }
+                    Err(_) => None,
+                }
+            };
+            if let Some(m) = saved {
+                let bytes = serde_json::to_vec(&json!({ "trust_domain": m.3, "cert": m.0, "key": m.1, "chain": m.2 })).unwrap_or_default();
+                if let Err(e) = cp.store.put_blob("ca/material.json", &bytes).await {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                }
+            }
+            cp.bundle_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            json_reply(StatusCode::OK, &json!({ "step": step, "roots": roots }))
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}

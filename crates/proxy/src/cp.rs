@@ -1,0 +1,246 @@
+//! The proxy's side of the control plane: certificates (`Identity.Certify`, over TLS that
+//! verifies the control plane's SPIFFE ID; a join token first, the current SVID after) and
+//! configuration (`Discovery.Stream`: apply each push, ACK it, or NACK with the reason and keep
+//! the previous configuration). While the control plane is away the proxy keeps serving and
+//! resubscribes with backoff.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use meshgate_api::{Object, ResourceSet, Source};
+use meshgate_identity::{SpiffeId, TrustDomain};
+use meshgate_proto::meshgate::discovery_client::DiscoveryClient;
+use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
+use meshgate_proto::meshgate::identity_client::IdentityClient;
+use meshgate_proto::meshgate::{Ack, CertifyRequest, DiscoveryRequest, Hello, Nack};
+use meshgate_tls::{MeshTls, TrustBundle};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::identity::{Certified, Certifier};
+
+/// Where the control plane is and how to trust it.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneAddr {
+    /// host:port of its gRPC API.
+    pub addr: String,
+    /// The roots it is verified against (the bundle a proxy bootstraps with).
+    pub bundle: Arc<TrustBundle>,
+    /// Its SPIFFE ID.
+    pub id: SpiffeId,
+}
+
+impl ControlPlaneAddr {
+    /// The control plane of `trust_domain` at `addr`, trusted through `bundle_pem`.
+    pub fn new(addr: &str, trust_domain: TrustDomain, bundle_pem: &str) -> Result<Self, String> {
+        let id = trust_domain.workload_id("meshgate-system", "control-plane").map_err(|e| e.to_string())?;
+        let bundle = meshgate_tls::config::bundle_from_pem(trust_domain, bundle_pem)?;
+        Ok(ControlPlaneAddr { addr: addr.to_string(), bundle: Arc::new(bundle), id })
+    }
+}
+
+/// A tower connector: TCP, then TLS verifying the control plane's identity.
+#[derive(Clone)]
+struct Connector {
+    target: ControlPlaneAddr,
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let (target, config) = (self.target.clone(), self.config.clone());
+        Box::pin(async move {
+            let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&target.addr)).await??;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from("control-plane.meshgate")?.to_owned();
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let peer = meshgate_tls::PeerIdentity::from_connection(tls.get_ref().1)
+                .ok_or("the control plane presented no SPIFFE identity")?;
+            if peer.id != target.id {
+                return Err(format!("control plane identity {} is not the expected {}", peer.id, target.id).into());
+            }
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+fn channel(target: &ControlPlaneAddr, svid: Option<&meshgate_tls::Svid>) -> Result<Channel, String> {
+    let config = meshgate_tls::config::control_plane_client(target.bundle.clone(), svid).map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::from_static("http://control-plane.meshgate")
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_with_connector_lazy(Connector { target: target.clone(), config }))
+}
+
+/// Certifies through the control plane: the join token for the first certificate, the current
+/// SVID afterwards.
+pub struct CpCertifier {
+    target: ControlPlaneAddr,
+    token: Mutex<Option<String>>,
+    mesh: Mutex<Option<Arc<MeshTls>>>,
+}
+
+impl CpCertifier {
+    /// A certifier holding a one-time join token.
+    pub fn new(target: ControlPlaneAddr, token: Option<String>) -> Arc<Self> {
+        Arc::new(CpCertifier { target, token: Mutex::new(token), mesh: Mutex::new(None) })
+    }
+
+    /// Renewals authenticate with this TLS state from now on.
+    pub fn set_mesh(&self, mesh: Arc<MeshTls>) {
+        if let Ok(mut m) = self.mesh.lock() {
+            *m = Some(mesh);
+        }
+    }
+}
+
+impl Certifier for CpCertifier {
+    fn certify<'a>(
+        &'a self,
+        _id: &'a SpiffeId,
+        csr: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Certified, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let mesh = self.mesh.lock().ok().and_then(|m| m.clone());
+            let svid = mesh.as_ref().map(|m| m.material().svid.clone());
+            let token = if svid.is_some() { String::new() } else { self.token.lock().ok().and_then(|t| t.clone()).unwrap_or_default() };
+            let ch = channel(&self.target, svid.as_deref())?;
+            let resp = IdentityClient::new(ch)
+                .certify(CertifyRequest { csr, token })
+                .await
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+                .into_inner();
+            if let Ok(mut t) = self.token.lock() {
+                *t = None; // one-time
+            }
+            let td = TrustDomain::new(&resp.trust_domain).map_err(|e| e.to_string())?;
+            Ok(Certified {
+                chain: resp.chain,
+                bundle: TrustBundle { trust_domain: td, roots: resp.roots.into_iter().map(CertificateDer::from).collect() },
+            })
+        })
+    }
+}
+
+/// What the proxy does with each configuration: `Err` is sent back as a NACK.
+pub type Apply = Arc<dyn Fn(ResourceSet) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Subscribes for as long as the task runs, resubscribing with backoff when the control plane
+/// goes away; the last good configuration stays in force meanwhile.
+pub async fn subscribe(target: ControlPlaneAddr, mesh: Arc<MeshTls>, role: String, node: String, workload: String, apply: Apply) {
+    let mut objects: BTreeMap<String, Object> = BTreeMap::new();
+    let mut version = String::new();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match session(&target, &mesh, &role, &node, &workload, &apply, &mut objects, &mut version).await {
+            Ok(()) => tracing::warn!("control plane closed the stream; resubscribing"),
+            Err(e) => tracing::warn!(error = %e, "control plane unreachable; serving the last configuration (version {version})"),
+        }
+        tokio::time::sleep(backoff + Duration::from_millis(fastrand::u64(0..200))).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        if !version.is_empty() {
+            backoff = backoff.min(Duration::from_secs(2));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    target: &ControlPlaneAddr,
+    mesh: &Arc<MeshTls>,
+    role: &str,
+    node: &str,
+    workload: &str,
+    apply: &Apply,
+    objects: &mut BTreeMap<String, Object>,
+    version: &mut String,
+) -> Result<(), String> {
+    let svid = mesh.material().svid.clone();
+    let ch = channel(target, Some(&svid))?;
+    let (tx, rx) = mpsc::channel(16);
+    let hello = DiscoveryRequest {
+        kind: Some(ReqKind::Hello(Hello {
+            node: node.to_string(),
+            role: role.to_string(),
+            workload: workload.to_string(),
+            version: version.clone(),
+        })),
+    };
+    tx.send(hello).await.map_err(|e| e.to_string())?;
+    let mut stream = DiscoveryClient::new(ch)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    tracing::info!(addr = %target.addr, "subscribed to the control plane");
+    while let Some(resp) = stream.message().await.map_err(|s| format!("{}: {}", s.code(), s.message()))? {
+        if !resp.roots.is_empty() {
+            let bundle = TrustBundle {
+                trust_domain: mesh.material().bundle.trust_domain.clone(),
+                roots: resp.roots.iter().cloned().map(CertificateDer::from).collect(),
+            };
+            if let Err(e) = mesh.update(None, Some(bundle)) {
+                tracing::warn!(error = %e, "trust bundle update refused");
+            } else {
+                tracing::info!(roots = resp.roots.len(), "trust bundle updated");
+            }
+        }
+        let mut next = if resp.full { BTreeMap::new() } else { objects.clone() };
+        let mut errors = Vec::new();
+        for k in &resp.removals {
+            next.remove(k);
+        }
+        for r in &resp.upserts {
+            let source = Source { file: format!("control-plane:{}", r.key).into(), line: 0 };
+            let decoded = serde_json::from_slice::<serde_json::Value>(&r.json)
+                .map_err(|e| e.to_string())
+                .and_then(|v| meshgate_api::decode_document(&source, v).map_err(|e| e.to_string()));
+            match decoded {
+                Ok(mut objs) if objs.len() == 1 => {
+                    if let Some(o) = objs.pop() {
+                        next.insert(r.key.clone(), o);
+                    }
+                }
+                Ok(_) => errors.push(format!("{}: not exactly one resource", r.key)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let outcome = if errors.is_empty() {
+            let (set, dups) = ResourceSet::from_objects(next.values().cloned().collect());
+            if dups.is_empty() { apply(set).await } else { Err(dups.to_string()) }
+        } else {
+            Err(errors.join("\n"))
+        };
+        let reply = match outcome {
+            Ok(()) => {
+                *objects = next;
+                *version = resp.version.clone();
+                tracing::info!(version = %resp.version, resources = objects.len(), "configuration applied");
+                ReqKind::Ack(Ack { version: resp.version })
+            }
+            Err(error) => {
+                tracing::error!(version = %resp.version, "configuration refused; keeping version {version}: {error}");
+                ReqKind::Nack(Nack { version: resp.version, error })
+            }
+        };
+        if tx.send(DiscoveryRequest { kind: Some(reply) }).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
