@@ -50,6 +50,13 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for SIGTERM or SIGINT (or forever when the handlers cannot be installed).
+pub(crate) async fn shutdown_signal_quiet() {
+    if shutdown_signal().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

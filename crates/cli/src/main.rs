@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+mod client;
+mod control;
 mod gateway;
+mod proxy;
 mod up;
 mod validate;
 
@@ -19,6 +22,24 @@ mod validate;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Flags shared by the commands that talk to a control plane's API.
+#[derive(Debug, clap::Args)]
+struct ApiFlags {
+    /// The control plane's HTTP API.
+    #[arg(long, default_value = "127.0.0.1:15014", global = true)]
+    server: String,
+    /// API token (default: MESHGATE_TOKEN, then the token file in --state-dir).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// Where a local control plane keeps its admin token and CA bundle.
+    #[arg(long, default_value_os_t = default_state_dir(), global = true)]
+    state_dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".meshgate"), |h| PathBuf::from(h).join(".meshgate"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,7 +61,7 @@ enum Command {
         /// Address the listeners bind to; ports come from the Gateway listeners.
         #[arg(long, default_value = "0.0.0.0")]
         bind: IpAddr,
-        /// Admin endpoint (/ready, /config_dump); "off" disables it.
+        /// Admin endpoint (/ready, /config_dump, /certs); "off" disables it.
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: String,
         /// How long in-flight requests may take to finish on shutdown.
@@ -50,11 +71,170 @@ enum Command {
         #[arg(long)]
         access_log: bool,
     },
+    /// Run the control plane: resources from a store, config pushed to proxies, the CA.
+    ControlPlane {
+        /// dir:PATH or etcd:HOST:PORT[,HOST:PORT...].
+        #[arg(long, default_value = "dir:./mesh")]
+        store: String,
+        /// gRPC API for proxies (TLS).
+        #[arg(long, default_value = "127.0.0.1:15012")]
+        grpc: SocketAddr,
+        /// HTTP API for the CLI and dashboard (token-protected).
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        http: SocketAddr,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Where to write the admin token and the CA bundle for local tools.
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+        /// A root or intermediate CA certificate to issue from (PEM), instead of a self-signed root.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// Its key (PEM).
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+        /// For an intermediate: its chain up to the root (PEM).
+        #[arg(long)]
+        ca_chain: Option<PathBuf>,
+        /// A name for this replica (shown by proxy-status).
+        #[arg(long)]
+        replica: Option<String>,
+    },
+    /// Run a proxy configured by a control plane.
+    Proxy {
+        /// gateway (sidecars run under `meshgate run`).
+        #[arg(long, default_value = "gateway")]
+        role: String,
+        /// The control plane's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:15012")]
+        control_plane: String,
+        /// One-time join token (`meshgate token create`).
+        #[arg(long, env = "MESHGATE_JOIN_TOKEN")]
+        token: Option<String>,
+        /// The CA bundle to trust the control plane with (default: STATE_DIR/ca-bundle.pem).
+        #[arg(long)]
+        ca_bundle: Option<PathBuf>,
+        /// Where a local control plane keeps its CA bundle.
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// The proxy's namespace (as in its join token).
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The proxy's service account (as in its join token).
+        #[arg(long, default_value = "gateway")]
+        service_account: String,
+        /// Address listeners bind to.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: IpAddr,
+        /// Admin endpoint; "off" disables it.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: String,
+        /// Log one line per request.
+        #[arg(long)]
+        access_log: bool,
+        /// How long in-flight requests may take to finish on shutdown.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// Create or update resources in the control plane's store.
+    Apply {
+        /// Files or directories of YAML resources.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Show resources (with their status conditions).
+    Get {
+        /// Kind (services, httproutes, Gateway, ...).
+        kind: String,
+        /// Name; all when absent.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// yaml or json.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Delete a resource.
+    Delete {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// List connected proxies: SYNCED, STALE or NACKED, with version and reason.
+    ProxyStatus {
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Look for configuration that is valid resource by resource but wrong together.
+    Analyze {
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Join tokens for proxies.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Certificate authority operations.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+    /// Show a proxy's certificates: chain, SPIFFE ID, expiry, next rotation.
+    Certs {
+        /// The proxy's admin endpoint.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: String,
+    },
     /// Start the demo: the gateway on examples/gateway with its demo backends.
     Up {
         /// Directory of the demo.
         #[arg(long, default_value = "examples/gateway")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Create a one-time join token bound to a namespace and service account.
+    Create {
+        /// Namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Service account.
+        #[arg(long)]
+        service_account: String,
+        /// How long it stays valid.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaAction {
+    /// Root rotation: add-root (distribute), use-root (sign with it), withdraw-old-roots.
+    Rotate {
+        /// add-root, use-root or withdraw-old-roots.
+        step: String,
+        #[command(flatten)]
+        api: ApiFlags,
     },
 }
 
@@ -69,7 +249,7 @@ fn init_logging() {
     let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| "info,hyper=warn,h2=warn".parse().unwrap_or_default());
+        .unwrap_or_else(|| "info,hyper=warn,h2=warn,tonic=warn,tower=warn".parse().unwrap_or_default());
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(std::io::stderr)
@@ -94,37 +274,101 @@ fn parse_admin(s: &str) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(s.parse().map_err(|e| anyhow::anyhow!("--admin {s:?}: {e}"))?))
 }
 
+/// Runs an async command; `Ok(false)` means "failed, already explained".
+fn block(f: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCode {
+    match runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(f)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    init_logging();
+    match runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(f)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn api(flags: &ApiFlags) -> anyhow::Result<client::Api> {
+    client::Api::new(&flags.server, flags.token.clone(), &flags.state_dir)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { paths, strict } => validate::run(&paths, strict),
-        Command::Gateway { paths, bind, admin, drain_timeout, access_log } => {
-            init_logging();
-            let admin = match parse_admin(&admin) {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let opts = gateway::Options { paths, bind, admin, drain_timeout, access_log };
-            match runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(gateway::run(opts))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Gateway { paths, bind, admin, drain_timeout, access_log } => serve(async move {
+            let admin = parse_admin(&admin)?;
+            gateway::run(gateway::Options { paths, bind, admin, drain_timeout, access_log }).await
+        }),
+        Command::ControlPlane { store, grpc, http, trust_domain, state_dir, ca_cert, ca_key, ca_chain, replica } => {
+            serve(control::main(control::Args {
+                store,
+                grpc,
+                http,
+                trust_domain,
+                state_dir,
+                ca_cert,
+                ca_key,
+                ca_chain,
+                replica,
+            }))
         }
-        Command::Up { dir } => {
-            init_logging();
-            match runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(up::run(dir))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Proxy {
+            role,
+            control_plane,
+            token,
+            ca_bundle,
+            state_dir,
+            trust_domain,
+            namespace,
+            service_account,
+            bind,
+            admin,
+            access_log,
+            drain_timeout,
+        } => serve(async move {
+            let admin = parse_admin(&admin)?;
+            proxy::main(proxy::Args {
+                role,
+                control_plane,
+                token,
+                ca_bundle,
+                state_dir,
+                trust_domain,
+                namespace,
+                service_account,
+                bind,
+                admin,
+                access_log,
+                drain_timeout,
+            })
+            .await
+        }),
+        Command::Apply { paths, api: flags } => block(async move { client::apply(&api(&flags)?, &paths).await }),
+        Command::Get { kind, name, namespace, output, api: flags } => block(async move {
+            client::get(&api(&flags)?, &kind, name.as_deref(), namespace.as_deref(), output.as_deref()).await
+        }),
+        Command::Delete { kind, name, namespace, api: flags } => {
+            block(async move { client::delete(&api(&flags)?, &kind, &name, namespace.as_deref()).await })
         }
+        Command::ProxyStatus { api: flags } => block(async move { client::proxy_status(&api(&flags)?).await }),
+        Command::Analyze { api: flags } => block(async move { client::analyze(&api(&flags)?).await }),
+        Command::Token { action: TokenAction::Create { namespace, service_account, ttl, api: flags } } => {
+            block(async move { client::token_create(&api(&flags)?, &namespace, &service_account, ttl.as_secs()).await })
+        }
+        Command::Ca { action: CaAction::Rotate { step, api: flags } } => {
+            block(async move { client::ca_rotate(&api(&flags)?, &step).await })
+        }
+        Command::Certs { admin } => block(async move { client::certs(&admin).await }),
+        Command::Up { dir } => serve(up::run(dir)),
     }
 }

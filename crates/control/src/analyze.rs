@@ -88,7 +88,11 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
         .endpoint_slices()
         .filter(|(_, s)| s.endpoints.as_ref().is_some_and(|e| !e.is_empty()))
         .filter_map(|(o, s)| {
-            s.metadata.labels.as_ref()?.get(meshgate_model::resolve::SERVICE_NAME_LABEL).map(|n| (o.id.ns(), n.as_str()))
+            s.metadata
+                .labels
+                .as_ref()?
+                .get(meshgate_model::resolve::SERVICE_NAME_LABEL)
+                .map(|n| (o.id.ns(), n.as_str()))
         })
         .collect();
     for (o, svc) in set.services() {
@@ -104,7 +108,11 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
         });
         let by_slice = slices.contains(&(o.id.ns(), o.id.name.as_ref()));
         if !by_workload && !by_slice {
-            out.push(finding("Warning", o, "the Service has no endpoints (no EndpointSlice, no selected Workload)".into()));
+            out.push(finding(
+                "Warning",
+                o,
+                "the Service has no endpoints (no EndpointSlice, no selected Workload)".into(),
+            ));
         }
     }
     // 4. STRICT mTLS towards workloads without a proxy.
@@ -123,7 +131,8 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
     let root = settings.root_namespace.as_str();
     let selects_any = |ns: &str, sel: &std::collections::BTreeMap<String, String>| {
         set.workloads().any(|(wo, w)| {
-            (ns == root || wo.id.ns() == ns) && sel.iter().all(|(k, v)| labels_of(w).get(k.as_str()) == Some(&v.as_str()))
+            (ns == root || wo.id.ns() == ns)
+                && sel.iter().all(|(k, v)| labels_of(w).get(k.as_str()) == Some(&v.as_str()))
         })
     };
     for (o, a) in set.authorization_policies() {

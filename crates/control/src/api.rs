@@ -128,7 +128,8 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
 
 fn item(snap: &crate::state::Snapshot, key: &str) -> Option<serde_json::Value> {
     let e = snap.entries.get(key)?;
-    let conditions: Vec<&meshgate_model::Condition> = snap.conditions.iter().filter(|c| c.object == e.object.id).collect();
+    let conditions: Vec<&meshgate_model::Condition> =
+        snap.conditions.iter().filter(|c| c.object == e.object.id).collect();
     let mut v: serde_json::Value = serde_json::from_slice(&e.json).ok()?;
     if !conditions.is_empty() {
         v["status"]["meshgate"] = json!({ "conditions": conditions });
@@ -175,7 +176,10 @@ fn get<S: Store>(cp: &ControlPlane<S>, kind: &str, ns: &str, name: &str) -> Repl
             if invalid.is_empty() {
                 error(StatusCode::NOT_FOUND, format!("{id} not found"))
             } else {
-                error(StatusCode::UNPROCESSABLE_ENTITY, format!("{id} is in the store but invalid: {}", invalid.join("; ")))
+                error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{id} is in the store but invalid: {}", invalid.join("; ")),
+                )
             }
         }
     }
@@ -189,12 +193,7 @@ async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Reply> {
 }
 
 async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply {
-    let source = req
-        .headers()
-        .get("x-meshgate-source")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("apply")
-        .to_string();
+    let source = req.headers().get("x-meshgate-source").and_then(|v| v.to_str().ok()).unwrap_or("apply").to_string();
     let body = match body_bytes(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -214,7 +213,9 @@ async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply 
         };
         let key = key_of(&o.id);
         let action = match snap.entries.get(&key) {
-            Some(e) if serde_json::from_slice::<serde_json::Value>(&e.json).ok().as_ref() == Some(&value) => "unchanged",
+            Some(e) if serde_json::from_slice::<serde_json::Value>(&e.json).ok().as_ref() == Some(&value) => {
+                "unchanged"
+            }
             Some(_) => "configured",
             None => "created",
         };
@@ -300,7 +301,8 @@ async fn rotate<S: Store>(cp: &ControlPlane<S>, step: &str) -> Reply {
                 }
             };
             if let Some(m) = saved {
-                let bytes = serde_json::to_vec(&json!({ "trust_domain": m.3, "cert": m.0, "key": m.1, "chain": m.2 })).unwrap_or_default();
+                let bytes = serde_json::to_vec(&json!({ "trust_domain": m.3, "cert": m.0, "key": m.1, "chain": m.2 }))
+                    .unwrap_or_default();
                 if let Err(e) = cp.store.put_blob("ca/material.json", &bytes).await {
                     return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
                 }

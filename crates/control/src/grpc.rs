@@ -183,7 +183,13 @@ fn full(snap: &Snapshot, role: &str, ns: &str, sent: &mut HashMap<String, u64>) 
             WireResource { key: k.clone(), json: e.json.to_vec() }
         })
         .collect();
-    DiscoveryResponse { version: snap.version.to_string(), full: true, upserts, removals: Vec::new(), roots: Vec::new() }
+    DiscoveryResponse {
+        version: snap.version.to_string(),
+        full: true,
+        upserts,
+        removals: Vec::new(),
+        roots: Vec::new(),
+    }
 }
 
 /// What changed for one proxy: only the keys of `change` are looked at, so a change to one

@@ -106,8 +106,9 @@ pub fn unix_now() -> u64 {
 impl<S: Store> ControlPlane<S> {
     /// Opens the CA (creating it in the store when needed) and loads the resources.
     pub async fn new(store: S, options: Options) -> Result<Arc<Self>, StoreError> {
-        let ca = crate::ca::load_or_create(&store, &options.trust_domain, options.root_lifetime, options.user_ca.clone())
-            .await?;
+        let ca =
+            crate::ca::load_or_create(&store, &options.trust_domain, options.root_lifetime, options.user_ca.clone())
+                .await?;
         let cp = Arc::new(ControlPlane {
             store,
             state: State::default(),
@@ -143,10 +144,10 @@ impl<S: Store> ControlPlane<S> {
 
     /// The trust bundle.
     pub fn bundle(&self) -> TrustBundle {
-        self.ca.lock().map(|ca| ca.bundle()).unwrap_or_else(|_| TrustBundle {
-            trust_domain: self.options.trust_domain.clone(),
-            roots: Vec::new(),
-        })
+        self.ca
+            .lock()
+            .map(|ca| ca.bundle())
+            .unwrap_or_else(|_| TrustBundle { trust_domain: self.options.trust_domain.clone(), roots: Vec::new() })
     }
 
     /// The control plane's own identity.

@@ -82,18 +82,18 @@ pub struct Running {
 }
 
 /// Starts everything and runs until `shutdown` resolves.
-pub async fn run(opts: RunOptions, started: impl FnOnce(Running), shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    opts: RunOptions,
+    started: impl FnOnce(Running),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let store = AnyStore::open(&opts.store).await?;
     let cp = ControlPlane::new(store, opts.plane.clone()).await?;
     // The admin token: the first replica makes it; every replica serves it.
     let fresh = format!("mga.{}", meshgate_tls::hex(&meshgate_tls::random_bytes(24)));
     cp.store.create_blob("admin/token", fresh.as_bytes()).await?;
-    let token = cp
-        .store
-        .get_blob("admin/token")
-        .await?
-        .map(|t| String::from_utf8_lossy(&t).into_owned())
-        .unwrap_or(fresh);
+    let token =
+        cp.store.get_blob("admin/token").await?.map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or(fresh);
     write_private(&token_path(&opts.state_dir), token.as_bytes()).map_err(StoreError::Io)?;
     let pem: String = cp.bundle().roots.iter().map(|r| meshgate_tls::cert_pem(r)).collect();
     write_private(&bundle_path(&opts.state_dir), pem.as_bytes()).map_err(StoreError::Io)?;

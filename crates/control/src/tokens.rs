@@ -42,7 +42,12 @@ fn now() -> u64 {
 }
 
 /// Creates a token for `namespace/service_account`, valid for `ttl`.
-pub async fn create<S: Store>(store: &S, namespace: &str, service_account: &str, ttl: Duration) -> Result<String, StoreError> {
+pub async fn create<S: Store>(
+    store: &S,
+    namespace: &str,
+    service_account: &str,
+    ttl: Duration,
+) -> Result<String, StoreError> {
     let token = format!("mgj.{}", meshgate_tls::hex(&meshgate_tls::random_bytes(24)));
     let grant = Grant {
         namespace: namespace.to_string(),

@@ -68,7 +68,20 @@ fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
             }
         }
-        "/" => reply(StatusCode::OK, "text/plain", "meshgate admin: /ready /config_dump\n"),
+        "/certs" => {
+            let v = match gateway.tls() {
+                Some(mesh) => {
+                    let m = mesh.material();
+                    serde_json::json!({
+                        "svid": m.svid.summary(Some(m.next_rotation)),
+                        "bundle": m.bundle.roots.iter().map(meshgate_tls::svid::describe).collect::<Vec<_>>(),
+                    })
+                }
+                None => serde_json::json!({ "svid": null, "bundle": [] }),
+            };
+            reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&v).unwrap_or_default())
+        }
+        "/" => reply(StatusCode::OK, "text/plain", "meshgate admin: /ready /config_dump /certs\n"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /ready or /config_dump\n"),
     }
 }

@@ -118,7 +118,11 @@ impl Certifier for CpCertifier {
         Box::pin(async move {
             let mesh = self.mesh.lock().ok().and_then(|m| m.clone());
             let svid = mesh.as_ref().map(|m| m.material().svid.clone());
-            let token = if svid.is_some() { String::new() } else { self.token.lock().ok().and_then(|t| t.clone()).unwrap_or_default() };
+            let token = if svid.is_some() {
+                String::new()
+            } else {
+                self.token.lock().ok().and_then(|t| t.clone()).unwrap_or_default()
+            };
             let ch = channel(&self.target, svid.as_deref())?;
             let resp = IdentityClient::new(ch)
                 .certify(CertifyRequest { csr, token })
@@ -131,7 +135,10 @@ impl Certifier for CpCertifier {
             let td = TrustDomain::new(&resp.trust_domain).map_err(|e| e.to_string())?;
             Ok(Certified {
                 chain: resp.chain,
-                bundle: TrustBundle { trust_domain: td, roots: resp.roots.into_iter().map(CertificateDer::from).collect() },
+                bundle: TrustBundle {
+                    trust_domain: td,
+                    roots: resp.roots.into_iter().map(CertificateDer::from).collect(),
+                },
             })
         })
     }
@@ -142,14 +149,23 @@ pub type Apply = Arc<dyn Fn(ResourceSet) -> Pin<Box<dyn Future<Output = Result<(
 
 /// Subscribes for as long as the task runs, resubscribing with backoff when the control plane
 /// goes away; the last good configuration stays in force meanwhile.
-pub async fn subscribe(target: ControlPlaneAddr, mesh: Arc<MeshTls>, role: String, node: String, workload: String, apply: Apply) {
+pub async fn subscribe(
+    target: ControlPlaneAddr,
+    mesh: Arc<MeshTls>,
+    role: String,
+    node: String,
+    workload: String,
+    apply: Apply,
+) {
     let mut objects: BTreeMap<String, Object> = BTreeMap::new();
     let mut version = String::new();
     let mut backoff = Duration::from_millis(200);
     loop {
         match session(&target, &mesh, &role, &node, &workload, &apply, &mut objects, &mut version).await {
             Ok(()) => tracing::warn!("control plane closed the stream; resubscribing"),
-            Err(e) => tracing::warn!(error = %e, "control plane unreachable; serving the last configuration (version {version})"),
+            Err(e) => {
+                tracing::warn!(error = %e, "control plane unreachable; serving the last configuration (version {version})")
+            }
         }
         tokio::time::sleep(backoff + Duration::from_millis(fastrand::u64(0..200))).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -111,6 +111,11 @@ impl Gateway {
         })
     }
 
+    /// This proxy's mTLS state, when it has an identity.
+    pub fn tls(&self) -> Option<Arc<meshgate_tls::MeshTls>> {
+        self.options.tls.clone()
+    }
+
     /// The configuration now in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()

@@ -1,0 +1,288 @@
+//! The operator commands that talk to a control plane's HTTP API: apply, get, delete,
+//! proxy-status, analyze, token create, ca rotate.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Where the API is and how to authenticate.
+pub(crate) struct Api {
+    pub(crate) server: String,
+    pub(crate) token: String,
+}
+
+impl Api {
+    /// From flags, `MESHGATE_TOKEN`, or the token file the control plane wrote.
+    pub(crate) fn new(server: &str, token: Option<String>, state_dir: &Path) -> anyhow::Result<Self> {
+        let token = match token.or_else(|| std::env::var("MESHGATE_TOKEN").ok()) {
+            Some(t) => t,
+            None => {
+                let path = meshgate_control::run::token_path(state_dir);
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "no --token given and cannot read {} (is a control plane running here?)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let server = server.trim_end_matches('/').trim_start_matches("http://").to_string();
+        Ok(Api { server, token })
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &str)>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let stream = tokio::net::TcpStream::connect(&self.server)
+            .await
+            .with_context(|| format!("cannot reach the control plane at http://{} (--server)", self.server))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.server)
+            .header("authorization", format!("Bearer {}", self.token));
+        if let Some((_, source)) = &body {
+            req = req.header("x-meshgate-source", *source);
+        }
+        let req = req.body(Full::new(body.map(|b| b.0).unwrap_or_default()))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok((status, value))
+    }
+}
+
+fn error_text(v: &Value) -> String {
+    v.get("error").and_then(Value::as_str).map_or_else(|| v.to_string(), str::to_string)
+}
+
+pub(crate) async fn apply(api: &Api, paths: &[PathBuf]) -> anyhow::Result<bool> {
+    let mut files = Vec::new();
+    for p in paths {
+        meshgate_api::collect_files(p, &mut files).with_context(|| format!("cannot read {}", p.display()))?;
+    }
+    let mut ok = true;
+    for f in files {
+        let text = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
+        let source = f.display().to_string();
+        let (status, v) = api.call(Method::POST, "/api/v1/apply", Some((Bytes::from(text), &source))).await?;
+        for r in v.get("results").and_then(Value::as_array).into_iter().flatten() {
+            println!("{} {}", r["object"].as_str().unwrap_or("?"), r["action"].as_str().unwrap_or("?"));
+        }
+        for e in v.get("errors").and_then(Value::as_array).into_iter().flatten() {
+            println!("error: {}", e.as_str().unwrap_or("?"));
+            ok = false;
+        }
+        if !status.is_success() && v.get("errors").is_none() {
+            println!("error: {}", error_text(&v));
+            ok = false;
+        }
+    }
+    Ok(ok)
+}
+
+fn render(v: &Value, output: &str) -> anyhow::Result<String> {
+    Ok(match output {
+        "json" => serde_json::to_string_pretty(v)?,
+        _ => serde_saphyr::to_string(v).map_err(|e| anyhow::anyhow!("{e}"))?,
+    })
+}
+
+fn conditions_summary(item: &Value) -> String {
+    let conds = item["status"]["meshgate"]["conditions"].as_array().cloned().unwrap_or_default();
+    let problems: Vec<String> = conds
+        .iter()
+        .filter(|c| {
+            let ok = c["status"].as_bool().unwrap_or(true);
+            if c["type"] == "Conflicted" { ok } else { !ok }
+        })
+        .map(|c| {
+            format!("{}={} ({})", c["type"].as_str().unwrap_or(""), c["status"], c["reason"].as_str().unwrap_or(""))
+        })
+        .collect();
+    if problems.is_empty() { if conds.is_empty() { "-".into() } else { "OK".into() } } else { problems.join(", ") }
+}
+
+pub(crate) async fn get(
+    api: &Api,
+    kind: &str,
+    name: Option<&str>,
+    ns: Option<&str>,
+    output: Option<&str>,
+) -> anyhow::Result<bool> {
+    match name {
+        Some(name) => {
+            let path = format!("/api/v1/resources/{kind}/{}/{name}", ns.unwrap_or("default"));
+            let (status, v) = api.call(Method::GET, &path, None).await?;
+            if !status.is_success() {
+                println!("error: {}", error_text(&v));
+                return Ok(false);
+            }
+            print!("{}", render(&v, output.unwrap_or("yaml"))?);
+            Ok(true)
+        }
+        None => {
+            let mut path = format!("/api/v1/resources?kind={kind}");
+            if let Some(ns) = ns {
+                path.push_str(&format!("&namespace={ns}"));
+            }
+            let (status, v) = api.call(Method::GET, &path, None).await?;
+            if !status.is_success() {
+                println!("error: {}", error_text(&v));
+                return Ok(false);
+            }
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            match output {
+                Some(o) => print!("{}", render(&Value::Array(items), o)?),
+                None => {
+                    println!("{:<20} {:<32} {}", "NAMESPACE", "NAME", "STATUS");
+                    for i in &items {
+                        println!(
+                            "{:<20} {:<32} {}",
+                            i["metadata"]["namespace"].as_str().unwrap_or("-"),
+                            i["metadata"]["name"].as_str().unwrap_or("?"),
+                            conditions_summary(i)
+                        );
+                    }
+                }
+            }
+            for e in v["invalid"].as_array().into_iter().flatten() {
+                println!("invalid: {}", e.as_str().unwrap_or("?"));
+            }
+            Ok(true)
+        }
+    }
+}
+
+pub(crate) async fn delete(api: &Api, kind: &str, name: &str, ns: Option<&str>) -> anyhow::Result<bool> {
+    let path = format!("/api/v1/resources/{kind}/{}/{name}", ns.unwrap_or("default"));
+    let (status, v) = api.call(Method::DELETE, &path, None).await?;
+    if status.is_success() {
+        println!("{} deleted", v["deleted"].as_str().unwrap_or(name));
+        Ok(true)
+    } else {
+        println!("error: {}", error_text(&v));
+        Ok(false)
+    }
+}
+
+pub(crate) async fn proxy_status(api: &Api) -> anyhow::Result<bool> {
+    let (status, v) = api.call(Method::GET, "/api/v1/proxies", None).await?;
+    if !status.is_success() {
+        bail!("{}", error_text(&v));
+    }
+    println!("control plane version {}", v["version"]);
+    println!("{:<52} {:<8} {:<8} {:<8} {:<8} {}", "PROXY", "ROLE", "STATUS", "SENT", "ACKED", "REASON");
+    for p in v["proxies"].as_array().into_iter().flatten() {
+        println!(
+            "{:<52} {:<8} {:<8} {:<8} {:<8} {}",
+            p["identity"].as_str().unwrap_or("?"),
+            p["role"].as_str().unwrap_or("?"),
+            p["status"].as_str().unwrap_or("?"),
+            p["sent"],
+            p["acked"],
+            p["nack"].as_str().unwrap_or("")
+        );
+    }
+    Ok(true)
+}
+
+pub(crate) async fn analyze(api: &Api) -> anyhow::Result<bool> {
+    let (status, v) = api.call(Method::GET, "/api/v1/analyze", None).await?;
+    if !status.is_success() {
+        bail!("{}", error_text(&v));
+    }
+    let findings = v["findings"].as_array().cloned().unwrap_or_default();
+    for f in &findings {
+        println!(
+            "{} [{}] {}: {}",
+            f["severity"].as_str().unwrap_or("?"),
+            f["source"].as_str().unwrap_or("?"),
+            f["object"].as_str().unwrap_or("?"),
+            f["message"].as_str().unwrap_or("?")
+        );
+    }
+    if findings.is_empty() {
+        println!("no problems found");
+    }
+    Ok(!findings.iter().any(|f| f["severity"] == "Error"))
+}
+
+pub(crate) async fn token_create(
+    api: &Api,
+    namespace: &str,
+    service_account: &str,
+    ttl_seconds: u64,
+) -> anyhow::Result<bool> {
+    let body =
+        serde_json::json!({ "namespace": namespace, "serviceAccount": service_account, "ttlSeconds": ttl_seconds });
+    let (status, v) = api.call(Method::POST, "/api/v1/tokens", Some((Bytes::from(body.to_string()), "cli"))).await?;
+    if !status.is_success() {
+        println!("error: {}", error_text(&v));
+        return Ok(false);
+    }
+    println!("{}", v["token"].as_str().unwrap_or(""));
+    eprintln!("one-time join token for {} (valid {} s)", v["identity"].as_str().unwrap_or("?"), v["expiresInSeconds"]);
+    Ok(true)
+}
+
+pub(crate) async fn ca_rotate(api: &Api, step: &str) -> anyhow::Result<bool> {
+    let (status, v) = api.call(Method::POST, &format!("/api/v1/ca/{step}"), Some((Bytes::new(), "cli"))).await?;
+    if !status.is_success() {
+        println!("error: {}", error_text(&v));
+        return Ok(false);
+    }
+    println!("{step}: the trust bundle now holds {} root(s)", v["roots"]);
+    Ok(true)
+}
+
+pub(crate) async fn certs(admin: &str) -> anyhow::Result<bool> {
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| format!("cannot reach the proxy admin endpoint at {admin} (--admin)"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::builder().uri("/certs").header("host", admin).body(Full::new(Bytes::new()))?;
+    let resp = sender.send_request(req).await?;
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).context("not a /certs answer")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let when = |t: &Value| {
+        let t = t.as_u64().unwrap_or(0);
+        if t >= now { format!("in {}s", t - now) } else { format!("{}s ago", now - t) }
+    };
+    let Some(svid) = v.get("svid").filter(|s| !s.is_null()) else {
+        println!("this proxy has no mTLS identity");
+        return Ok(true);
+    };
+    println!("identity:      {}", svid["spiffeId"].as_str().unwrap_or("?"));
+    println!("expires:       {}", when(&svid["notAfter"]));
+    println!("next rotation: {}", when(&svid["nextRotation"]));
+    for (i, c) in svid["chain"].as_array().into_iter().flatten().enumerate() {
+        println!(
+            "chain[{i}]: serial {} issuer {:?} valid until {}",
+            c["serial"].as_str().unwrap_or("?"),
+            c["issuer"].as_str().unwrap_or("?"),
+            when(&c["notAfter"])
+        );
+    }
+    for (i, r) in v["bundle"].as_array().into_iter().flatten().enumerate() {
+        println!("trust bundle[{i}]: {} (valid until {})", r["subject"].as_str().unwrap_or("?"), when(&r["notAfter"]));
+    }
+    Ok(true)
+}
