@@ -150,7 +150,7 @@ pub(crate) async fn get(
             match output {
                 Some(o) => print!("{}", render(&Value::Array(items), o)?),
                 None => {
-                    println!("{:<20} {:<32} {}", "NAMESPACE", "NAME", "STATUS");
+                    println!("{:<20} {:<32} STATUS", "NAMESPACE", "NAME");
                     for i in &items {
                         println!(
                             "{:<20} {:<32} {}",
@@ -187,7 +187,7 @@ pub(crate) async fn proxy_status(api: &Api) -> anyhow::Result<bool> {
         bail!("{}", error_text(&v));
     }
     println!("control plane version {}", v["version"]);
-    println!("{:<52} {:<8} {:<8} {:<8} {:<8} {}", "PROXY", "ROLE", "STATUS", "SENT", "ACKED", "REASON");
+    println!("{:<52} {:<8} {:<8} {:<8} {:<8} REASON", "PROXY", "ROLE", "STATUS", "SENT", "ACKED");
     for p in v["proxies"].as_array().into_iter().flatten() {
         println!(
             "{:<52} {:<8} {:<8} {:<8} {:<8} {}",

@@ -2,14 +2,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use meshgate_identity::TrustDomain;
-use meshgate_proxy::cp::{Apply, ControlPlaneAddr, CpCertifier, subscribe};
-use meshgate_proxy::identity::{self, Certifier};
-use meshgate_proxy::{Gateway, GatewayOptions, admin};
+use meshgate_proxy::cp::ControlPlaneAddr;
+use meshgate_proxy::managed::ManagedGateway;
+use meshgate_proxy::{GatewayOptions, admin};
 
 pub(crate) struct Args {
     pub(crate) role: String,
@@ -39,41 +38,20 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read the CA bundle {} (--ca-bundle)", bundle_path.display()))?;
     let target = ControlPlaneAddr::new(&args.control_plane, td.clone(), &bundle_pem).map_err(|e| anyhow::anyhow!(e))?;
     let id = td.workload_id(&args.namespace, &args.service_account).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let certifier = CpCertifier::new(target.clone(), args.token.clone());
-    let mesh = identity::bootstrap(certifier.as_ref(), &id).await?;
-    certifier.set_mesh(mesh.clone());
-    let rotation = tokio::spawn(identity::rotate(mesh.clone(), certifier.clone() as Arc<dyn Certifier>, id.clone()));
-    let gateway = Gateway::new(GatewayOptions {
+    let options = GatewayOptions {
         bind: args.bind,
         drain_timeout: args.drain_timeout,
         access_log: args.access_log,
-        tls: Some(mesh.clone()),
         ..GatewayOptions::default()
-    });
+    };
+    let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let managed = ManagedGateway::start(target, id.clone(), args.token.clone(), options, node).await?;
     if let Some(addr) = args.admin {
         let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
-        tokio::spawn(admin::serve(listener, gateway.clone()));
+        tokio::spawn(admin::serve(listener, managed.gateway.clone()));
     }
-    let gw = gateway.clone();
-    let apply: Apply = Arc::new(move |set| {
-        let gw = gw.clone();
-        Box::pin(async move {
-            let compiled = meshgate_model::compile_gateway(&set);
-            for p in compiled.problems() {
-                tracing::warn!("{p}");
-            }
-            gw.apply(compiled, vec![format!("control plane")])
-                .await
-                .map(|_| ())
-                .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
-        })
-    });
-    let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    let subscription = tokio::spawn(subscribe(target, mesh, "gateway".into(), node, String::new(), apply));
     tracing::info!(%id, "gateway proxy started");
     crate::gateway::shutdown_signal_quiet().await;
-    subscription.abort();
-    rotation.abort();
-    gateway.drain().await;
+    managed.stop().await;
     Ok(())
 }

@@ -62,9 +62,10 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
                 let who = format!("HTTPRoute {} rule {}", e.rule.route, e.rule.index);
                 match seen.get(&key) {
                     Some(first) if !first.starts_with(&format!("HTTPRoute {} ", e.rule.route)) => {
-                        if let Some((ns, name)) = e.rule.route.split_once('/') {
-                            if let Some(o) = set.lookup(Kind::HttpRoute, ns, name) {
-                                out.push(finding(
+                        if let Some((ns, name)) = e.rule.route.split_once('/')
+                            && let Some(o) = set.lookup(Kind::HttpRoute, ns, name)
+                        {
+                            out.push(finding(
                                     "Warning",
                                     o,
                                     format!(
@@ -72,7 +73,6 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
                                         l.gateway, l.name
                                     ),
                                 ));
-                            }
                         }
                     }
                     Some(_) => {}
@@ -136,17 +136,17 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
         })
     };
     for (o, a) in set.authorization_policies() {
-        if let Some(sel) = &a.spec.selector {
-            if !selects_any(o.id.ns(), &sel.match_labels) {
-                out.push(finding("Warning", o, "the selector matches no workload".into()));
-            }
+        if let Some(sel) = &a.spec.selector
+            && !selects_any(o.id.ns(), &sel.match_labels)
+        {
+            out.push(finding("Warning", o, "the selector matches no workload".into()));
         }
     }
     for (o, p) in set.peer_authentications() {
-        if let Some(sel) = &p.spec.selector {
-            if !selects_any(o.id.ns(), &sel.match_labels) {
-                out.push(finding("Warning", o, "the selector matches no workload".into()));
-            }
+        if let Some(sel) = &p.spec.selector
+            && !selects_any(o.id.ns(), &sel.match_labels)
+        {
+            out.push(finding("Warning", o, "the selector matches no workload".into()));
         }
     }
     for (o, _) in set.fault_injections() {

@@ -219,13 +219,13 @@ async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply 
             Some(_) => "configured",
             None => "created",
         };
-        if action != "unchanged" {
-            if let Err(e) = cp.store.put(o, &value).await {
-                return json_reply(
-                    StatusCode::CONFLICT,
-                    &json!({ "errors": [format!("{}: {e}", o.id)], "results": results }),
-                );
-            }
+        if action != "unchanged"
+            && let Err(e) = cp.store.put(o, &value).await
+        {
+            return json_reply(
+                StatusCode::CONFLICT,
+                &json!({ "errors": [format!("{}: {e}", o.id)], "results": results }),
+            );
         }
         results.push(json!({ "object": o.id.to_string(), "action": action }));
     }

@@ -76,7 +76,9 @@ pub async fn serve<S: Store>(
     tls: Arc<arc_swap::ArcSwap<rustls_server::ServerConfig>>,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = mpsc::channel::<Result<TlsIo, std::io::Error>>(64);
-    tokio::spawn(async move {
+    // The accept loop lives in this future (not a detached task), so stopping the server
+    // closes the listening socket.
+    let accept = async move {
         loop {
             let Ok((tcp, addr)) = listener.accept().await else { continue };
             let _ = tcp.set_nodelay(true);
@@ -93,12 +95,15 @@ pub async fn serve<S: Store>(
                 }
             });
         }
-    });
-    tonic::transport::Server::builder()
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::from_arc(Arc::new(IdentityService(cp.clone()))))
         .add_service(DiscoveryServer::from_arc(Arc::new(DiscoveryService(cp))))
-        .serve_with_incoming(ReceiverStream::new(rx))
-        .await
+        .serve_with_incoming(ReceiverStream::new(rx));
+    tokio::select! {
+        r = server => r,
+        () = accept => Ok(()),
+    }
 }
 
 /// rustls's server config type, re-exported for callers.
@@ -257,6 +262,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 replica: cp.options.replica.clone(),
             });
             tracing::info!(%identity, role, node = %hello.node, "proxy subscribed");
+            let mut stopping = cp.stopping.subscribe();
             let mut sent_keys = HashMap::new();
             let mut bundle_sent = 0;
             let mut next = full(&cp.state.snapshot(), &role, &ns, &mut sent_keys);
@@ -278,6 +284,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                     }
                 }
                 next = tokio::select! {
+                    _ = stopping.changed() => break,
                     msg = inbound.message() => {
                         match msg {
                             Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Ack(a)) })) => {

@@ -90,6 +90,8 @@ pub struct ControlPlane<S: Store> {
     next_conn: AtomicU64,
     /// Setup.
     pub options: Options,
+    /// Set when the control plane stops: proxy streams end so proxies resubscribe elsewhere.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl<S: Store> std::fmt::Debug for ControlPlane<S> {
@@ -117,6 +119,7 @@ impl<S: Store> ControlPlane<S> {
             proxies: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(1),
             options,
+            stopping: tokio::sync::watch::channel(false).0,
         });
         cp.state.reload(&cp.store).await?;
         Ok(cp)
@@ -180,10 +183,10 @@ impl<S: Store> ControlPlane<S> {
 
     /// Updates a connected proxy's record.
     pub fn update_proxy(&self, conn: u64, f: impl FnOnce(&mut ProxyRecord)) {
-        if let Ok(mut p) = self.proxies.lock() {
-            if let Some(r) = p.get_mut(&conn) {
-                f(r);
-            }
+        if let Ok(mut p) = self.proxies.lock()
+            && let Some(r) = p.get_mut(&conn)
+        {
+            f(r);
         }
     }
 

@@ -132,6 +132,7 @@ pub async fn run(
     ];
     started(running);
     shutdown.await;
+    let _ = cp.stopping.send(true);
     for t in tasks {
         t.abort();
     }

@@ -28,7 +28,7 @@ use crate::identity::{Certified, Certifier};
 /// Where the control plane is and how to trust it.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneAddr {
-    /// host:port of its gRPC API.
+    /// host:port of its gRPC API; several, comma-separated, for replicas (tried in turn).
     pub addr: String,
     /// The roots it is verified against (the bundle a proxy bootstraps with).
     pub bundle: Arc<TrustBundle>,
@@ -64,7 +64,24 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let (target, config) = (self.target.clone(), self.config.clone());
         Box::pin(async move {
-            let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&target.addr)).await??;
+            let addrs: Vec<&str> = target.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+            let start = fastrand::usize(..addrs.len().max(1));
+            let mut last = None;
+            let mut tcp = None;
+            for i in 0..addrs.len() {
+                let a = addrs[(start + i) % addrs.len()];
+                match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(a)).await {
+                    Ok(Ok(s)) => {
+                        tcp = Some(s);
+                        break;
+                    }
+                    Ok(Err(e)) => last = Some(format!("{a}: {e}")),
+                    Err(_) => last = Some(format!("{a}: connect timed out")),
+                }
+            }
+            let Some(tcp) = tcp else {
+                return Err(last.unwrap_or_else(|| "no control plane address".into()).into());
+            };
             let _ = tcp.set_nodelay(true);
             let name = ServerName::try_from("control-plane.meshgate")?.to_owned();
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
@@ -242,9 +259,13 @@ async fn session(
         } else {
             Err(errors.join("\n"))
         };
+        // What was received is kept even when it cannot be applied: the control plane sends
+        // only changes from now on, and the next push is applied on top of everything.
+        if errors.is_empty() {
+            *objects = next;
+        }
         let reply = match outcome {
             Ok(()) => {
-                *objects = next;
                 *version = resp.version.clone();
                 tracing::info!(version = %resp.version, resources = objects.len(), "configuration applied");
                 ReqKind::Ack(Ack { version: resp.version })

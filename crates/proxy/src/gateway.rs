@@ -131,13 +131,13 @@ impl Gateway {
         self.ports.lock().await.get(&port).map(PortServer::local_addr)
     }
 
-    /// Publishes a compiled configuration: builds its runtime state (reusing connection pools
-    /// of endpoints that stay), swaps it in atomically, then opens new ports and closes ports no
-    /// longer wanted. Requests in flight keep the snapshot they started with.
+    /// Publishes a compiled configuration: opens the ports it needs first (if one cannot be
+    /// opened, nothing changes and the error says which), builds its runtime state (reusing
+    /// connection pools of endpoints that stay), swaps it in atomically, then starts serving
+    /// the new ports and closes the ones no longer wanted. Requests in flight keep the snapshot
+    /// they started with.
     pub async fn apply(self: &Arc<Self>, compiled: Compiled, sources: Vec<String>) -> Result<u64, Vec<BindError>> {
         self.start_housekeeping();
-        let backends = self.prepare_backends(&compiled.config);
-        let version = self.versions.fetch_add(1, Ordering::AcqRel) + 1;
         let wanted: HashMap<u16, String> = compiled
             .config
             .ports
@@ -148,6 +148,24 @@ impl Gateway {
                 (*port, who.join(", "))
             })
             .collect();
+        let mut ports = self.ports.lock().await;
+        let mut opened = Vec::new();
+        let mut errors = Vec::new();
+        for (port, who) in &wanted {
+            if ports.contains_key(port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.options.bind, *port);
+            match bind(addr) {
+                Ok(listener) => opened.push((*port, listener, who.clone())),
+                Err(source) => errors.push(BindError { addr, wanted_by: who.clone(), source }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let backends = self.prepare_backends(&compiled.config);
+        let version = self.versions.fetch_add(1, Ordering::AcqRel) + 1;
         let snapshot = Snapshot {
             version,
             applied_at: SystemTime::now(),
@@ -157,14 +175,29 @@ impl Gateway {
             backends,
         };
         self.snapshot.store(Arc::new(snapshot));
-        let errors = self.sync_ports(&wanted).await;
-        self.prune_pools();
-        if errors.is_empty() {
-            self.ready.store(true, Ordering::Release);
-            Ok(version)
-        } else {
-            Err(errors)
+        for (port, listener, who) in opened {
+            let server = PortServer::start(
+                listener,
+                port,
+                self.snapshot.clone(),
+                self.options.server.clone(),
+                self.options.access_log,
+            );
+            tracing::info!(addr = %server.local_addr(), listeners = %who, "listening");
+            ports.insert(port, server);
         }
+        let gone: Vec<u16> = ports.keys().filter(|p| !wanted.contains_key(p)).copied().collect();
+        for port in gone {
+            if let Some(server) = ports.remove(&port) {
+                tracing::info!(port, "no listener wants this port any more: closing it");
+                let timeout = self.options.drain_timeout;
+                tokio::spawn(async move { server.drain(timeout).await });
+            }
+        }
+        drop(ports);
+        self.prune_pools();
+        self.ready.store(true, Ordering::Release);
+        Ok(version)
     }
 
     fn prepare_backends(&self, config: &GatewayConfig) -> Vec<Arc<BackendRt>> {
@@ -261,40 +294,6 @@ impl Gateway {
                 }
             }
         });
-    }
-
-    async fn sync_ports(&self, wanted: &HashMap<u16, String>) -> Vec<BindError> {
-        let mut ports = self.ports.lock().await;
-        let gone: Vec<u16> = ports.keys().filter(|p| !wanted.contains_key(p)).copied().collect();
-        for port in gone {
-            if let Some(server) = ports.remove(&port) {
-                tracing::info!(port, "no listener wants this port any more: closing it");
-                let timeout = self.options.drain_timeout;
-                tokio::spawn(async move { server.drain(timeout).await });
-            }
-        }
-        let mut errors = Vec::new();
-        for (port, who) in wanted {
-            if ports.contains_key(port) {
-                continue;
-            }
-            let addr = SocketAddr::new(self.options.bind, *port);
-            match bind(addr) {
-                Ok(listener) => {
-                    let server = PortServer::start(
-                        listener,
-                        *port,
-                        self.snapshot.clone(),
-                        self.options.server.clone(),
-                        self.options.access_log,
-                    );
-                    tracing::info!(addr = %server.local_addr(), listeners = %who, "listening");
-                    ports.insert(*port, server);
-                }
-                Err(source) => errors.push(BindError { addr, wanted_by: who.clone(), source }),
-            }
-        }
-        errors
     }
 
     /// Stops accepting on every port and waits (up to the drain timeout) for requests in

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod managed;
 pub mod pool;
 pub mod replay;
 pub mod server;

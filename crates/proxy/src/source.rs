@@ -74,10 +74,11 @@ pub async fn apply_files(paths: &[PathBuf], gateway: &Arc<Gateway>) -> Option<u6
                     Some(version)
                 }
                 Err(bind_errors) => {
+                    let current = gateway.snapshot().version;
                     for e in &bind_errors {
-                        tracing::error!("{e}");
+                        tracing::error!("configuration rejected; version {current} stays in force: {e}");
                     }
-                    Some(gateway.snapshot().version)
+                    None
                 }
             }
         }

@@ -312,3 +312,58 @@ impl Client {
             .unwrap_or_else(|e| panic!("GET http://{host}{path} via {addr}: {e}"))
     }
 }
+
+/// A real etcd server (Debian's etcd-server) on free loopback ports, killed when dropped.
+#[derive(Debug)]
+pub struct Etcd {
+    /// `127.0.0.1:PORT` of its client API.
+    pub endpoint: String,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers; panics (loudly, with the fix) when it is not
+    /// installed.
+    pub fn start() -> Etcd {
+        let dir = TempDir::new("meshgate-etcd");
+        let (client, peer) = (free_port(), free_port());
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster",
+                &format!("t=http://127.0.0.1:{peer}"),
+                "--log-level",
+                "error",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start etcd ({e}): install it with `scripts/deps test` (Debian package etcd-server)")
+            });
+        let endpoint = format!("127.0.0.1:{client}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&endpoint).is_err() {
+            assert!(std::time::Instant::now() < deadline, "etcd did not start listening on {endpoint}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcd { endpoint, child, _dir: dir }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

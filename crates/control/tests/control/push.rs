@@ -1,0 +1,101 @@
+//! Pushes: config reaches proxies, ACK/NACK shows in proxy-status, and proxies keep serving
+//! while the control plane is down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use meshgate_testkit::{Client, EchoServer, free_port};
+
+use crate::harness::{Cp, config, gateway, ports, tmp, wait_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_is_pushed_acked_and_changes_arrive() {
+    let dir = tmp();
+    let (g, h) = ports();
+    let cp =
+        Cp::start(&format!("dir:{}", dir.path().join("store").display()), &dir.path().join("state"), g, h, "a").await;
+    let app = EchoServer::start("app").await;
+    let port = free_port();
+    cp.apply(&config(port, app.addr, "v1")).await;
+    let gw = gateway(&cp, cp.target()).await;
+    wait_config(port, "v1").await;
+    let proxies = cp.proxies().await;
+    assert_eq!(proxies.len(), 1);
+    assert_eq!(proxies[0]["identity"], "spiffe://cluster.local/ns/infra/sa/gateway");
+    for _ in 0..50 {
+        if cp.proxies().await[0]["status"] == "SYNCED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cp.proxies().await[0]["status"], "SYNCED");
+    let t = std::time::Instant::now();
+    cp.apply(&config(port, app.addr, "v2")).await;
+    wait_config(port, "v2").await;
+    assert!(t.elapsed() < Duration::from_secs(2), "a change reached the proxy in {:?}", t.elapsed());
+
+    // A configuration the proxy cannot apply (its port is taken): NACK, the old one stays.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    cp.apply(&config(busy, app.addr, "v3")).await;
+    let mut nacked = None;
+    for _ in 0..100 {
+        let p = &cp.proxies().await[0];
+        if p["status"] == "NACKED" {
+            nacked = Some(p.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let nacked = nacked.expect("the proxy NACKs");
+    assert!(nacked["nack"].as_str().unwrap().contains(&format!("cannot listen on 127.0.0.1:{busy}")), "{nacked}");
+    wait_config(port, "v2").await;
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_serving_while_the_control_plane_is_down() {
+    let dir = tmp();
+    let (g, h) = ports();
+    let store = format!("dir:{}", dir.path().join("store").display());
+    let state = dir.path().join("state");
+    let mut cp = Cp::start(&store, &state, g, h, "a").await;
+    let app = EchoServer::start("app").await;
+    let port = free_port();
+    cp.apply(&config(port, app.addr, "before")).await;
+    let target = cp.target();
+    let _gw = gateway(&cp, target).await;
+    wait_config(port, "before").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let driver = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let c = Client::h1();
+            while !stop.load(Ordering::Relaxed) {
+                match c.try_get(addr, "h", "/").await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cp.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = ok.load(Ordering::Relaxed);
+    // Back, on the same store and ports; a change made now reaches the proxy.
+    let cp = Cp::start(&store, &state, g, h, "a").await;
+    cp.apply(&config(port, app.addr, "after")).await;
+    tokio::time::timeout(Duration::from_secs(15), wait_config(port, "after")).await.expect("change after restart");
+    stop.store(true, Ordering::Relaxed);
+    driver.await.unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed while the control plane was down");
+    assert!(ok.load(Ordering::Relaxed) > during && during > 50);
+}
