@@ -21,6 +21,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
+mod cp_push;
+
 #[derive(Parser)]
 #[command(about = "meshgate benchmark tool")]
 struct Cli {
@@ -37,6 +39,20 @@ enum Cmd {
     },
     /// Run one load and print a JSON result line.
     Load(LoadArgs),
+    /// Control-plane push latency to many simulated proxies.
+    CpPush {
+        /// The meshgate binary.
+        #[arg(long)]
+        meshgate: std::path::PathBuf,
+        #[arg(long, default_value_t = 200)]
+        proxies: usize,
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 10)]
+        changes: usize,
+    },
     /// Run the whole comparison and print a markdown table.
     Suite {
         /// `name,h1=ADDR,h2=ADDR,pid=PID[+PID]` (pid: processes whose CPU and memory count).
@@ -95,6 +111,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Suite { targets, rates, secs, rounds, host } => rt.block_on(suite(targets, rates, secs, rounds, host)),
+        Cmd::CpPush { meshgate, proxies, services, endpoints, changes } => {
+            rt.block_on(cp_push::run(&meshgate, proxies, services, endpoints, changes))
+        }
     }
 }
 

@@ -212,7 +212,7 @@ async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply 
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
         let key = key_of(&o.id);
-        let action = match snap.entries.get(&key) {
+        let action = match snap.entries.get(key.as_str()) {
             Some(e) if serde_json::from_slice::<serde_json::Value>(&e.json).ok().as_ref() == Some(&value) => {
                 "unchanged"
             }

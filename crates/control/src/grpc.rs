@@ -176,7 +176,7 @@ pub fn wanted(role: &str, ns: &str, root_ns: &str, object: &Object) -> bool {
     }
 }
 
-fn full(snap: &Snapshot, role: &str, ns: &str, sent: &mut HashMap<String, u64>) -> DiscoveryResponse {
+fn full(snap: &Snapshot, role: &str, ns: &str, sent: &mut HashMap<Arc<str>, u64>) -> DiscoveryResponse {
     sent.clear();
     let root = snap.settings.root_namespace.as_str();
     let upserts = snap
@@ -185,7 +185,7 @@ fn full(snap: &Snapshot, role: &str, ns: &str, sent: &mut HashMap<String, u64>) 
         .filter(|(_, e)| wanted(role, ns, root, &e.object))
         .map(|(k, e)| {
             sent.insert(k.clone(), e.hash);
-            WireResource { key: k.clone(), json: e.json.to_vec() }
+            WireResource { key: k.to_string(), json: e.json.clone() }
         })
         .collect();
     DiscoveryResponse {
@@ -204,7 +204,7 @@ fn delta(
     change: &crate::state::Change,
     role: &str,
     ns: &str,
-    sent: &mut HashMap<String, u64>,
+    sent: &mut HashMap<Arc<str>, u64>,
 ) -> DiscoveryResponse {
     let root = snap.settings.root_namespace.as_str();
     let mut upserts = Vec::new();
@@ -214,12 +214,12 @@ fn delta(
             Some(e) if wanted(role, ns, root, &e.object) => {
                 if sent.get(k) != Some(&e.hash) {
                     sent.insert(k.clone(), e.hash);
-                    upserts.push(WireResource { key: k.clone(), json: e.json.to_vec() });
+                    upserts.push(WireResource { key: k.to_string(), json: e.json.clone() });
                 }
             }
             _ => {
                 if sent.remove(k).is_some() {
-                    removals.push(k.clone());
+                    removals.push(k.to_string());
                 }
             }
         }

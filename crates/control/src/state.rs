@@ -32,7 +32,7 @@ pub struct Snapshot {
     /// Increases with every change.
     pub version: u64,
     /// Every valid resource by key (`Kind/namespace/name`).
-    pub entries: BTreeMap<String, Entry>,
+    pub entries: BTreeMap<Arc<str>, Entry>,
     /// The same, as a set for compiling.
     pub set: ResourceSet,
     /// What did not load or validate.
@@ -49,9 +49,9 @@ pub struct Change {
     /// The new version.
     pub version: u64,
     /// Keys added or modified.
-    pub changed: Vec<String>,
+    pub changed: Vec<Arc<str>>,
     /// Keys removed.
-    pub removed: Vec<String>,
+    pub removed: Vec<Arc<str>>,
 }
 
 /// The control plane's view of its store.
@@ -100,7 +100,7 @@ impl State {
                 }
             };
             let hash = hash_bytes(&json);
-            entries.insert(key_of(&o.id), Entry { object: Arc::new(o.clone()), json, hash });
+            entries.insert(Arc::from(key_of(&o.id)), Entry { object: Arc::new(o.clone()), json, hash });
         }
         let old = self.current.load();
         let mut changed = Vec::new();
@@ -109,8 +109,8 @@ impl State {
                 changed.push(k.clone());
             }
         }
-        let new_keys: BTreeSet<&String> = entries.keys().collect();
-        let removed: Vec<String> = old.entries.keys().filter(|k| !new_keys.contains(k)).cloned().collect();
+        let new_keys: BTreeSet<&Arc<str>> = entries.keys().collect();
+        let removed: Vec<Arc<str>> = old.entries.keys().filter(|k| !new_keys.contains(k)).cloned().collect();
         let errors_changed = old.errors != errors;
         if changed.is_empty() && removed.is_empty() && !errors_changed && old.version > 0 {
             return Ok(None);

@@ -95,7 +95,8 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-fn channel(target: &ControlPlaneAddr, svid: Option<&meshgate_tls::Svid>) -> Result<Channel, String> {
+/// A gRPC channel to the control plane over TLS that checks its identity (and presents `svid`).
+pub fn channel(target: &ControlPlaneAddr, svid: Option<&meshgate_tls::Svid>) -> Result<Channel, String> {
     let config = meshgate_tls::config::control_plane_client(target.bundle.clone(), svid).map_err(|e| e.to_string())?;
     let endpoint = Endpoint::from_static("http://control-plane.meshgate")
         .connect_timeout(Duration::from_secs(5))
