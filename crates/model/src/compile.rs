@@ -38,6 +38,9 @@ pub struct GatewayConfig {
     pub ports: BTreeMap<u16, ListenerSet>,
     /// Every Service backend referenced, indexed by [`ServiceBackend::slot`].
     pub backends: Vec<Arc<ServiceBackend>>,
+    /// For sidecars: the mesh as seen from this workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<crate::mesh::MeshOutbound>,
 }
 
 /// The compiler's output.
@@ -339,6 +342,7 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
     let config = GatewayConfig {
         ports: ports.into_iter().map(|(k, v)| (k, ListenerSet::new(v))).collect(),
         backends: disc.into_backends(),
+        mesh: None,
     };
     Compiled { config, conditions }
 }
@@ -394,7 +398,7 @@ fn allowed(p: &Placed<'_>, route_ns: &str, ns_labels: &HashMap<&str, BTreeMap<St
     }
 }
 
-fn compile_rule(
+pub(crate) fn compile_rule(
     route: &Arc<str>,
     index: usize,
     r: &HttpRouteRules,

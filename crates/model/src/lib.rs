@@ -4,6 +4,7 @@
 mod compile;
 pub mod host;
 pub mod matching;
+pub mod mesh;
 pub mod policy;
 pub mod resolve;
 pub mod rule;
@@ -13,3 +14,10 @@ pub mod table;
 
 pub use compile::{CONTROLLER_NAME, Compiled, DEFAULT_CLASS, GatewayConfig, compile_gateway};
 pub use status::{Condition, Severity};
+
+/// A reference to a backend of [`GatewayConfig::backends`] by slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceBackendRef {
+    /// Index in `backends`.
+    pub slot: usize,
+}

@@ -64,6 +64,9 @@ impl Security {
 pub enum AppTarget {
     /// A fixed address (the loopback lab, tests).
     Fixed(SocketAddr),
+    /// The port of the connection's original destination (redirected by iptables/nftables),
+    /// on localhost.
+    OriginalDst,
 }
 
 /// Settings of an inbound proxy.
@@ -154,7 +157,24 @@ impl Inbound {
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let AppTarget::Fixed(app) = self.target;
+        let app = match self.target {
+            AppTarget::Fixed(app) => app,
+            AppTarget::OriginalDst => match meshgate_intercept::original_dst(&stream) {
+                // Not redirected (someone dialled the inbound port itself): forwarding to the
+                // original destination would loop back here.
+                Ok(dst) if stream.local_addr().is_ok_and(|l| l == dst) => {
+                    tracing::debug!(%peer, "connection to the inbound port itself, not redirected: closing");
+                    return;
+                }
+                // The application listens in the same namespace: reach it on localhost (the
+                // proxy's own traffic is never redirected), at the port the client dialled.
+                Ok(dst) => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), dst.port()),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "no original destination on an intercepted connection");
+                    return;
+                }
+            },
+        };
         let port = app.port();
         let mode = self.policy.load().mode_for(port);
         let mut first = [0u8; 1];

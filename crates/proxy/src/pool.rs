@@ -326,13 +326,34 @@ impl EndpointPool {
         Ok(stream)
     }
 
+    /// A connection for opaque TCP: mTLS (ALPN meshgate-tcp) to a meshed endpoint, plain TCP
+    /// otherwise.
+    pub async fn open_tcp(&self) -> Result<Opaque, UpstreamError> {
+        let tcp = self.connect().await?;
+        match &self.tls {
+            None => Ok(Opaque::Plain(tcp)),
+            Some(dial) => Ok(Opaque::Tls(Box::new(self.tls_handshake_with(tcp, dial, true).await?))),
+        }
+    }
+
     /// The mTLS handshake, then the identity check: the peer must be the one expected.
     async fn tls_handshake(
         &self,
         tcp: TcpStream,
         dial: &TlsDial,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
-        let connector = tokio_rustls::TlsConnector::from(dial.mesh.client_config());
+        self.tls_handshake_with(tcp, dial, false).await
+    }
+
+    async fn tls_handshake_with(
+        &self,
+        tcp: TcpStream,
+        dial: &TlsDial,
+        opaque: bool,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let material = dial.mesh.material();
+        let config = if opaque { material.client_tcp.clone() } else { material.client.clone() };
+        let connector = tokio_rustls::TlsConnector::from(config);
         let name = rustls_pki_types::ServerName::IpAddress(self.addr.ip().into());
         let fail = |reason: String| UpstreamError::Tls { addr: self.addr, reason };
         let tls = match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
@@ -395,6 +416,59 @@ where
         }
     });
     Ok(sender)
+}
+
+/// An opaque TCP connection upstream.
+#[derive(Debug)]
+pub enum Opaque {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// mTLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Opaque {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Opaque::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Opaque::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Opaque {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Opaque::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Opaque::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Opaque::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Opaque::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Opaque::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Opaque::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// One counted upstream connection; uncounted (and waiters woken) when dropped.

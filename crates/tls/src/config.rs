@@ -26,8 +26,10 @@ pub struct Material {
     pub bundle: Arc<TrustBundle>,
     /// For accepting mTLS.
     pub server: Arc<ServerConfig>,
-    /// For dialling mTLS.
+    /// For dialling mTLS (HTTP/2 between proxies).
     pub client: Arc<ClientConfig>,
+    /// For dialling mTLS that carries opaque TCP.
+    pub client_tcp: Arc<ClientConfig>,
     /// When the SVID will be renewed.
     pub next_rotation: SystemTime,
 }
@@ -52,9 +54,18 @@ fn build(svid: Arc<Svid>, bundle: Arc<TrustBundle>) -> Result<Material, rustls::
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(svid.chain.clone(), svid.key.clone_key())?;
+    let mut client_tcp = client.clone();
     client.alpn_protocols = vec![ALPN_H2.to_vec()];
+    client_tcp.alpn_protocols = vec![ALPN_TCP.to_vec()];
     let next_rotation = svid.renew_at();
-    Ok(Material { svid, bundle, server: Arc::new(server), client: Arc::new(client), next_rotation })
+    Ok(Material {
+        svid,
+        bundle,
+        server: Arc::new(server),
+        client: Arc::new(client),
+        client_tcp: Arc::new(client_tcp),
+        next_rotation,
+    })
 }
 
 impl MeshTls {

@@ -1,0 +1,149 @@
+//! Network namespaces with a veth to the lab bridge: one per workload.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use crate::InterceptError;
+
+/// The lab bridge in the host namespace.
+pub const BRIDGE: &str = "meshgate0";
+/// Its address: the workloads' default gateway, and how the host reaches them.
+pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+/// A workload's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// Namespace name (`mg-...`).
+    pub name: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The host end of its veth.
+    pub veth: String,
+}
+
+/// Whether this process runs as root.
+pub fn root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+fn run(args: &[&str]) -> Result<String, InterceptError> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            InterceptError::Missing(match args[0] {
+                "ip" => "ip (iproute2)",
+                "iptables" => "iptables",
+                "nft" => "nft (nftables)",
+                _ => "a system tool",
+            })
+        } else {
+            InterceptError::Io(e)
+        }
+    })?;
+    if !out.status.success() {
+        return Err(InterceptError::Command {
+            command: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command run inside namespace `ns`.
+pub fn exec(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+/// Creates the lab bridge (once).
+pub fn ensure_bridge() -> Result<(), InterceptError> {
+    if !root() {
+        return Err(InterceptError::NotRoot("creating the lab bridge".into()));
+    }
+    if run(&["ip", "link", "show", BRIDGE]).is_ok() {
+        return Ok(());
+    }
+    run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
+    run(&["ip", "addr", "add", &format!("{BRIDGE_IP}/16"), "dev", BRIDGE])?;
+    run(&["ip", "link", "set", BRIDGE, "up"])?;
+    Ok(())
+}
+
+/// Creates a namespace with address `ip` on the lab bridge and a default route through it.
+pub fn create_pod(name: &str, ip: Ipv4Addr) -> Result<Pod, InterceptError> {
+    if !root() {
+        return Err(InterceptError::NotRoot(format!("creating network namespace {name}")));
+    }
+    ensure_bridge()?;
+    let o = ip.octets();
+    let veth = format!("mgv{:02x}{:02x}{:02x}", o[1], o[2], o[3]);
+    run(&["ip", "netns", "add", name])?;
+    let setup = (|| {
+        run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", name])?;
+        run(&["ip", "link", "set", &veth, "master", BRIDGE, "up"])?;
+        run(&["ip", "-n", name, "addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
+        run(&["ip", "-n", name, "link", "set", "eth0", "up"])?;
+        run(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        run(&["ip", "-n", name, "route", "add", "default", "via", &BRIDGE_IP.to_string()])?;
+        Ok::<(), InterceptError>(())
+    })();
+    if let Err(e) = setup {
+        let _ = delete_pod(name);
+        return Err(e);
+    }
+    Ok(Pod { name: name.to_string(), ip, veth })
+}
+
+/// Deletes a namespace (its veth goes with it) and its `/etc/netns` files.
+pub fn delete_pod(name: &str) -> Result<(), InterceptError> {
+    let r = run(&["ip", "netns", "del", name]);
+    let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
+    r.map(|_| ())
+}
+
+/// Writes the namespace's `/etc/hosts` (`ip netns exec` bind-mounts it): Service names.
+pub fn write_hosts(name: &str, entries: &[(Ipv4Addr, Vec<String>)]) -> Result<(), InterceptError> {
+    let dir = format!("/etc/netns/{name}");
+    std::fs::create_dir_all(&dir)?;
+    let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for (ip, names) in entries {
+        text.push_str(&format!("{ip} {}\n", names.join(" ")));
+    }
+    let tmp = format!("{dir}/.hosts.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, format!("{dir}/hosts"))?;
+    Ok(())
+}
+
+/// Removes every namespace, veth and bridge meshgate created (after a crash). Returns what
+/// was removed.
+pub fn cleanup_all() -> Result<Vec<String>, InterceptError> {
+    if !root() {
+        return Err(InterceptError::NotRoot("cleaning up".into()));
+    }
+    let mut removed = Vec::new();
+    for line in run(&["ip", "netns", "list"])?.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with("mg-") && delete_pod(name).is_ok() {
+            removed.push(format!("network namespace {name}"));
+        }
+    }
+    for line in run(&["ip", "-o", "link", "show"])?.lines() {
+        let name = line.split(':').nth(1).map(str::trim).unwrap_or("");
+        let name = name.split('@').next().unwrap_or("");
+        if name.starts_with("mgv") && run(&["ip", "link", "del", name]).is_ok() {
+            removed.push(format!("veth {name}"));
+        }
+    }
+    if run(&["ip", "link", "show", BRIDGE]).is_ok() && run(&["ip", "link", "del", BRIDGE]).is_ok() {
+        removed.push(format!("bridge {BRIDGE}"));
+    }
+    if let Ok(entries) = std::fs::read_dir("/etc/netns") {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("mg-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,207 @@
+//! The mesh as one workload's sidecar sees it: every Service by its virtual IP and port (with
+//! the mesh HTTPRoutes attached to it, GAMMA style), every endpoint by address (for clients
+//! that dial a pod directly), and the workload's own inbound policy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use meshgate_api::{GATEWAY_GROUP, Kind, ResourceSet};
+use serde::Serialize;
+
+use crate::compile::{age, compile_rule};
+use crate::matching::RouteMatch;
+use crate::resolve::{Discovery, Referrer};
+use crate::rule::{Backend, HeaderModifier, Rule, WeightedBackend};
+use crate::security::{InboundPolicy, MeshSettings, WorkloadRef, compile_inbound};
+use crate::table::{Entry, RouteTable};
+use crate::{GatewayConfig, ServiceBackendRef};
+
+/// How a Service port is spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AppProtocol {
+    /// HTTP (declared, or detected by sniffing).
+    Http,
+    /// Opaque TCP (declared: server-speaks-first protocols must be).
+    Tcp,
+    /// Not declared: sniff the first bytes.
+    Sniff,
+}
+
+/// One Service port in the mesh.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshService {
+    /// `namespace/name`.
+    pub name: String,
+    /// Host names that reach it (`inventory`, `inventory.shop`, `inventory.shop.svc.cluster.local`).
+    pub hosts: Vec<String>,
+    /// The Service port.
+    pub port: u16,
+    /// How it is spoken.
+    pub protocol: AppProtocol,
+    /// HTTP routes (the mesh HTTPRoutes attached to it, or one default rule to it).
+    pub routes: RouteTable,
+    /// Where opaque TCP goes (the Service itself).
+    #[serde(skip)]
+    pub tcp: Option<ServiceBackendRef>,
+}
+
+/// The mesh from one workload's side.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshOutbound {
+    /// Services by virtual IP and port.
+    pub services: BTreeMap<SocketAddr, MeshService>,
+    /// Endpoints by address: the backend slot and the identity to expect.
+    #[serde(skip)]
+    pub endpoints: HashMap<SocketAddr, (usize, Option<String>)>,
+    /// Refuse destinations outside the mesh.
+    pub registry_only: bool,
+    /// This workload's inbound policy.
+    pub inbound: InboundPolicy,
+    /// This workload's SPIFFE ID.
+    pub identity: Option<String>,
+}
+
+/// A mesh HTTPRoute attached to a Service, with the port it names (if any).
+type AttachedRoute<'a> = (&'a meshgate_api::Object, &'a meshgate_api::gw::HttpRoute, Option<i32>);
+
+fn protocol_of(port: &meshgate_api::core::ServicePort) -> AppProtocol {
+    let name = port.name.as_deref().unwrap_or("");
+    match port.app_protocol.as_deref() {
+        Some("http" | "http2" | "grpc" | "h2c" | "kubernetes.io/h2c") => return AppProtocol::Http,
+        Some("tcp" | "mysql" | "postgresql" | "redis" | "mongo") => return AppProtocol::Tcp,
+        _ => {}
+    }
+    // Istio's naming convention: <protocol>[-<suffix>].
+    let prefix = name.split('-').next().unwrap_or("");
+    match prefix {
+        "http" | "http2" | "grpc" => AppProtocol::Http,
+        "tcp" | "mysql" | "postgresql" | "redis" | "mongo" | "tls" => AppProtocol::Tcp,
+        _ => AppProtocol::Sniff,
+    }
+}
+
+/// Compiles the mesh for the sidecar of Workload `namespace/name`.
+pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> GatewayConfig {
+    let settings: MeshSettings = crate::security::mesh_settings(set);
+    let disc = Discovery::new(set);
+    let me = set.lookup(Kind::Workload, namespace, workload).and_then(|o| match &o.resource {
+        meshgate_api::Resource::Workload(w) => Some(w.as_ref()),
+        _ => None,
+    });
+    let labels = me.map(|w| w.effective_labels()).unwrap_or_default();
+    let inbound = compile_inbound(set, &settings, &WorkloadRef { namespace, labels });
+    let identity = me
+        .and_then(|w| w.spec.service_account.as_ref())
+        .map(|sa| format!("spiffe://{}/ns/{namespace}/sa/{sa}", settings.trust_domain));
+    let mut services = BTreeMap::new();
+    let mut routes_by_service: HashMap<(String, String), Vec<AttachedRoute<'_>>> = HashMap::new();
+    for (o, r) in set.http_routes() {
+        for p in r.spec.parent_refs.iter().flatten() {
+            if p.group.as_deref().unwrap_or(GATEWAY_GROUP).is_empty() && p.kind.as_deref() == Some("Service") {
+                let ns = p.namespace.clone().unwrap_or_else(|| o.id.ns().to_string());
+                routes_by_service.entry((ns, p.name.clone())).or_default().push((o, r, p.port));
+            }
+        }
+    }
+    for (o, svc) in set.services() {
+        let Some(spec) = &svc.spec else { continue };
+        let Some(ip) = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) else { continue };
+        let (ns, name) = (o.id.ns(), o.id.name.as_ref());
+        for sp in spec.ports.iter().flatten() {
+            let Ok(port) = u16::try_from(sp.port) else { continue };
+            let referrer = Referrer { group: GATEWAY_GROUP, kind: "HTTPRoute", namespace: ns };
+            let backend = disc.backend(referrer, None, None, None, name, Some(sp.port));
+            let key = format!("{ns}/{name}");
+            let mut attached: Vec<_> = routes_by_service
+                .get(&(ns.to_string(), name.to_string()))
+                .into_iter()
+                .flatten()
+                .filter(|(_, _, p)| p.is_none_or(|p| p == sp.port))
+                .collect();
+            // Consumer routes (in the client's namespace) win over the producer's (GAMMA).
+            let consumer: Vec<_> =
+                attached.iter().filter(|(ro, _, _)| ro.id.ns() == namespace && namespace != ns).cloned().collect();
+            if !consumer.is_empty() {
+                attached = consumer;
+            } else {
+                attached.retain(|(ro, _, _)| ro.id.ns() == ns);
+            }
+            attached.sort_by_key(|(ro, _, _)| (age(ro), ro.id.clone()));
+            let mut entries = Vec::new();
+            for (ro, r, _) in attached {
+                let route_key: Arc<str> = format!("{}/{}", ro.id.ns(), ro.id.name).into();
+                let referrer = Referrer { group: GATEWAY_GROUP, kind: "HTTPRoute", namespace: ro.id.ns() };
+                let mut unresolved = Vec::new();
+                for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
+                    let (rule, matches) = compile_rule(&route_key, i, rule, &disc, referrer, &mut unresolved);
+                    for (k, m) in matches.into_iter().enumerate() {
+                        entries.push(Entry {
+                            hostnames: Vec::new(),
+                            matcher: m,
+                            rule: rule.clone(),
+                            order: (age(ro), route_key.clone(), i, k),
+                        });
+                    }
+                }
+            }
+            if entries.is_empty() {
+                let rule = Rule {
+                    route: format!("service:{key}").into(),
+                    index: 0,
+                    name: None,
+                    request_headers: HeaderModifier::default(),
+                    response_headers: HeaderModifier::default(),
+                    redirect: None,
+                    rewrite: None,
+                    mirrors: Vec::new(),
+                    backends: vec![WeightedBackend {
+                        weight: 1,
+                        backend: backend.clone(),
+                        request_headers: HeaderModifier::default(),
+                        response_headers: HeaderModifier::default(),
+                    }],
+                    total_weight: 1,
+                    failure: None,
+                    policy: crate::policy::RoutePolicy::default(),
+                    fault: None,
+                };
+                entries.push(Entry {
+                    hostnames: Vec::new(),
+                    matcher: RouteMatch::any(),
+                    rule: Arc::new(rule),
+                    order: (0, key.clone().into(), 0, 0),
+                });
+            }
+            let tcp = match &backend {
+                Backend::Service(s) => Some(ServiceBackendRef { slot: s.slot }),
+                Backend::Invalid { .. } => None,
+            };
+            services.insert(
+                SocketAddr::new(ip, port),
+                MeshService {
+                    name: key,
+                    hosts: vec![name.to_string(), format!("{name}.{ns}"), format!("{name}.{ns}.svc.cluster.local")],
+                    port,
+                    protocol: protocol_of(sp),
+                    routes: RouteTable::new(entries),
+                    tcp,
+                },
+            );
+        }
+    }
+    let backends = disc.into_backends();
+    let mut endpoints = HashMap::new();
+    for b in &backends {
+        for e in &b.endpoints {
+            endpoints.entry(e.addr).or_insert((b.slot, e.identity.clone()));
+        }
+    }
+    GatewayConfig {
+        ports: BTreeMap::new(),
+        backends,
+        mesh: Some(MeshOutbound { services, endpoints, registry_only: settings.registry_only, inbound, identity }),
+    }
+}
