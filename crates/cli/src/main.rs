@@ -13,6 +13,8 @@ mod client;
 mod control;
 mod gateway;
 mod proxy;
+mod run;
+mod sidecar;
 mod up;
 mod validate;
 
@@ -26,19 +28,19 @@ struct Cli {
 
 /// Flags shared by the commands that talk to a control plane's API.
 #[derive(Debug, clap::Args)]
-struct ApiFlags {
+pub(crate) struct ApiFlags {
     /// The control plane's HTTP API.
     #[arg(long, default_value = "127.0.0.1:15014", global = true)]
-    server: String,
+    pub(crate) server: String,
     /// API token (default: MESHGATE_TOKEN, then the token file in --state-dir).
     #[arg(long, global = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Where a local control plane keeps its admin token and CA bundle.
     #[arg(long, default_value_os_t = default_state_dir(), global = true)]
-    state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
 }
 
-fn default_state_dir() -> PathBuf {
+pub(crate) fn default_state_dir() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from(".meshgate"), |h| PathBuf::from(h).join(".meshgate"))
 }
 
@@ -201,6 +203,18 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: String,
     },
+    /// Run a command as a mesh workload: its own network namespace, a sidecar, transparent
+    /// interception (as a pod in Kubernetes). Needs root.
+    Run(run::Args),
+    /// Remove what crashed `meshgate run`s left behind: network namespaces, veths, the lab
+    /// bridge, address leases (and their Workloads, when the control plane is reachable).
+    Cleanup {
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// The sidecar (started by `meshgate run` inside the workload's namespace).
+    #[command(hide = true)]
+    Sidecar(sidecar::Args),
     /// Start the demo: the gateway on examples/gateway with its demo backends.
     Up {
         /// Directory of the demo.
@@ -239,7 +253,7 @@ enum CaAction {
 }
 
 /// Parses `10s`, `500ms`, `2m`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     meshgate_api::validate::syntax::gateway_duration(s)
 }
 
@@ -267,7 +281,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-fn parse_admin(s: &str) -> anyhow::Result<Option<SocketAddr>> {
+pub(crate) fn parse_admin(s: &str) -> anyhow::Result<Option<SocketAddr>> {
     if s == "off" {
         return Ok(None);
     }
@@ -370,5 +384,33 @@ fn main() -> ExitCode {
         }
         Command::Certs { admin } => block(async move { client::certs(&admin).await }),
         Command::Up { dir } => serve(up::run(dir)),
+        Command::Run(args) => {
+            init_logging();
+            let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(async move {
+                    let api = api(&args.api)?;
+                    run::main(args, api).await
+                })
+            });
+            match result {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cleanup { api: flags } => block(async move { run::cleanup(api(&flags).ok()).await }),
+        Command::Sidecar(args) => {
+            // Before the runtime starts its threads: read what needs root, then drop it.
+            let privileged = match sidecar::prepare(&args) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            serve(sidecar::main(args, privileged))
+        }
     }
 }

@@ -45,3 +45,71 @@ pub fn original_dst<F: AsFd>(socket: &F) -> std::io::Result<SocketAddr> {
     let ip = std::net::Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr));
     Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(raw.sin_port))))
 }
+
+/// The uid and gid the sidecar runs as: its own traffic is never redirected (Istio's 1337).
+pub const PROXY_UID: u32 = 1337;
+
+/// Drops this process to `uid`/`gid` with no supplementary groups, then asks the kernel for
+/// SIGTERM when the parent dies (after the change of credentials, which clears that setting).
+pub fn become_proxy_user(uid: u32, gid: u32) -> Result<(), InterceptError> {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    let fail = |what: &str, e: nix::Error| InterceptError::Io(std::io::Error::other(format!("{what}: {e}")));
+    setgroups(&[]).map_err(|e| fail("setgroups", e))?;
+    setgid(Gid::from_raw(gid)).map_err(|e| fail("setgid", e))?;
+    setuid(Uid::from_raw(uid)).map_err(|e| fail("setuid", e))?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(|e| fail("prctl", e))?;
+    Ok(())
+}
+
+/// Sends SIGTERM to a process.
+pub fn terminate(pid: u32) -> std::io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+        .map_err(std::io::Error::from)
+}
+
+/// Where address leases are kept (one empty file per address in use).
+pub const LEASE_DIR: &str = "/run/meshgate/ips";
+
+/// A workload address in use; released when dropped.
+#[derive(Debug)]
+pub struct IpLease {
+    /// The address.
+    pub ip: std::net::Ipv4Addr,
+    path: std::path::PathBuf,
+}
+
+impl Drop for IpLease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Leases a free workload address in 10.77.1.0–10.77.255.254 (`want` asks for one in
+/// particular). Concurrent `meshgate run`s never get the same one: a lease is a file created
+/// exclusively.
+pub fn lease_ip(want: Option<std::net::Ipv4Addr>) -> Result<IpLease, InterceptError> {
+    std::fs::create_dir_all(LEASE_DIR)?;
+    let try_one = |ip: std::net::Ipv4Addr| -> Result<Option<IpLease>, InterceptError> {
+        let path = std::path::Path::new(LEASE_DIR).join(ip.to_string());
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(_) => Ok(Some(IpLease { ip, path })),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    };
+    if let Some(ip) = want {
+        return try_one(ip)?
+            .ok_or_else(|| InterceptError::Io(std::io::Error::other(format!("address {ip} is already in use"))));
+    }
+    let base = u32::from(netns::BRIDGE_IP) & 0xffff_0000;
+    for n in 0x0101u32..0xfffe {
+        if n & 0xff == 0 || n & 0xff == 0xff {
+            continue;
+        }
+        if let Some(lease) = try_one(std::net::Ipv4Addr::from(base + n))? {
+            return Ok(lease);
+        }
+    }
+    Err(InterceptError::Io(std::io::Error::other("no free workload address left in 10.77.0.0/16")))
+}

@@ -138,6 +138,12 @@ pub fn cleanup_all() -> Result<Vec<String>, InterceptError> {
     if run(&["ip", "link", "show", BRIDGE]).is_ok() && run(&["ip", "link", "del", BRIDGE]).is_ok() {
         removed.push(format!("bridge {BRIDGE}"));
     }
+    if let Ok(entries) = std::fs::read_dir(crate::LEASE_DIR) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+            removed.push(format!("address lease {}", e.file_name().to_string_lossy()));
+        }
+    }
     if let Ok(entries) = std::fs::read_dir("/etc/netns") {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with("mg-") {

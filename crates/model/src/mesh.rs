@@ -83,6 +83,63 @@ fn protocol_of(port: &meshgate_api::core::ServicePort) -> AppProtocol {
     }
 }
 
+/// The range virtual IPs are allocated from when a Service has no `clusterIP`.
+pub const SERVICE_CIDR: (std::net::Ipv4Addr, u8) = (std::net::Ipv4Addr::new(10, 96, 0, 0), 16);
+
+/// Every Service's virtual IP: its `clusterIP` when it has one (as exported from Kubernetes),
+/// else one allocated in [`SERVICE_CIDR`] from a hash of its name. Every sidecar computes the
+/// same table from the same resources: collisions go to the younger Service (probing on), so
+/// adding a Service never moves an existing one. Headless (`clusterIP: None`) and
+/// ExternalName Services get none.
+pub fn virtual_ips(set: &ResourceSet) -> HashMap<(&str, &str), IpAddr> {
+    let mut out = HashMap::new();
+    let mut taken = std::collections::HashSet::new();
+    let mut wanting = Vec::new();
+    for (o, svc) in set.services() {
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        match spec.cluster_ip.as_deref() {
+            Some("None") => {}
+            Some(ip) if !ip.is_empty() => {
+                if let Ok(ip) = ip.parse::<IpAddr>() {
+                    taken.insert(ip);
+                    out.insert((o.id.ns(), o.id.name.as_ref()), ip);
+                }
+            }
+            _ => wanting.push(o),
+        }
+    }
+    wanting.sort_by_key(|o| (age(o), o.id.ns().to_string(), o.id.name.to_string()));
+    let (base, bits) = SERVICE_CIDR;
+    let size = 1u32 << (32 - bits);
+    for o in wanting {
+        let key = format!("{}/{}", o.id.ns(), o.id.name);
+        let mut h = fnv(key.as_bytes());
+        // Skip the network address, the first host (often a gateway) and broadcast.
+        for _ in 0..size {
+            let offset = 2 + (h % (size - 3));
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(u32::from(base) + offset));
+            if taken.insert(ip) {
+                out.insert((o.id.ns(), o.id.name.as_ref()), ip);
+                break;
+            }
+            h = h.wrapping_add(1);
+        }
+    }
+    out
+}
+
+fn fnv(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
 /// Compiles the mesh for the sidecar of Workload `namespace/name`.
 pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> GatewayConfig {
     let settings: MeshSettings = crate::security::mesh_settings(set);
@@ -106,9 +163,10 @@ pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> Gatew
             }
         }
     }
+    let vips = virtual_ips(set);
     for (o, svc) in set.services() {
         let Some(spec) = &svc.spec else { continue };
-        let Some(ip) = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) else { continue };
+        let Some(&ip) = vips.get(&(o.id.ns(), o.id.name.as_ref())) else { continue };
         let (ns, name) = (o.id.ns(), o.id.name.as_ref());
         for sp in spec.ports.iter().flatten() {
             let Ok(port) = u16::try_from(sp.port) else { continue };

@@ -121,6 +121,11 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
+    /// The cell holding the configuration in force (servers load it per request).
+    pub(crate) fn snapshot_cell(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.snapshot.clone()
+    }
+
     /// True once a configuration is applied and its ports are open, until draining starts.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)

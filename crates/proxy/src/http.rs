@@ -37,6 +37,9 @@ pub struct ConnInfo {
     pub scheme: &'static str,
     /// Write an access log line per request.
     pub access_log: bool,
+    /// For a sidecar's outbound connections: the destination the application dialled (a
+    /// Service's virtual IP and port), whose mesh routes apply instead of a listener's.
+    pub dest: Option<SocketAddr>,
 }
 
 /// Response header carrying the response flags when there are any.
@@ -104,14 +107,26 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
     let host_full = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let host = normalize_host(host_full);
 
-    let Some(listener) = snapshot.config.ports.get(&conn.port).and_then(|set| set.select(&host)) else {
-        let msg = format!("no listener on port {} for host {host:?}", conn.port);
-        return Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE);
+    let routes = match conn.dest {
+        None => match snapshot.config.ports.get(&conn.port).and_then(|set| set.select(&host)) {
+            Some(listener) => &listener.routes,
+            None => {
+                let msg = format!("no listener on port {} for host {host:?}", conn.port);
+                return Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE);
+            }
+        },
+        Some(dest) => match snapshot.config.mesh.as_ref().and_then(|m| m.services.get(&dest)) {
+            Some(service) => &service.routes,
+            None => {
+                let msg = format!("{dest} is no longer a Service in the mesh");
+                return Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE);
+            }
+        },
     };
     let path = parts.uri.path();
     let query = parts.uri.query();
     let view = RequestView { method: &parts.method, path, query, headers: &parts.headers };
-    let Some(entry) = listener.routes.find(&host, &view) else {
+    let Some(entry) = routes.find(&host, &view) else {
         let msg = format!("no route for {} {path} on host {host:?}", parts.method);
         return Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE);
     };

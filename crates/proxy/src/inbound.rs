@@ -400,7 +400,7 @@ fn namespace_of(s: &Security) -> Option<&str> {
 }
 
 /// Whether the first bytes look like an HTTP/1 request line or the HTTP/2 preface.
-async fn looks_like_http(stream: &TcpStream, wait: Duration) -> bool {
+pub(crate) async fn looks_like_http(stream: &TcpStream, wait: Duration) -> bool {
     let mut buf = [0u8; 16];
     let deadline = tokio::time::Instant::now() + wait;
     loop {

@@ -1,5 +1,5 @@
-//! The data plane: one proxy core that serves the gateway role now (and the sidecar and node
-//! roles later): downstream servers, the HTTP request path, upstream pools, the admin
+//! The data plane: one proxy core that serves the gateway and sidecar roles (and the node
+//! role later): downstream servers, the HTTP request path, upstream pools, the admin
 //! endpoint, and configuration sources.
 
 pub mod admin;
@@ -17,6 +17,7 @@ pub mod managed;
 pub mod pool;
 pub mod replay;
 pub mod server;
+pub mod sidecar;
 pub mod source;
 
 pub use gateway::{Gateway, GatewayOptions, Snapshot};

@@ -46,20 +46,20 @@ impl Default for ServerSettings {
 
 /// Counts live connections so a drain can wait for them.
 #[derive(Debug, Default)]
-struct Tracker {
+pub(crate) struct Tracker {
     live: AtomicUsize,
     idle: Notify,
 }
 
-struct Guard(Arc<Tracker>);
+pub(crate) struct Guard(Arc<Tracker>);
 
 impl Tracker {
-    fn guard(self: &Arc<Self>) -> Guard {
+    pub(crate) fn guard(self: &Arc<Self>) -> Guard {
         self.live.fetch_add(1, Ordering::AcqRel);
         Guard(self.clone())
     }
 
-    async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
             if self.live.load(Ordering::Acquire) == 0 {
@@ -75,6 +75,55 @@ impl Drop for Guard {
         if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+/// The downstream HTTP server settings as a hyper builder (HTTP/1.1 and HTTP/2 by preface).
+pub(crate) fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut http1 = builder.http1();
+    http1.max_buf_size(settings.max_header_bytes.max(8192)).max_headers(settings.max_headers).keep_alive(true);
+    if let Some(t) = settings.header_read_timeout {
+        http1.timer(TokioTimer::new()).header_read_timeout(t);
+    } else {
+        http1.header_read_timeout(None);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Serves one downstream HTTP connection until it closes, or until `stop` asks it to finish
+/// its requests and go.
+pub(crate) async fn serve_connection<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let service = service_fn(move |req| {
+        let snap = snapshot.load_full();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(snap, &info, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "downstream connection ended with error");
     }
 }
 
@@ -100,20 +149,7 @@ impl PortServer {
         let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
         let (stop, stop_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        let mut http1 = builder.http1();
-        http1.max_buf_size(settings.max_header_bytes.max(8192)).max_headers(settings.max_headers).keep_alive(true);
-        if let Some(t) = settings.header_read_timeout {
-            http1.timer(TokioTimer::new()).header_read_timeout(t);
-        } else {
-            http1.header_read_timeout(None);
-        }
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(settings.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
-        let builder = Arc::new(builder);
+        let builder = Arc::new(http_builder(&settings));
         let task = tokio::spawn(accept_loop(listener, port, snapshot, builder, stop_rx, tracker.clone(), access_log));
         PortServer { addr, stop, tracker, task }
     }
@@ -162,30 +198,14 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo { port, peer, scheme: "http", access_log });
+        let info = Arc::new(ConnInfo { port, peer, scheme: "http", access_log, dest: None });
         let snapshot = snapshot.clone();
         let builder = builder.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
         let guard = tracker.guard();
         tokio::spawn(async move {
             let _guard = guard;
-            let service = service_fn(move |req| {
-                let snap = snapshot.load_full();
-                let info = info.clone();
-                async move { Ok::<_, Infallible>(handle(snap, &info, req).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "downstream connection ended with error");
-            }
+            serve_connection(TokioIo::new(stream), info, snapshot, &builder, stop).await;
         });
     }
 }

@@ -1,0 +1,442 @@
+//! The sidecar role: the proxy beside one workload, reached through the redirection rules of
+//! its network namespace.
+//!
+//! Outbound (port 15001): every TCP connection the application opens arrives here with its
+//! original destination. A Service's virtual IP is served with the mesh's routes and policies
+//! (HTTP, declared or detected by sniffing the first bytes) or as opaque TCP to one of its
+//! endpoints; a meshed pod dialled by address gets opaque TCP over mTLS to exactly that pod;
+//! anything else passes through untouched, or is refused under `REGISTRY_ONLY`.
+//!
+//! Inbound (port 15006): the [`Inbound`] proxy, forwarding to the application on localhost.
+
+use std::io::{Seek, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use meshgate_identity::SpiffeId;
+use meshgate_model::mesh::{AppProtocol, MeshOutbound};
+use meshgate_model::{Compiled, GatewayConfig};
+use meshgate_tls::MeshTls;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::balance::BackendRt;
+use crate::cp::{Apply, ControlPlaneAddr, CpCertifier, subscribe};
+use crate::gateway::{Gateway, GatewayOptions};
+use crate::http::ConnInfo;
+use crate::identity::{self, Certifier, IdentityError};
+use crate::inbound::{AppTarget, Inbound, InboundOptions, looks_like_http};
+use crate::server::{ServerSettings, Tracker, http_builder, serve_connection};
+
+/// Settings of a sidecar.
+#[derive(Debug)]
+pub struct SidecarOptions {
+    /// `namespace/name` of the workload.
+    pub workload: String,
+    /// Where redirected outbound connections arrive (Istio: 15001).
+    pub outbound: SocketAddr,
+    /// Where redirected inbound connections arrive (Istio: 15006).
+    pub inbound: SocketAddr,
+    /// How long to wait for a client's first bytes before treating an undeclared port as
+    /// opaque TCP (server-speaks-first protocols send nothing).
+    pub sniff_timeout: Duration,
+    /// How long connections may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Log one line per request.
+    pub access_log: bool,
+    /// The workload's namespace `/etc/hosts` (bind-mounted by `ip netns exec`), rewritten in
+    /// place with every Service's names: opened before privileges are dropped.
+    pub hosts_file: Option<std::fs::File>,
+}
+
+impl SidecarOptions {
+    /// Istio's ports on all addresses.
+    pub fn new(workload: String) -> Self {
+        SidecarOptions {
+            workload,
+            outbound: SocketAddr::from(([0, 0, 0, 0], 15001)),
+            inbound: SocketAddr::from(([0, 0, 0, 0], 15006)),
+            sniff_timeout: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(5),
+            access_log: false,
+            hosts_file: None,
+        }
+    }
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    /// Outbound routing state (the same core as the gateway role, without listeners).
+    pub gateway: Arc<Gateway>,
+    /// The inbound proxy.
+    pub inbound: Arc<Inbound>,
+    workload: String,
+    sniff_timeout: Duration,
+    drain_timeout: Duration,
+    access_log: bool,
+    hosts: Option<Arc<Mutex<std::fs::File>>>,
+    builder: auto::Builder<TokioExecutor>,
+    stop: watch::Sender<bool>,
+    tracker: Arc<Tracker>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    outbound_addr: SocketAddr,
+    inbound_addr: SocketAddr,
+    configured: AtomicBool,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sidecar({})", self.workload)
+    }
+}
+
+impl Sidecar {
+    /// Binds both ports and starts accepting; until the first [`Sidecar::apply`], outbound
+    /// connections pass through and inbound ones get the default policy (PERMISSIVE).
+    pub async fn start(opts: SidecarOptions, tls: Option<Arc<MeshTls>>) -> std::io::Result<Arc<Self>> {
+        let outbound = TcpListener::bind(opts.outbound).await?;
+        let inbound_listener = TcpListener::bind(opts.inbound).await?;
+        let outbound_addr = outbound.local_addr()?;
+        let inbound_addr = inbound_listener.local_addr()?;
+        let gateway = Gateway::new(GatewayOptions {
+            drain_timeout: opts.drain_timeout,
+            access_log: opts.access_log,
+            tls: tls.clone(),
+            ..GatewayOptions::default()
+        });
+        let inbound = Inbound::new(
+            AppTarget::OriginalDst,
+            tls,
+            meshgate_model::security::InboundPolicy::default(),
+            InboundOptions { workload: opts.workload.clone(), ..InboundOptions::default() },
+        );
+        let (stop, _) = watch::channel(false);
+        let me = Arc::new(Sidecar {
+            gateway,
+            inbound: inbound.clone(),
+            workload: opts.workload,
+            sniff_timeout: opts.sniff_timeout,
+            drain_timeout: opts.drain_timeout,
+            access_log: opts.access_log,
+            hosts: opts.hosts_file.map(|f| Arc::new(Mutex::new(f))),
+            builder: http_builder(&ServerSettings::default()),
+            stop,
+            tracker: Arc::new(Tracker::default()),
+            tasks: Mutex::new(Vec::new()),
+            outbound_addr,
+            inbound_addr,
+            configured: AtomicBool::new(false),
+        });
+        let inbound_task = tokio::spawn(inbound.serve(inbound_listener));
+        let outbound_task = tokio::spawn(me.clone().accept_outbound(outbound));
+        if let Ok(mut t) = me.tasks.lock() {
+            t.push(inbound_task);
+            t.push(outbound_task);
+        }
+        tracing::info!(workload = %me.workload, outbound = %outbound_addr, inbound = %inbound_addr, "sidecar listening");
+        Ok(me)
+    }
+
+    /// The bound outbound address.
+    pub fn outbound_addr(&self) -> SocketAddr {
+        self.outbound_addr
+    }
+
+    /// The bound inbound address.
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound_addr
+    }
+
+    /// True once a configuration from the control plane is in force.
+    pub fn is_configured(&self) -> bool {
+        self.configured.load(Ordering::Acquire)
+    }
+
+    /// Applies a configuration compiled by [`meshgate_model::mesh::compile_mesh`]: the inbound
+    /// policy, the outbound Services and the namespace's host names.
+    pub async fn apply(&self, config: GatewayConfig, sources: Vec<String>) -> Result<u64, String> {
+        let Some(mesh) = &config.mesh else {
+            return Err("not a sidecar configuration (no mesh section)".into());
+        };
+        self.inbound.set_policy(mesh.inbound.clone());
+        if let Some(file) = &self.hosts {
+            let text = hosts_text(mesh);
+            let file = file.clone();
+            let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let mut f = file.lock().map_err(|_| std::io::Error::other("hosts file lock poisoned"))?;
+                // In place: the namespace's /etc/hosts is a bind mount of this very inode.
+                f.set_len(0)?;
+                f.rewind()?;
+                f.write_all(text.as_bytes())?;
+                f.flush()
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot update the namespace's /etc/hosts"),
+                Err(e) => tracing::warn!(error = %e, "cannot update the namespace's /etc/hosts"),
+            }
+        }
+        let version = self
+            .gateway
+            .apply(Compiled { config, conditions: Vec::new() }, sources)
+            .await
+            .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+        self.configured.store(true, Ordering::Release);
+        Ok(version)
+    }
+
+    /// Stops accepting, lets connections in flight finish (up to the drain timeout).
+    pub async fn drain(&self) {
+        let _ = self.stop.send(true);
+        if let Ok(tasks) = self.tasks.lock() {
+            for t in tasks.iter() {
+                t.abort();
+            }
+        }
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait_idle()).await.is_err() {
+            tracing::warn!(workload = %self.workload, "drain timeout: closing outbound connections still open");
+        }
+    }
+
+    async fn accept_outbound(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let guard = self.tracker.guard();
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                me.outbound(stream, peer).await;
+            });
+        }
+    }
+
+    async fn outbound(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let dst = match meshgate_intercept::original_dst(&stream) {
+            Ok(dst) if stream.local_addr().is_ok_and(|l| l == dst) => {
+                tracing::debug!(%peer, "connection to the outbound port itself, not redirected: closing");
+                return;
+            }
+            Ok(dst) => dst,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "no original destination on an intercepted connection");
+                return;
+            }
+        };
+        let snapshot = self.gateway.snapshot();
+        let Some(mesh) = snapshot.config.mesh.as_ref() else {
+            // No configuration yet (the application starts after it, so this is a race with
+            // shutdown): behave as without a mesh.
+            passthrough(stream, dst).await;
+            return;
+        };
+        if let Some(service) = mesh.services.get(&dst) {
+            let http = match service.protocol {
+                AppProtocol::Http => true,
+                AppProtocol::Tcp => false,
+                AppProtocol::Sniff => looks_like_http(&stream, self.sniff_timeout).await,
+            };
+            if http {
+                let info = Arc::new(ConnInfo {
+                    port: dst.port(),
+                    peer,
+                    scheme: "http",
+                    access_log: self.access_log,
+                    dest: Some(dst),
+                });
+                drop(snapshot);
+                let cell = self.gateway.snapshot_cell();
+                serve_connection(TokioIo::new(stream), info, cell, &self.builder, self.stop.subscribe()).await;
+                return;
+            }
+            let Some(backend) = service.tcp.and_then(|t| snapshot.backends.get(t.slot)).cloned() else {
+                tracing::warn!(service = %service.name, port = dst.port(), "TCP connection closed: the Service port has no backend");
+                return;
+            };
+            drop(snapshot);
+            tcp_to_service(stream, &backend, dst).await;
+            return;
+        }
+        if let Some((slot, _)) = mesh.endpoints.get(&dst) {
+            let pool = snapshot.backends.get(*slot).and_then(|b| b.endpoints.iter().find(|e| e.addr == dst)).cloned();
+            drop(snapshot);
+            if let Some(pool) = pool {
+                tcp_to_endpoint(stream, &pool).await;
+                return;
+            }
+            tracing::warn!(%dst, "endpoint vanished from the configuration: closing");
+            return;
+        }
+        if mesh.registry_only {
+            tracing::info!(
+                target: "meshgate::access",
+                %peer,
+                %dst,
+                "connection refused: {dst} is not a Service or endpoint in the mesh and outboundTrafficPolicy is REGISTRY_ONLY"
+            );
+            return;
+        }
+        drop(snapshot);
+        passthrough(stream, dst).await;
+    }
+}
+
+/// `/etc/hosts` for a workload: every Service's names on its virtual IP.
+pub fn hosts_text(mesh: &MeshOutbound) -> String {
+    let mut by_ip: std::collections::BTreeMap<std::net::IpAddr, Vec<&str>> = std::collections::BTreeMap::new();
+    for (addr, s) in &mesh.services {
+        let names = by_ip.entry(addr.ip()).or_default();
+        for h in &s.hosts {
+            if !names.contains(&h.as_str()) {
+                names.push(h);
+            }
+        }
+    }
+    let mut text = String::from("# written by meshgate: the mesh's Services\n127.0.0.1 localhost\n::1 localhost\n");
+    for (ip, names) in by_ip {
+        text.push_str(&format!("{ip} {}\n", names.join(" ")));
+    }
+    text
+}
+
+/// Opaque TCP to one endpoint of a Service (over mTLS to meshed endpoints); a connect failure
+/// tries another endpoint, up to three.
+async fn tcp_to_service(mut stream: TcpStream, backend: &BackendRt, dst: SocketAddr) {
+    let mut avoid = None;
+    for _ in 0..3 {
+        let endpoint = match backend.pick(None, avoid.as_ref()) {
+            Ok(e) => e.clone(),
+            Err(_) => {
+                tracing::warn!(service = %backend.model.id, %dst, "TCP connection closed: no healthy upstream");
+                return;
+            }
+        };
+        match endpoint.open_tcp().await {
+            Ok(mut upstream) => {
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(service = %backend.model.id, endpoint = %endpoint.addr, error = %e, "TCP upstream connect failed");
+                avoid = Some(endpoint);
+            }
+        }
+    }
+}
+
+async fn tcp_to_endpoint(mut stream: TcpStream, pool: &crate::pool::EndpointPool) {
+    match pool.open_tcp().await {
+        Ok(mut upstream) => {
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+        }
+        Err(e) => tracing::warn!(endpoint = %pool.addr, error = %e, "TCP upstream connect failed"),
+    }
+}
+
+/// Forwards the connection to where the application meant it to go, unchanged.
+async fn passthrough(mut stream: TcpStream, dst: SocketAddr) {
+    match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(dst)).await {
+        Ok(Ok(mut upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%dst, error = %e, "passthrough connect failed"),
+        Err(_) => tracing::debug!(%dst, "passthrough connect timed out"),
+    }
+}
+
+/// A sidecar managed by a control plane: identity bootstrapped with a join token and kept
+/// rotated, configuration subscribed to and applied.
+pub struct ManagedSidecar {
+    /// The sidecar.
+    pub sidecar: Arc<Sidecar>,
+    /// Its identity.
+    pub id: SpiffeId,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ManagedSidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ManagedSidecar({})", self.id)
+    }
+}
+
+/// Why a managed sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// No certificate.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A port could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ManagedSidecar {
+    /// Bootstraps the identity, binds the ports, subscribes. `namespace`/`name` name the
+    /// Workload whose view of the mesh is compiled.
+    pub async fn start(
+        target: ControlPlaneAddr,
+        id: SpiffeId,
+        token: Option<String>,
+        opts: SidecarOptions,
+        node: String,
+    ) -> Result<Self, SidecarError> {
+        let workload = opts.workload.clone();
+        let certifier = CpCertifier::new(target.clone(), token);
+        let mesh = identity::bootstrap(certifier.as_ref(), &id).await?;
+        certifier.set_mesh(mesh.clone());
+        let rotation =
+            tokio::spawn(identity::rotate(mesh.clone(), certifier.clone() as Arc<dyn Certifier>, id.clone()));
+        let sidecar = Sidecar::start(opts, Some(mesh.clone())).await?;
+        let (ns, name) =
+            workload.split_once('/').map_or((String::new(), workload.clone()), |(a, b)| (a.into(), b.into()));
+        let sc = sidecar.clone();
+        let apply: Apply = Arc::new(move |set| {
+            let sc = sc.clone();
+            let (ns, name) = (ns.clone(), name.clone());
+            Box::pin(async move {
+                let config = meshgate_model::mesh::compile_mesh(&set, &ns, &name);
+                sc.apply(config, vec!["control plane".to_string()]).await.map(|_| ())
+            })
+        });
+        let subscription = tokio::spawn(subscribe(target, mesh, "sidecar".into(), node, workload, apply));
+        Ok(ManagedSidecar { sidecar, id, tasks: vec![rotation, subscription] })
+    }
+
+    /// Waits until the first configuration is applied.
+    pub async fn configured(&self) {
+        while !self.sidecar.is_configured() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops subscribing and drains.
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.sidecar.drain().await;
+    }
+}
+
+impl Drop for ManagedSidecar {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
