@@ -285,7 +285,7 @@ pub(crate) async fn main(args: Args, api: Api) -> anyhow::Result<i32> {
     // The pod: an address, a namespace, the rules.
     let lease = meshgate_intercept::lease_ip(args.ip)?;
     let ip = lease.ip;
-    let netns = format!("mg-{}", ip.to_string().replace('.', "-"));
+    let netns = meshgate_intercept::pod_name(ip);
     meshgate_intercept::create_pod(&netns, ip)?;
     let guard = PodGuard { netns: netns.clone(), _lease: lease };
     meshgate_intercept::write_hosts(&netns, &[])?;

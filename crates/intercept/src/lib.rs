@@ -12,7 +12,10 @@ mod rules;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 
-pub use netns::{BRIDGE, BRIDGE_IP, Pod, cleanup_all, create_pod, delete_pod, ensure_bridge, exec, root, write_hosts};
+pub use netns::{
+    BRIDGE, BRIDGE_IP, Pod, cleanup_all, create_pod, delete_pod, ensure_bridge, exec, pod_name, root, veth_name,
+    write_hosts,
+};
 pub use rules::{Backend, RuleSpec, install};
 
 /// A failure running a system tool.

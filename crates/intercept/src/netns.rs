@@ -75,8 +75,12 @@ pub fn create_pod(name: &str, ip: Ipv4Addr) -> Result<Pod, InterceptError> {
         return Err(InterceptError::NotRoot(format!("creating network namespace {name}")));
     }
     ensure_bridge()?;
-    let o = ip.octets();
-    let veth = format!("mgv{:02x}{:02x}{:02x}", o[1], o[2], o[3]);
+    let veth = veth_name(ip);
+    // A namespace deleted a moment ago may still be tearing down (the kernel frees it
+    // asynchronously) with its veth: remove that first.
+    if run(&["ip", "link", "show", &veth]).is_ok() {
+        let _ = run(&["ip", "link", "del", &veth]);
+    }
     run(&["ip", "netns", "add", name])?;
     let setup = (|| {
         run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", name])?;
@@ -94,8 +98,24 @@ pub fn create_pod(name: &str, ip: Ipv4Addr) -> Result<Pod, InterceptError> {
     Ok(Pod { name: name.to_string(), ip, veth })
 }
 
-/// Deletes a namespace (its veth goes with it) and its `/etc/netns` files.
+/// The host end of the veth of the workload at `ip`.
+pub fn veth_name(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("mgv{:02x}{:02x}{:02x}", o[1], o[2], o[3])
+}
+
+/// The namespace name for the workload at `ip` (`mg-10-77-1-2`).
+pub fn pod_name(ip: Ipv4Addr) -> String {
+    format!("mg-{}", ip.to_string().replace('.', "-"))
+}
+
+/// Deletes a namespace and its `/etc/netns` files. The veth goes at once (deleting one end
+/// deletes the pair), not when the kernel gets round to freeing the namespace, so the address
+/// can be reused right away.
 pub fn delete_pod(name: &str) -> Result<(), InterceptError> {
+    if let Some(ip) = name.strip_prefix("mg-").and_then(|rest| rest.replace('-', ".").parse::<Ipv4Addr>().ok()) {
+        let _ = run(&["ip", "link", "del", &veth_name(ip)]);
+    }
     let r = run(&["ip", "netns", "del", name]);
     let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
     r.map(|_| ())

@@ -98,6 +98,17 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incom
 }
 
 async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<Incoming>) -> Outcome {
+    if let Some(dest) = conn.dest
+        && let Some(mesh) = &snapshot.config.mesh
+        && !mesh.services.contains_key(&dest)
+        && let Some((slot, _)) = mesh.endpoints.get(&dest)
+    {
+        let pool = snapshot.backends.get(*slot).and_then(|b| b.endpoints.iter().find(|e| e.addr == dest));
+        return match pool {
+            Some(pool) => to_endpoint(pool, req).await,
+            None => Outcome::local(StatusCode::NOT_FOUND, format!("{dest} left the mesh"), None, Flags::NO_ROUTE),
+        };
+    }
     let (mut parts, body) = req.into_parts();
     // HTTP/2 and absolute-form requests carry the host in the URI; HTTP/1.1 in Host.
     let host_value: Option<HeaderValue> = match parts.uri.authority() {
@@ -406,6 +417,42 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
             Ok(b) => b,
             Err((status, msg, f)) => return Outcome::local(status, msg, Some(rule), flags | f),
         };
+    }
+}
+
+/// A meshed pod dialled by its address: that pod and no other (over mTLS), one attempt, no
+/// route policies (they belong to Services).
+async fn to_endpoint(pool: &Arc<EndpointPool>, req: Request<Incoming>) -> Outcome {
+    let (mut parts, body) = req.into_parts();
+    ensure_request_id(&mut parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
+    let mut req = Request::from_parts(parts, RequestBody::Incoming { body });
+    fit_version(&mut req, pool.protocol(), &pool.addr);
+    let addr = pool.addr;
+    match pool.send(req).await {
+        Ok((resp, returner)) => {
+            let (mut rparts, rbody) = resp.into_parts();
+            strip_hop_by_hop(&mut rparts.headers);
+            let body = ResponseBody::upstream(rbody, Some(returner), None, None);
+            Outcome {
+                resp: Response::from_parts(rparts, body),
+                rule: None,
+                upstream: Some(addr),
+                flags: Flags::NONE,
+                attempts: 1,
+            }
+        }
+        Err(SendError { error, .. }) => {
+            let (status, flags) = if error.is_connect() {
+                (StatusCode::SERVICE_UNAVAILABLE, Flags::UPSTREAM_CONNECT_FAILURE)
+            } else {
+                (StatusCode::BAD_GATEWAY, Flags::UPSTREAM_RESET)
+            };
+            let mut out = Outcome::local(status, format!("upstream {addr}: {error}"), None, flags);
+            out.upstream = Some(addr);
+            out.attempts = 1;
+            out
+        }
     }
 }
 

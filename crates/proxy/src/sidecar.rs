@@ -224,6 +224,15 @@ impl Sidecar {
         }
     }
 
+    /// HTTP to `dst` (a Service's virtual IP, or a meshed pod), each request with the
+    /// configuration current when it arrives.
+    async fn serve_http(&self, stream: TcpStream, peer: SocketAddr, dst: SocketAddr) {
+        let info =
+            Arc::new(ConnInfo { port: dst.port(), peer, scheme: "http", access_log: self.access_log, dest: Some(dst) });
+        let cell = self.gateway.snapshot_cell();
+        serve_connection(TokioIo::new(stream), info, cell, &self.builder, self.stop.subscribe()).await;
+    }
+
     async fn outbound(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let dst = match meshgate_intercept::original_dst(&stream) {
             Ok(dst) if stream.local_addr().is_ok_and(|l| l == dst) => {
@@ -250,16 +259,8 @@ impl Sidecar {
                 AppProtocol::Sniff => looks_like_http(&stream, self.sniff_timeout).await,
             };
             if http {
-                let info = Arc::new(ConnInfo {
-                    port: dst.port(),
-                    peer,
-                    scheme: "http",
-                    access_log: self.access_log,
-                    dest: Some(dst),
-                });
                 drop(snapshot);
-                let cell = self.gateway.snapshot_cell();
-                serve_connection(TokioIo::new(stream), info, cell, &self.builder, self.stop.subscribe()).await;
+                self.serve_http(stream, peer, dst).await;
                 return;
             }
             let Some(backend) = service.tcp.and_then(|t| snapshot.backends.get(t.slot)).cloned() else {
@@ -273,11 +274,15 @@ impl Sidecar {
         if let Some((slot, _)) = mesh.endpoints.get(&dst) {
             let pool = snapshot.backends.get(*slot).and_then(|b| b.endpoints.iter().find(|e| e.addr == dst)).cloned();
             drop(snapshot);
-            if let Some(pool) = pool {
-                tcp_to_endpoint(stream, &pool).await;
+            let Some(pool) = pool else {
+                tracing::warn!(%dst, "endpoint vanished from the configuration: closing");
                 return;
+            };
+            if looks_like_http(&stream, self.sniff_timeout).await {
+                self.serve_http(stream, peer, dst).await;
+            } else {
+                tcp_to_endpoint(stream, &pool).await;
             }
-            tracing::warn!(%dst, "endpoint vanished from the configuration: closing");
             return;
         }
         if mesh.registry_only {
