@@ -124,6 +124,17 @@ impl Lab {
         self.children.push(child);
     }
 
+    /// `inventory` (the echo app) in namespace `shop`, answering; returns its address.
+    fn inventory(&mut self) -> Ipv4Addr {
+        self.spawn(
+            &["-n", "shop", "--service-account", "inventory", "--name", "inventory-1", "--service", "inventory:8080"],
+            &["python3", ECHO, "--name", "inventory", "--port", "8080"],
+        );
+        let ip = self.workload_ip("shop", "inventory-1");
+        wait_plain_ok(SocketAddr::from((ip, 8080)));
+        ip
+    }
+
     fn apply(&self, yaml: &str) {
         let file = self.dir.path().join(format!("apply-{}.yaml", fastrand_name()));
         std::fs::write(&file, yaml).unwrap();
@@ -237,12 +248,7 @@ fn netns_exists(name: &str) -> bool {
 #[test]
 fn http_between_sidecars_is_mutual_tls_and_the_namespace_goes_away() {
     let mut lab = Lab::start();
-    lab.spawn(
-        &["-n", "shop", "--service-account", "inventory", "--name", "inventory-1", "--service", "inventory:8080"],
-        &["python3", ECHO, "--name", "inventory", "--port", "8080"],
-    );
-    let ip = lab.workload_ip("shop", "inventory-1");
-    wait_plain_ok(SocketAddr::from((ip, 8080)));
+    lab.inventory();
     let out = lab
         .run(
             &["-n", "shop", "--service-account", "order", "--name", "order-1"],
@@ -298,12 +304,7 @@ fn exit_status_is_the_commands_and_the_app_starts_after_the_sidecar() {
 #[test]
 fn strict_mtls_refuses_a_plaintext_client_without_a_sidecar() {
     let mut lab = Lab::start();
-    lab.spawn(
-        &["-n", "shop", "--service-account", "inventory", "--name", "inventory-1", "--service", "inventory:8080"],
-        &["python3", ECHO, "--name", "inventory", "--port", "8080"],
-    );
-    let ip = lab.workload_ip("shop", "inventory-1");
-    wait_plain_ok(SocketAddr::from((ip, 8080)));
+    let ip = lab.inventory();
     let outside = BarePod::new();
     let url = format!("http://{ip}:8080/");
     // PERMISSIVE (the default): a client without a sidecar gets through, in plaintext.
