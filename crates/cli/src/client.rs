@@ -187,15 +187,19 @@ pub(crate) async fn proxy_status(api: &Api) -> anyhow::Result<bool> {
         bail!("{}", error_text(&v));
     }
     println!("control plane version {}", v["version"]);
-    println!("{:<52} {:<8} {:<8} {:<8} {:<8} REASON", "PROXY", "ROLE", "STATUS", "SENT", "ACKED");
-    for p in v["proxies"].as_array().into_iter().flatten() {
+    println!("{:<46} {:<22} {:<8} {:<8} {:<6} {:<6} REASON", "PROXY", "WORKLOAD", "ROLE", "STATUS", "SENT", "ACKED");
+    let mut proxies: Vec<&Value> = v["proxies"].as_array().into_iter().flatten().collect();
+    proxies.sort_by_key(|p| (p["identity"].as_str().unwrap_or(""), p["workload"].as_str().unwrap_or("")));
+    for p in proxies {
+        let workload = p["workload"].as_str().filter(|w| !w.is_empty()).unwrap_or("-");
         println!(
-            "{:<52} {:<8} {:<8} {:<8} {:<8} {}",
+            "{:<46} {:<22} {:<8} {:<8} {:<6} {:<6} {}",
             p["identity"].as_str().unwrap_or("?"),
+            workload,
             p["role"].as_str().unwrap_or("?"),
             p["status"].as_str().unwrap_or("?"),
-            p["sent"],
-            p["acked"],
+            p["sent"].to_string(),
+            p["acked"].to_string(),
             p["nack"].as_str().unwrap_or("")
         );
     }

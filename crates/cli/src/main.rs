@@ -215,11 +215,20 @@ enum Command {
     /// The sidecar (started by `meshgate run` inside the workload's namespace).
     #[command(hide = true)]
     Sidecar(sidecar::Args),
-    /// Start the demo: the gateway on examples/gateway with its demo backends.
+    /// Start the Service Mesh Lab (examples/lab): control plane, gateway on 127.0.0.1:8080,
+    /// order calling inventory with a 1% canary, each workload with its sidecar.
     Up {
-        /// Directory of the demo.
-        #[arg(long, default_value = "examples/gateway")]
-        dir: PathBuf,
+        /// The lab's directory (the gateway demo's, with --gateway-demo).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Where the lab's control plane keeps its admin token and CA bundle (the other
+        /// commands' default, so they work without flags).
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+        /// Instead of the mesh lab: the standalone gateway on examples/gateway with three
+        /// demo backends.
+        #[arg(long)]
+        gateway_demo: bool,
     },
 }
 
@@ -383,7 +392,13 @@ fn main() -> ExitCode {
             block(async move { client::ca_rotate(&api(&flags)?, &step).await })
         }
         Command::Certs { admin } => block(async move { client::certs(&admin).await }),
-        Command::Up { dir } => serve(up::run(dir)),
+        Command::Up { dir, state_dir, gateway_demo } => {
+            if gateway_demo {
+                serve(up::gateway_demo(dir.unwrap_or_else(|| PathBuf::from("examples/gateway"))))
+            } else {
+                serve(up::run(dir.unwrap_or_else(|| PathBuf::from("examples/lab")), state_dir))
+            }
+        }
         Command::Run(args) => {
             init_logging();
             let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {

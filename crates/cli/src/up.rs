@@ -1,12 +1,382 @@
-//! `meshgate up`: until the mesh lab exists, the gateway demo: starts the demo backends of
-//! `examples/gateway/` and serves the gateway in front of them.
+//! `meshgate up`: the Service Mesh Lab. A fresh control plane, the lab's resources
+//! (`examples/lab/mesh.yaml`), a gateway on 127.0.0.1:8080, and the workloads — `order`
+//! calling `inventory` v1 and v2 — each started with `meshgate run` in its own network
+//! namespace with a sidecar; then a gentle traffic generator with a summary every 10 s.
+//! Without root there are no namespaces: the apps run on loopback addresses behind the
+//! gateway, and the lab says so. Ctrl-C stops everything in order (workloads, which remove
+//! their namespaces, then the gateway, then the control plane).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::Method;
+use tokio::process::{Child, Command};
 
-pub(crate) async fn run(dir: PathBuf) -> anyhow::Result<()> {
+use crate::client::Api;
+
+const GRPC: &str = "127.0.0.1:15012";
+const API: &str = "127.0.0.1:15014";
+const GATEWAY: &str = "127.0.0.1:8080";
+
+/// A process of the lab, stopped with SIGTERM in reverse order of start.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+struct Lab {
+    procs: Vec<Proc>,
+    exe: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Lab {
+    /// Starts `meshgate ARGS` in its own process group (Ctrl-C reaches `up` alone, which
+    /// stops everything in order); quiet unless RUST_LOG says otherwise.
+    fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let mut c = Command::new(&self.exe);
+        c.args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c.spawn().with_context(|| format!("starting {name}"))?;
+        self.procs.push(Proc { name: name.to_string(), child });
+        Ok(())
+    }
+
+    /// `meshgate run` of one lab workload.
+    fn run(&mut self, name: &str, sa: &str, labels: &[&str], service: &str, app: &[String]) -> anyhow::Result<()> {
+        let state = self.state_dir.display().to_string();
+        let mut args = vec![
+            "run",
+            "-n",
+            "shop",
+            "--name",
+            name,
+            "--service-account",
+            sa,
+            "--service",
+            service,
+            "--state-dir",
+            &state,
+        ];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        args.push("--");
+        args.extend(app.iter().map(String::as_str));
+        self.spawn(name, &args, &[])
+    }
+
+    async fn stop(&mut self) {
+        // Workloads first (each removes its Workload and namespace), all at once; then the
+        // gateway, then the control plane.
+        let (workloads, infra): (Vec<_>, Vec<_>) =
+            self.procs.drain(..).partition(|p| p.name != "gateway" && p.name != "control plane");
+        let stops: Vec<_> = workloads.into_iter().map(stop_proc).collect();
+        for s in stops {
+            s.await;
+        }
+        for p in infra.into_iter().rev() {
+            stop_proc(p).await;
+        }
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                bail!("{} exited ({status}) during start-up; see its messages above", p.name);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn stop_proc(mut p: Proc) {
+    if let Some(pid) = p.child.id() {
+        let _ = meshgate_intercept::terminate(pid);
+    }
+    if tokio::time::timeout(Duration::from_secs(20), p.child.wait()).await.is_err() {
+        eprintln!("{} did not stop within 20 s: killing it", p.name);
+        let _ = p.child.kill().await;
+    }
+}
+
+/// One GET through the gateway: (status, the inventory version that answered, if any).
+async fn get(path: &str, host: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let stream = tokio::net::TcpStream::connect(GATEWAY).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", host.unwrap_or(GATEWAY))
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await??;
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn version_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["inventory"]["version"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "none".into())
+}
+
+/// Two requests a second; a line every 10 s with what answered.
+async fn traffic(stop: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut statuses: BTreeMap<String, u32> = BTreeMap::new();
+    let mut versions: BTreeMap<String, u32> = BTreeMap::new();
+    let mut n = 0u32;
+    while !stop.load(Ordering::Acquire) {
+        tick.tick().await;
+        let (status, version) = match get("/", None).await {
+            Ok((s, body)) => (s.to_string(), version_of(&body)),
+            Err(e) => (format!("error ({e})"), "none".into()),
+        };
+        *statuses.entry(status).or_default() += 1;
+        *versions.entry(version).or_default() += 1;
+        n += 1;
+        if n == 20 {
+            let s: Vec<String> = statuses.iter().map(|(k, v)| format!("{v}× {k}")).collect();
+            let v: Vec<String> = versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("traffic, last 10 s: {} · inventory {}", s.join(", "), v.join(", "));
+            statuses.clear();
+            versions.clear();
+            n = 0;
+        }
+    }
+}
+
+async fn wait_for(
+    what: &str,
+    lab: &mut Lab,
+    timeout: Duration,
+    mut ok: impl AsyncFnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if ok().await {
+            return Ok(());
+        }
+        lab.check_alive()?;
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: not ready within {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn apply_file(api: &Api, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let source = path.display().to_string();
+    let (status, v) = api.call(Method::POST, "/api/v1/apply", Some((Bytes::from(text), &source))).await?;
+    if !status.is_success() {
+        bail!("applying {}: {v}", path.display());
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(dir: PathBuf, state_dir: PathBuf) -> anyhow::Result<()> {
+    let mesh = dir.join("mesh.yaml");
+    if !mesh.is_file() {
+        bail!("{} not found: run `meshgate up` from the meshgate checkout, or pass --dir", mesh.display());
+    }
+    let apps = dir.join("../apps");
+    let root = meshgate_intercept::root();
+    if root && let Ok(out) = std::process::Command::new("ip").args(["netns", "list"]).output() {
+        let leftovers = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("mg-")).count();
+        if leftovers > 0 {
+            eprintln!(
+                "note: {leftovers} network namespace(s) from an earlier run are still here; `meshgate cleanup` removes them"
+            );
+        }
+    }
+    // A fresh lab every time: its own store, the CLI's default state directory (so `meshgate
+    // apply`, `get`, `proxy-status` work without flags).
+    let store = state_dir.join("lab-store");
+    let _ = std::fs::remove_dir_all(&store);
+    std::fs::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
+    let token_file = meshgate_control::run::token_path(&state_dir);
+    let _ = std::fs::remove_file(&token_file);
+    let mut lab = Lab { procs: Vec::new(), exe: std::env::current_exe()?, state_dir: state_dir.clone() };
+    let result = start(&mut lab, &dir, &apps, &store, root).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcome = match result {
+        Ok(()) => {
+            let generator = tokio::spawn(traffic(stop.clone()));
+            crate::gateway::shutdown_signal_quiet().await;
+            stop.store(true, Ordering::Release);
+            generator.abort();
+            println!("\nstopping the lab...");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    lab.stop().await;
+    if root {
+        meshgate_intercept::remove_bridge_if_unused();
+    }
+    let _ = std::fs::remove_dir_all(&store);
+    if outcome.is_ok() {
+        println!(
+            "lab stopped: workloads, sidecars, network namespaces, the bridge, the gateway and the control plane are gone"
+        );
+    }
+    outcome
+}
+
+async fn start(lab: &mut Lab, dir: &Path, apps: &Path, store: &Path, root: bool) -> anyhow::Result<()> {
+    let state = lab.state_dir.display().to_string();
+    let store_arg = format!("dir:{}", store.display());
+    lab.spawn(
+        "control plane",
+        &["control-plane", "--store", &store_arg, "--grpc", GRPC, "--http", API, "--state-dir", &state],
+        &[],
+    )?;
+    let token_file = meshgate_control::run::token_path(&lab.state_dir);
+    wait_for("control plane", lab, Duration::from_secs(30), async || {
+        token_file.exists() && tokio::net::TcpStream::connect(API).await.is_ok()
+    })
+    .await
+    .context("is another control plane using 127.0.0.1:15012 or :15014?")?;
+    let api = Api::new(API, None, &lab.state_dir)?;
+    apply_file(&api, &dir.join("mesh.yaml")).await?;
+    if !root {
+        apply_file(&api, &dir.join("loopback.yaml")).await?;
+    }
+
+    // The gateway: a managed proxy with its own identity.
+    let body = serde_json::json!({ "namespace": "shop", "serviceAccount": "gateway", "ttlSeconds": 300 });
+    let (status, v) = api.call(Method::POST, "/api/v1/tokens", Some((Bytes::from(body.to_string()), "up"))).await?;
+    if !status.is_success() {
+        bail!("cannot create the gateway's join token: {v}");
+    }
+    let token = v["token"].as_str().unwrap_or_default().to_string();
+    lab.spawn(
+        "gateway",
+        &[
+            "proxy",
+            "--role",
+            "gateway",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "gateway",
+            "--bind",
+            "127.0.0.1",
+            "--admin",
+            "127.0.0.1:15000",
+            "--control-plane",
+            GRPC,
+            "--state-dir",
+            &state,
+        ],
+        &[("MESHGATE_JOIN_TOKEN", &token)],
+    )?;
+
+    let py = |file: &str, extra: &[&str]| -> Vec<String> {
+        let mut v = vec!["python3".to_string(), apps.join(file).display().to_string()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    if root {
+        lab.run(
+            "inventory-v1",
+            "inventory",
+            &["app=inventory", "version=v1"],
+            "inventory-v1:8080",
+            &py("inventory.py", &["--version", "v1"]),
+        )?;
+        lab.run(
+            "inventory-v2",
+            "inventory",
+            &["app=inventory", "version=v2"],
+            "inventory-v2:8080",
+            &py("inventory.py", &["--version", "v2"]),
+        )?;
+        lab.run("order-1", "order", &["app=order"], "order:8080", &py("order.py", &[]))?;
+    } else {
+        eprintln!(
+            "\nnot root: no network namespaces, interception or sidecars. The apps run on loopback addresses \
+             (127.0.0.2-4) behind the gateway, without mTLS between them; run `meshgate up` as root for the mesh.\n"
+        );
+        let mut start_app = |name: &str, args: Vec<String>| -> anyhow::Result<()> {
+            let mut c = Command::new(&args[0]);
+            c.args(&args[1..]).stdin(Stdio::null()).process_group(0).kill_on_drop(true);
+            let child = c.spawn().with_context(|| format!("starting {name}"))?;
+            lab.procs.push(Proc { name: name.into(), child });
+            Ok(())
+        };
+        start_app("inventory-v1", py("inventory.py", &["--version", "v1", "--host", "127.0.0.3"]))?;
+        start_app("inventory-v2", py("inventory.py", &["--version", "v2", "--host", "127.0.0.4"]))?;
+        start_app(
+            "order-1",
+            py(
+                "order.py",
+                &["--host", "127.0.0.2", "--inventory", &format!("http://{GATEWAY}"), "--inventory-host", "inventory"],
+            ),
+        )?;
+    }
+    wait_for(
+        "the lab",
+        lab,
+        Duration::from_secs(60),
+        async || matches!(get("/", None).await, Ok((200, body)) if version_of(&body) != "none"),
+    )
+    .await?;
+    print_tips(root);
+    Ok(())
+}
+
+fn print_tips(root: bool) {
+    println!();
+    println!(
+        "meshgate lab is up: gateway → order → inventory (99% v1, 1% v2){}",
+        if root { ", every hop mutual TLS" } else { "" }
+    );
+    println!();
+    println!("  curl http://127.0.0.1:8080/                  # through the gateway, order and inventory");
+    println!("  meshgate proxy-status                        # the proxies and the config each runs");
+    println!("  meshgate get workloads -n shop               # each with its own address");
+    println!("  curl http://127.0.0.1:15000/config_dump      # the gateway's effective config");
+    println!();
+    println!("Try:");
+    println!(
+        "  meshgate apply -f examples/lab/try/canary-50.yaml    # move the canary to 50%, watch the traffic lines"
+    );
+    if root {
+        println!("  meshgate apply -f examples/lab/try/strict.yaml       # STRICT mTLS: plaintext to a pod is refused");
+        println!(
+            "  meshgate apply -f examples/lab/try/deny-order.yaml   # deny order → inventory: 403 RBAC, shown by order"
+        );
+        println!("  meshgate delete authorizationpolicy deny-order -n shop   # and undo it");
+        println!("  meshgate apply -f examples/lab/mesh.yaml             # back to the start");
+    } else {
+        println!("  meshgate apply -f examples/lab/try/canary-50-loopback.yaml   # move the canary to 50%");
+        println!("  meshgate apply -f examples/lab/loopback.yaml                 # back to the start");
+    }
+    println!();
+    println!("Traffic: 2 requests/s through the gateway, a summary every 10 s. Ctrl-C stops everything.");
+    println!();
+}
+
+/// `meshgate up --gateway-demo`: the standalone gateway on `examples/gateway/` in front of
+/// three demo backends.
+pub(crate) async fn gateway_demo(dir: PathBuf) -> anyhow::Result<()> {
     if !dir.is_dir() {
         bail!("{} not found: run `meshgate up` from the meshgate checkout, or pass --dir", dir.display());
     }

@@ -456,3 +456,71 @@ fn both_rule_back_ends_intercept() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("x-forwarded-client-cert"), "{backend}: {all}");
     }
 }
+
+#[test]
+fn the_lab_answers_through_order_and_inventory_and_ctrl_c_leaves_nothing() {
+    require_root();
+    let state = TempDir::new("meshgate-lab");
+    let mut up = meshgate()
+        .arg("up")
+        .arg("--dir")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/lab"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read both streams in the background; stdout says when the lab is up.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    for stream in [Box::new(up.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(up.stderr.take().unwrap())] {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        }));
+    }
+    drop(tx);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !seen.iter().any(|l: &String| l.starts_with("meshgate lab is up")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the lab did not come up:\n{}", seen.join("\n")),
+        }
+    }
+    let r = plain_get(SocketAddr::from(([127, 0, 0, 1], 8080)), "/").unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let body = &r[r.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["service"], "order");
+    assert_eq!(v["inventory"]["service"], "inventory");
+    assert!(["v1", "v2"].contains(&v["inventory"]["version"].as_str().unwrap()), "{v}");
+    let namespaces: Vec<String> =
+        seen.iter().filter(|l| l.contains("(network namespace ")).map(|l| reported_netns(l)).collect();
+    assert_eq!(namespaces.len(), 3, "{}", seen.join("\n"));
+    assert!(namespaces.iter().all(|n| netns_exists(n)));
+    // Ctrl-C: everything stops, in order, and nothing is left behind.
+    nix_sigint(up.id());
+    let status = up.wait().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    seen.extend(rx.try_iter());
+    assert!(status.success(), "{status}: {}", seen.join("\n"));
+    assert!(seen.iter().any(|l| l.starts_with("lab stopped")), "{}", seen.join("\n"));
+    for n in &namespaces {
+        assert!(!netns_exists(n), "{n} left behind");
+    }
+    assert!(TcpStream::connect(("127.0.0.1", 8080)).is_err(), "the gateway is still listening");
+    assert!(TcpStream::connect(("127.0.0.1", 15014)).is_err(), "the control plane is still listening");
+}
+
+fn nix_sigint(pid: u32) {
+    let out = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    assert!(out.success());
+}

@@ -13,8 +13,8 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 
 pub use netns::{
-    BRIDGE, BRIDGE_IP, Pod, cleanup_all, create_pod, delete_pod, ensure_bridge, exec, pod_name, root, veth_name,
-    write_hosts,
+    BRIDGE, BRIDGE_IP, Pod, cleanup_all, create_pod, delete_pod, ensure_bridge, exec, pod_name,
+    remove_bridge_if_unused, root, veth_name, write_hosts,
 };
 pub use rules::{Backend, RuleSpec, install};
 

@@ -135,6 +135,12 @@ pub fn write_hosts(name: &str, entries: &[(Ipv4Addr, Vec<String>)]) -> Result<()
     Ok(())
 }
 
+/// Removes the lab bridge when no workload namespace is left. Returns whether it did.
+pub fn remove_bridge_if_unused() -> bool {
+    let in_use = run(&["ip", "netns", "list"]).is_ok_and(|out| out.lines().any(|l| l.starts_with("mg-")));
+    !in_use && run(&["ip", "link", "show", BRIDGE]).is_ok() && run(&["ip", "link", "del", BRIDGE]).is_ok()
+}
+
 /// Removes every namespace, veth and bridge meshgate created (after a crash). Returns what
 /// was removed.
 pub fn cleanup_all() -> Result<Vec<String>, InterceptError> {
