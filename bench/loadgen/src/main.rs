@@ -344,7 +344,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn suite(specs: Vec<String>, rates: Vec<u64>, secs: u64, rounds: usize, host: String) -> anyhow::Result<()> {
     let targets: Vec<Target> = specs.iter().map(|s| parse_target(s)).collect::<Result<_, _>>()?;
-    let idle: Vec<f64> = targets.iter().map(|t| memory_mib(&t.pids, "VmRSS:")).collect();
+    let idle: Vec<Vec<f64>> =
+        targets.iter().map(|t| t.pids.iter().map(|p| memory_mib(&[*p], "VmRSS:")).collect()).collect();
     println!("Medians of {rounds} rounds of {secs} s; within a round the targets run one after another.");
     println!();
     println!(
@@ -393,13 +394,24 @@ async fn suite(specs: Vec<String>, rates: Vec<u64>, secs: u64, rounds: usize, ho
         }
     }
     println!();
+    let each = |pids: &[u32], f: &dyn Fn(u32) -> f64| -> String {
+        let v: Vec<f64> = pids.iter().map(|p| f(*p)).collect();
+        let sum: f64 = v.iter().sum();
+        if v.len() > 1 {
+            let parts: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+            format!("{sum:.1} MiB ({})", parts.join(" + "))
+        } else {
+            format!("{sum:.1} MiB")
+        }
+    };
     for (t, idle) in targets.iter().zip(idle) {
         if !t.pids.is_empty() {
+            let idle_text = each(&t.pids, &|p| idle[t.pids.iter().position(|x| *x == p).unwrap_or(0)]);
             println!(
-                "{}: RSS idle {idle:.1} MiB, peak {:.1} MiB, after {:.1} MiB",
+                "{}: RSS idle {idle_text}, peak {}, after {}",
                 t.name,
-                memory_mib(&t.pids, "VmHWM:"),
-                memory_mib(&t.pids, "VmRSS:")
+                each(&t.pids, &|p| memory_mib(&[p], "VmHWM:")),
+                each(&t.pids, &|p| memory_mib(&[p], "VmRSS:"))
             );
         }
     }

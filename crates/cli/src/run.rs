@@ -50,6 +50,9 @@ pub(crate) struct Args {
     /// Outbound destination ports never redirected (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub(crate) exclude_outbound_ports: Vec<u16>,
+    /// Inbound ports never redirected: reached directly, without the sidecar (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) exclude_inbound_ports: Vec<u16>,
     /// Outbound destination CIDRs never redirected (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub(crate) exclude_cidrs: Vec<String>,
@@ -292,6 +295,7 @@ pub(crate) async fn main(args: Args, api: Api) -> anyhow::Result<i32> {
     let mut spec = RuleSpec::new(PROXY_UID);
     spec.exclude_outbound_ports = args.exclude_outbound_ports.clone();
     spec.exclude_cidrs = args.exclude_cidrs.clone();
+    spec.exclude_inbound_ports.extend(&args.exclude_inbound_ports);
     meshgate_intercept::install(&netns, backend, &spec)?;
 
     // The mesh: Services, the Workload, a join token.
