@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 mod cp_push;
+mod mtls;
 
 #[derive(Parser)]
 #[command(about = "meshgate benchmark tool")]
@@ -52,6 +53,13 @@ enum Cmd {
         endpoints: usize,
         #[arg(long, default_value_t = 10)]
         changes: usize,
+    },
+    /// mTLS vs plaintext: new connections per second and keep-alive throughput.
+    Mtls {
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
     },
     /// Run the whole comparison and print a markdown table.
     Suite {
@@ -111,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Suite { targets, rates, secs, rounds, host } => rt.block_on(suite(targets, rates, secs, rounds, host)),
+        Cmd::Mtls { secs, conns } => rt.block_on(mtls::run(secs, conns)),
         Cmd::CpPush { meshgate, proxies, services, endpoints, changes } => {
             rt.block_on(cp_push::run(&meshgate, proxies, services, endpoints, changes))
         }

@@ -286,3 +286,65 @@ async fn root_rotation_under_traffic() {
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 100);
 }
+
+/// A handshake that stalls is cut at the handshake timeout and holds up nobody; garbage after
+/// the TLS record byte is refused; a ClientHello without SNI (proxies dial endpoints by
+/// address, and rustls sends no SNI for an address) is the normal case and is served.
+#[tokio::test]
+async fn stalled_and_garbage_handshakes_are_refused_and_no_sni_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = ca(Duration::from_secs(3600));
+    let app = EchoServer::start("inventory").await;
+    let server_tls = identity::bootstrap(ca.as_ref(), &id("shop", "inventory")).await.unwrap();
+    let client_tls = identity::bootstrap(ca.as_ref(), &id("shop", "order")).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let inbound = Inbound::new(
+        AppTarget::Fixed(app.addr),
+        Some(server_tls),
+        InboundPolicy::default(),
+        InboundOptions {
+            workload: "shop/inventory".into(),
+            handshake_timeout: Duration::from_millis(300),
+            ..InboundOptions::default()
+        },
+    );
+    let task = tokio::spawn(inbound.serve(listener));
+
+    // Stalls after the first bytes of a TLS record.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    // Garbage that starts like TLS.
+    let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+    garbage.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]).await.unwrap();
+
+    // Meanwhile a real client, without SNI, is served: opaque TCP over mTLS carrying HTTP/1.1.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_tls.material().client_tcp.clone());
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await.unwrap().unwrap();
+    tls.write_all(b"GET /items HTTP/1.1\r\nHost: inventory\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Both bad connections are closed by the proxy, the stalled one at the handshake timeout.
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf))
+        .await
+        .expect("stalled handshake never cut");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let n = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match garbage.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // a TLS alert
+            }
+        }
+    })
+    .await;
+    assert!(n.is_ok(), "garbage handshake left open");
+    task.abort();
+}
