@@ -104,44 +104,7 @@ enum Command {
         replica: Option<String>,
     },
     /// Run a proxy configured by a control plane.
-    Proxy {
-        /// gateway (sidecars run under `meshgate run`).
-        #[arg(long, default_value = "gateway")]
-        role: String,
-        /// The control plane's gRPC address.
-        #[arg(long, default_value = "127.0.0.1:15012")]
-        control_plane: String,
-        /// One-time join token (`meshgate token create`).
-        #[arg(long, env = "MESHGATE_JOIN_TOKEN")]
-        token: Option<String>,
-        /// The CA bundle to trust the control plane with (default: STATE_DIR/ca-bundle.pem).
-        #[arg(long)]
-        ca_bundle: Option<PathBuf>,
-        /// Where a local control plane keeps its CA bundle.
-        #[arg(long, default_value_os_t = default_state_dir())]
-        state_dir: PathBuf,
-        /// SPIFFE trust domain.
-        #[arg(long, default_value = "cluster.local")]
-        trust_domain: String,
-        /// The proxy's namespace (as in its join token).
-        #[arg(long, default_value = "default")]
-        namespace: String,
-        /// The proxy's service account (as in its join token).
-        #[arg(long, default_value = "gateway")]
-        service_account: String,
-        /// Address listeners bind to.
-        #[arg(long, default_value = "0.0.0.0")]
-        bind: IpAddr,
-        /// Admin endpoint; "off" disables it.
-        #[arg(long, default_value = "127.0.0.1:15000")]
-        admin: String,
-        /// Log one line per request.
-        #[arg(long)]
-        access_log: bool,
-        /// How long in-flight requests may take to finish on shutdown.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        drain_timeout: Duration,
-    },
+    Proxy(proxy::Args),
     /// Create or update resources in the control plane's store.
     Apply {
         /// Files or directories of YAML resources.
@@ -345,37 +308,7 @@ fn main() -> ExitCode {
                 replica,
             }))
         }
-        Command::Proxy {
-            role,
-            control_plane,
-            token,
-            ca_bundle,
-            state_dir,
-            trust_domain,
-            namespace,
-            service_account,
-            bind,
-            admin,
-            access_log,
-            drain_timeout,
-        } => serve(async move {
-            let admin = parse_admin(&admin)?;
-            proxy::main(proxy::Args {
-                role,
-                control_plane,
-                token,
-                ca_bundle,
-                state_dir,
-                trust_domain,
-                namespace,
-                service_account,
-                bind,
-                admin,
-                access_log,
-                drain_timeout,
-            })
-            .await
-        }),
+        Command::Proxy(args) => serve(proxy::main(args)),
         Command::Apply { paths, api: flags } => block(async move { client::apply(&api(&flags)?, &paths).await }),
         Command::Get { kind, name, namespace, output, api: flags } => block(async move {
             client::get(&api(&flags)?, &kind, name.as_deref(), namespace.as_deref(), output.as_deref()).await

@@ -1,6 +1,6 @@
 //! `meshgate proxy`: a proxy configured by a control plane.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,45 +8,89 @@ use anyhow::Context;
 use meshgate_identity::TrustDomain;
 use meshgate_proxy::cp::ControlPlaneAddr;
 use meshgate_proxy::managed::ManagedGateway;
+use meshgate_proxy::sidecar::{ManagedSidecar, SidecarOptions};
 use meshgate_proxy::{GatewayOptions, admin};
 
+/// `meshgate proxy` flags.
+#[derive(Debug, clap::Args)]
 pub(crate) struct Args {
+    /// gateway, or sidecar (beside a workload whose traffic something else already redirects
+    /// to 15001/15006, as an init container does in Kubernetes; `meshgate run` does it all).
+    #[arg(long, default_value = "gateway")]
     pub(crate) role: String,
+    /// The control plane's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:15012")]
     pub(crate) control_plane: String,
+    /// One-time join token (`meshgate token create`).
+    #[arg(long, env = "MESHGATE_JOIN_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// The CA bundle to trust the control plane with (default: STATE_DIR/ca-bundle.pem).
+    #[arg(long)]
     pub(crate) ca_bundle: Option<PathBuf>,
+    /// Where a local control plane keeps its CA bundle.
+    #[arg(long, default_value_os_t = crate::default_state_dir())]
     pub(crate) state_dir: PathBuf,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
     pub(crate) trust_domain: String,
+    /// The proxy's namespace (as in its join token).
+    #[arg(long, default_value = "default")]
     pub(crate) namespace: String,
+    /// The proxy's service account (as in its join token).
+    #[arg(long, default_value = "gateway")]
     pub(crate) service_account: String,
+    /// For a sidecar: the name of its Workload (whose view of the mesh it gets).
+    #[arg(long)]
+    pub(crate) workload: Option<String>,
+    /// Address listeners bind to (gateway).
+    #[arg(long, default_value = "0.0.0.0")]
     pub(crate) bind: IpAddr,
-    pub(crate) admin: Option<SocketAddr>,
+    /// Admin endpoint; "off" disables it.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub(crate) admin: String,
+    /// Log one line per request.
+    #[arg(long)]
     pub(crate) access_log: bool,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     pub(crate) drain_timeout: Duration,
 }
 
 pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
-    if args.role != "gateway" {
-        anyhow::bail!(
-            "--role {}: only `gateway` runs under `meshgate proxy` in this version; sidecars run under `meshgate run`",
-            args.role
-        );
+    if !matches!(args.role.as_str(), "gateway" | "sidecar") {
+        anyhow::bail!("--role {}: gateway or sidecar", args.role);
     }
+    let admin = crate::parse_admin(&args.admin)?;
     let td = TrustDomain::new(&args.trust_domain).map_err(|e| anyhow::anyhow!("--trust-domain: {e}"))?;
     let bundle_path = args.ca_bundle.clone().unwrap_or_else(|| meshgate_control::run::bundle_path(&args.state_dir));
     let bundle_pem = std::fs::read_to_string(&bundle_path)
         .with_context(|| format!("cannot read the CA bundle {} (--ca-bundle)", bundle_path.display()))?;
     let target = ControlPlaneAddr::new(&args.control_plane, td.clone(), &bundle_pem).map_err(|e| anyhow::anyhow!(e))?;
     let id = td.workload_id(&args.namespace, &args.service_account).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    if args.role == "sidecar" {
+        let workload = args.workload.clone().context("--role sidecar needs --workload NAME (its Workload)")?;
+        let mut opts = SidecarOptions::new(format!("{}/{workload}", args.namespace));
+        opts.access_log = args.access_log;
+        opts.drain_timeout = args.drain_timeout;
+        let managed = ManagedSidecar::start(target, id.clone(), args.token.clone(), opts, node).await?;
+        if let Some(addr) = admin {
+            let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
+            tokio::spawn(admin::serve(listener, managed.sidecar.gateway.clone()));
+        }
+        tracing::info!(%id, "sidecar proxy started");
+        crate::gateway::shutdown_signal_quiet().await;
+        managed.stop().await;
+        return Ok(());
+    }
     let options = GatewayOptions {
         bind: args.bind,
         drain_timeout: args.drain_timeout,
         access_log: args.access_log,
         ..GatewayOptions::default()
     };
-    let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let managed = ManagedGateway::start(target, id.clone(), args.token.clone(), options, node).await?;
-    if let Some(addr) = args.admin {
+    if let Some(addr) = admin {
         let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
         tokio::spawn(admin::serve(listener, managed.gateway.clone()));
     }
