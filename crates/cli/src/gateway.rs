@@ -42,6 +42,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         tokio::spawn(admin::serve(listener, gateway.clone()));
     }
     let watcher = tokio::spawn(source::watch(opts.paths.clone(), gateway.clone()));
+    crate::release_startup_pages();
     shutdown_signal().await?;
     tracing::info!(timeout = ?opts.drain_timeout, "shutting down: draining connections");
     watcher.abort();

@@ -260,6 +260,15 @@ pub(crate) fn parse_admin(s: &str) -> anyhow::Result<Option<SocketAddr>> {
     Ok(Some(s.parse().map_err(|e| anyhow::anyhow!("--admin {s:?}: {e}"))?))
 }
 
+/// Once serving: stop counting start-up-only code as resident (see
+/// `meshgate_intercept::release_startup_pages`).
+pub(crate) fn release_startup_pages() {
+    match meshgate_intercept::release_startup_pages() {
+        Ok(bytes) => tracing::debug!(bytes, "released start-up pages"),
+        Err(e) => tracing::debug!(error = %e, "cannot release start-up pages"),
+    }
+}
+
 /// Runs an async command; `Ok(false)` means "failed, already explained".
 fn block(f: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCode {
     match runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(f)) {

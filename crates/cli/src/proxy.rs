@@ -79,6 +79,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
             tokio::spawn(admin::serve(listener, managed.sidecar.gateway.clone()));
         }
         tracing::info!(%id, "sidecar proxy started");
+        crate::release_startup_pages();
         crate::gateway::shutdown_signal_quiet().await;
         managed.stop().await;
         return Ok(());
@@ -95,6 +96,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         tokio::spawn(admin::serve(listener, managed.gateway.clone()));
     }
     tracing::info!(%id, "gateway proxy started");
+    crate::release_startup_pages();
     crate::gateway::shutdown_signal_quiet().await;
     managed.stop().await;
     Ok(())

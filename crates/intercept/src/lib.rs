@@ -8,6 +8,7 @@
 
 mod netns;
 mod rules;
+mod sys;
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
@@ -17,6 +18,7 @@ pub use netns::{
     remove_bridge_if_unused, root, veth_name, write_hosts,
 };
 pub use rules::{Backend, RuleSpec, install};
+pub use sys::release_startup_pages;
 
 /// A failure running a system tool.
 #[derive(Debug, thiserror::Error)]
