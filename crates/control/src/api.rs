@@ -286,28 +286,13 @@ async fn rotate<S: Store>(cp: &ControlPlane<S>, step: &str) -> Reply {
             }
             other => Err(format!("unknown step {other:?}: add-root, use-root, withdraw-old-roots")),
         };
-        r.map(|()| (ca.to_pem(), ca.bundle().roots.len()))
+        r.map(|()| ca.bundle().roots.len())
     };
     match result {
-        Ok((_, roots)) => {
-            let saved = {
-                let ca = cp.ca.lock();
-                match ca {
-                    Ok(ca) => {
-                        let (cert, key, chain) = ca.to_pem();
-                        Some((cert, key, chain, ca.trust_domain().to_string()))
-                    }
-                    Err(_) => None,
-                }
-            };
-            if let Some(m) = saved {
-                let bytes = serde_json::to_vec(&json!({ "trust_domain": m.3, "cert": m.0, "key": m.1, "chain": m.2 }))
-                    .unwrap_or_default();
-                if let Err(e) = cp.store.put_blob("ca/material.json", &bytes).await {
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-                }
+        Ok(roots) => {
+            if let Err(e) = cp.save_ca().await {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             }
-            cp.bundle_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             json_reply(StatusCode::OK, &json!({ "step": step, "roots": roots }))
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e),

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
 
-const KEY: &str = "ca/material.json";
+/// Where the CA material lives in the store.
+pub(crate) const KEY: &str = "ca/material.json";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Material {
@@ -30,28 +31,32 @@ pub struct UserCa {
     pub chain: Option<String>,
 }
 
-/// Loads the CA from the store, creating it first if the store has none.
+/// Loads the CA from the store, creating it first if the store has none; with the raw
+/// material as stored.
 pub async fn load_or_create<S: Store>(
     store: &S,
     trust_domain: &TrustDomain,
     root_lifetime: Duration,
     user: Option<UserCa>,
-) -> Result<CertificateAuthority, StoreError> {
+) -> Result<(CertificateAuthority, Vec<u8>), StoreError> {
     if store.get_blob(KEY).await?.is_none() {
         let ca = match &user {
             Some(u) => CertificateAuthority::from_pem(trust_domain.clone(), &u.cert, &u.key, u.chain.as_deref()),
             None => CertificateAuthority::self_signed(trust_domain.clone(), root_lifetime),
         }
         .map_err(|e| StoreError::Refused(e.to_string()))?;
-        let (cert, key, chain) = ca.to_pem();
-        let m = Material { trust_domain: trust_domain.to_string(), cert, key, chain };
-        let bytes = serde_json::to_vec(&m).map_err(|e| StoreError::Refused(e.to_string()))?;
+        let bytes = encode(&ca)?;
         if store.create_blob(KEY, &bytes).await? {
             tracing::info!(%trust_domain, "certificate authority created");
         }
     }
     let raw = store.get_blob(KEY).await?.ok_or_else(|| StoreError::Refused("CA material vanished".into()))?;
-    let m: Material = serde_json::from_slice(&raw).map_err(|e| StoreError::Refused(format!("CA material: {e}")))?;
+    Ok((decode(trust_domain, &raw)?, raw))
+}
+
+/// The CA from its stored form.
+pub fn decode(trust_domain: &TrustDomain, raw: &[u8]) -> Result<CertificateAuthority, StoreError> {
+    let m: Material = serde_json::from_slice(raw).map_err(|e| StoreError::Refused(format!("CA material: {e}")))?;
     if m.trust_domain != trust_domain.as_str() {
         return Err(StoreError::Refused(format!(
             "the store's CA is for trust domain {:?}, not {trust_domain:?}",
@@ -62,10 +67,9 @@ pub async fn load_or_create<S: Store>(
         .map_err(|e| StoreError::Refused(e.to_string()))
 }
 
-/// Saves the CA (after a root rotation step).
-pub async fn save<S: Store>(store: &S, ca: &CertificateAuthority) -> Result<(), StoreError> {
+/// The CA's stored form.
+pub fn encode(ca: &CertificateAuthority) -> Result<Vec<u8>, StoreError> {
     let (cert, key, chain) = ca.to_pem();
     let m = Material { trust_domain: ca.trust_domain().to_string(), cert, key, chain };
-    let bytes = serde_json::to_vec(&m).map_err(|e| StoreError::Refused(e.to_string()))?;
-    store.put_blob(KEY, &bytes).await
+    serde_json::to_vec(&m).map_err(|e| StoreError::Refused(e.to_string()))
 }

@@ -263,11 +263,12 @@ impl<S: Store> Discovery for DiscoveryService<S> {
             });
             tracing::info!(%identity, role, node = %hello.node, "proxy subscribed");
             let mut stopping = cp.stopping.subscribe();
+            let mut bundle = cp.bundle_version.subscribe();
             let mut sent_keys = HashMap::new();
             let mut bundle_sent = 0;
             let mut next = full(&cp.state.snapshot(), &role, &ns, &mut sent_keys);
             loop {
-                let bv = cp.bundle_version.load(std::sync::atomic::Ordering::Relaxed);
+                let bv = *bundle.borrow_and_update();
                 if bv != bundle_sent {
                     next.roots = cp.bundle().roots.iter().map(|r| r.to_vec()).collect();
                     bundle_sent = bv;
@@ -285,6 +286,8 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 }
                 next = tokio::select! {
                     _ = stopping.changed() => break,
+                    // A new trust bundle alone: sent with the version in force.
+                    _ = bundle.changed() => DiscoveryResponse { version: cp.state.snapshot().version.to_string(), ..DiscoveryResponse::default() },
                     msg = inbound.message() => {
                         match msg {
                             Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Ack(a)) })) => {

@@ -83,8 +83,11 @@ pub struct ControlPlane<S: Store> {
     pub state: State,
     /// The certificate authority.
     pub ca: Mutex<CertificateAuthority>,
-    /// Increases when the trust bundle changes.
-    pub bundle_version: AtomicU64,
+    /// Increases when the trust bundle changes (here, or on another replica: see
+    /// [`ControlPlane::watch_store`]); proxy streams wait on it.
+    pub bundle_version: tokio::sync::watch::Sender<u64>,
+    /// The CA material as last read from or written to the store.
+    ca_raw: Mutex<Vec<u8>>,
     /// Connected proxies by connection id.
     pub proxies: Mutex<BTreeMap<u64, ProxyRecord>>,
     next_conn: AtomicU64,
@@ -108,14 +111,15 @@ pub fn unix_now() -> u64 {
 impl<S: Store> ControlPlane<S> {
     /// Opens the CA (creating it in the store when needed) and loads the resources.
     pub async fn new(store: S, options: Options) -> Result<Arc<Self>, StoreError> {
-        let ca =
+        let (ca, ca_raw) =
             crate::ca::load_or_create(&store, &options.trust_domain, options.root_lifetime, options.user_ca.clone())
                 .await?;
         let cp = Arc::new(ControlPlane {
             store,
             state: State::default(),
             ca: Mutex::new(ca),
-            bundle_version: AtomicU64::new(1),
+            bundle_version: tokio::sync::watch::channel(1).0,
+            ca_raw: Mutex::new(ca_raw),
             proxies: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(1),
             options,
@@ -125,13 +129,22 @@ impl<S: Store> ControlPlane<S> {
         Ok(cp)
     }
 
-    /// Re-reads the store whenever it changes, until the task is dropped.
+    /// Re-reads the store whenever it changes, until the task is dropped; and every few
+    /// seconds re-reads the CA, so that a root rotation made through another replica reaches
+    /// this replica's proxies too.
     pub async fn watch_store(self: Arc<Self>) {
         let mut changes = self.store.changes();
+        let mut tick = tokio::time::interval(Duration::from_secs(3));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if changes.changed().await.is_err() {
-                return;
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = tick.tick() => {
+                    self.reload_ca().await;
+                    continue;
+                }
             }
+            self.reload_ca().await;
             match self.state.reload(&self.store).await {
                 Ok(Some(c)) => tracing::info!(
                     version = c.version,
@@ -143,6 +156,47 @@ impl<S: Store> ControlPlane<S> {
                 Err(e) => tracing::warn!(error = %e, "cannot read the store; keeping the resources in force"),
             }
         }
+    }
+
+    /// Picks up CA material another replica wrote (a root rotation step).
+    async fn reload_ca(&self) {
+        let raw = match self.store.get_blob(crate::ca::KEY).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot re-read the CA");
+                return;
+            }
+        };
+        if self.ca_raw.lock().is_ok_and(|seen| *seen == raw) {
+            return;
+        }
+        match crate::ca::decode(&self.options.trust_domain, &raw) {
+            Ok(ca) => {
+                let roots = ca.bundle().roots.len();
+                if let (Ok(mut current), Ok(mut seen)) = (self.ca.lock(), self.ca_raw.lock()) {
+                    *current = ca;
+                    *seen = raw;
+                }
+                self.bundle_version.send_modify(|v| *v += 1);
+                tracing::info!(roots, "certificate authority changed in the store: trust bundle updated");
+            }
+            Err(e) => tracing::warn!(error = %e, "the store's CA material is invalid; keeping the CA in force"),
+        }
+    }
+
+    /// Saves the CA after a rotation step and tells this replica's proxies.
+    pub async fn save_ca(&self) -> Result<(), StoreError> {
+        let raw = {
+            let ca = self.ca.lock().map_err(|_| StoreError::Refused("CA lock poisoned".into()))?;
+            crate::ca::encode(&ca)?
+        };
+        self.store.put_blob(crate::ca::KEY, &raw).await?;
+        if let Ok(mut seen) = self.ca_raw.lock() {
+            *seen = raw;
+        }
+        self.bundle_version.send_modify(|v| *v += 1);
+        Ok(())
     }
 
     /// The trust bundle.

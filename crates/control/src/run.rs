@@ -142,10 +142,10 @@ pub async fn run(
 
 /// Renews the control plane's serving certificate (and picks up bundle changes) every hour.
 async fn renew_own<S: Store>(cp: Arc<ControlPlane<S>>, tls: Arc<ArcSwap<tokio_rustls::rustls::ServerConfig>>) {
-    let mut seen = cp.bundle_version.load(std::sync::atomic::Ordering::Relaxed);
+    let mut seen = *cp.bundle_version.borrow();
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = cp.bundle_version.load(std::sync::atomic::Ordering::Relaxed);
+        let now = *cp.bundle_version.borrow();
         let hourly = crate::plane::unix_now() % 3600 < 5;
         if now == seen && !hourly {
             continue;

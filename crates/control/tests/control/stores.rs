@@ -19,9 +19,9 @@ async fn two_replicas_on_one_etcd() {
     let port = free_port();
     // Two gateways (listening on 127.0.0.1 and 127.0.0.2), one per replica; the second also
     // knows the first replica's address.
-    let _gw1 = gateway(&a, target(&a.running.grpc.to_string(), &state)).await;
+    let gw1 = gateway(&a, target(&a.running.grpc.to_string(), &state)).await;
     let both = format!("{},{}", b.running.grpc, a.running.grpc);
-    let _gw2 = gateway_on(&b, target(&both, &state), [127, 0, 0, 2]).await;
+    let gw2 = gateway_on(&b, target(&both, &state), [127, 0, 0, 2]).await;
     // Written through A: both proxies get it.
     a.apply(&config(port, app.addr, "from-a")).await;
     wait_config(port, "from-a").await;
@@ -30,6 +30,17 @@ async fn two_replicas_on_one_etcd() {
     b.apply(&config(port, app.addr, "from-b")).await;
     wait_config(port, "from-b").await;
     wait_config_on([127, 0, 0, 2], port, "from-b").await;
+    // A root rotation through A reaches the proxies of both replicas, with nothing else
+    // changing (the bundle is pushed on its own).
+    let roots = |gw: &meshgate_proxy::managed::ManagedGateway| gw.gateway.tls().unwrap().material().bundle.roots.len();
+    assert_eq!((roots(&gw1), roots(&gw2)), (1, 1));
+    let (status, v) = a.call(http::Method::POST, "/api/v1/ca/add-root", "").await;
+    assert_eq!(status, 200, "{v}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while (roots(&gw1), roots(&gw2)) != (2, 2) {
+        assert!(tokio::time::Instant::now() < deadline, "bundle not everywhere: {} {}", roots(&gw1), roots(&gw2));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // A dies: nothing is lost, B keeps serving its proxies and sees every resource.
     a.stop().await;
     b.apply(&config(port, app.addr, "after-a")).await;
