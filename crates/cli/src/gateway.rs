@@ -14,6 +14,7 @@ pub(crate) struct Options {
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) drain_timeout: Duration,
     pub(crate) access_log: bool,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
@@ -21,6 +22,10 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         bind: opts.bind,
         drain_timeout: opts.drain_timeout,
         access_log: opts.access_log,
+        server: meshgate_proxy::server::ServerSettings {
+            idle_timeout: opts.idle_timeout,
+            ..meshgate_proxy::server::ServerSettings::default()
+        },
         ..GatewayOptions::default()
     });
     // The first configuration must be valid: there is no last good one to fall back to.

@@ -72,6 +72,9 @@ enum Command {
         /// Log one line per request.
         #[arg(long)]
         access_log: bool,
+        /// Close client connections that move no byte for this long ("0s": never).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        idle_timeout: Duration,
     },
     /// Run the control plane: resources from a store, config pushed to proxies, the CA.
     ControlPlane {
@@ -300,9 +303,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { paths, strict } => validate::run(&paths, strict),
-        Command::Gateway { paths, bind, admin, drain_timeout, access_log } => serve(async move {
+        Command::Gateway { paths, bind, admin, drain_timeout, access_log, idle_timeout } => serve(async move {
             let admin = parse_admin(&admin)?;
-            gateway::run(gateway::Options { paths, bind, admin, drain_timeout, access_log }).await
+            let idle_timeout = (!idle_timeout.is_zero()).then_some(idle_timeout);
+            gateway::run(gateway::Options { paths, bind, admin, drain_timeout, access_log, idle_timeout }).await
         }),
         Command::ControlPlane { store, grpc, http, trust_domain, state_dir, ca_cert, ca_key, ca_chain, replica } => {
             serve(control::main(control::Args {

@@ -406,6 +406,7 @@ pub(crate) async fn gateway_demo(dir: PathBuf) -> anyhow::Result<()> {
         admin: Some("127.0.0.1:15000".parse()?),
         drain_timeout: Duration::from_secs(5),
         access_log: true,
+        idle_timeout: meshgate_proxy::server::ServerSettings::default().idle_timeout,
     };
     let result = crate::gateway::run(opts).await;
     for mut c in children {

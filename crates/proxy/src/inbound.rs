@@ -79,6 +79,8 @@ pub struct InboundOptions {
     /// How long to wait for a plaintext client's first bytes before treating the connection
     /// as opaque TCP (server-speaks-first protocols send nothing).
     pub sniff_timeout: Duration,
+    /// An HTTP connection that moves no byte for this long is closed.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for InboundOptions {
@@ -87,6 +89,7 @@ impl Default for InboundOptions {
             workload: String::new(),
             handshake_timeout: Duration::from_secs(10),
             sniff_timeout: Duration::from_millis(200),
+            idle_timeout: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -179,6 +182,7 @@ impl Inbound {
         let mode = self.policy.load().mode_for(port);
         let mut first = [0u8; 1];
         let sniffed = tokio::time::timeout(self.opts.sniff_timeout, stream.peek(&mut first)).await;
+        let (stream, ops) = crate::idle::Activity::new(stream);
         let is_tls = matches!(sniffed, Ok(Ok(1))) && first[0] == 0x16;
         if is_tls && mode != Mode::Disable {
             let Some(tls) = &self.tls else {
@@ -207,7 +211,7 @@ impl Inbound {
             if opaque {
                 self.tcp(stream, security, peer, app).await;
             } else {
-                self.http(TokioIo::new(stream), security, app).await;
+                self.http(TokioIo::new(stream), security, app, &ops).await;
             }
             return;
         }
@@ -225,8 +229,8 @@ impl Inbound {
             tracing::debug!(%peer, port, "plaintext connection accepted (PERMISSIVE): insecure channel");
         }
         let security = Security::Plaintext(reason);
-        if !is_tls && looks_like_http(&stream, self.opts.sniff_timeout).await {
-            self.http(TokioIo::new(stream), security, app).await;
+        if !is_tls && looks_like_http(stream.get_ref(), self.opts.sniff_timeout).await {
+            self.http(TokioIo::new(stream), security, app, &ops).await;
         } else {
             self.tcp(stream, security, peer, app).await;
         }
@@ -295,7 +299,7 @@ impl Inbound {
         decision
     }
 
-    async fn http<I>(self: &Arc<Self>, io: I, security: Security, app: SocketAddr)
+    async fn http<I>(self: &Arc<Self>, io: I, security: Security, app: SocketAddr, ops: &std::sync::atomic::AtomicU64)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -306,7 +310,17 @@ impl Inbound {
             let security = security.clone();
             async move { Ok::<_, Infallible>(me.request(req, &security, app).await) }
         });
-        if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(io, service).await {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = crate::idle::idle(ops, self.opts.idle_timeout) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, "inbound connection ended with error");
         }
     }

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod headers;
 pub mod http;
 pub mod identity;
+pub mod idle;
 pub mod inbound;
 pub mod managed;
 pub mod pool;

@@ -31,6 +31,9 @@ pub struct ServerSettings {
     pub header_read_timeout: Option<Duration>,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// A client connection that moves no byte for this long is closed (after the request in
+    /// flight, if any); Envoy's default of one hour. `None` keeps idle connections forever.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServerSettings {
@@ -40,6 +43,7 @@ impl Default for ServerSettings {
             max_headers: 100,
             header_read_timeout: None,
             max_concurrent_streams: 1024,
+            idle_timeout: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -96,17 +100,20 @@ pub(crate) fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExec
     builder
 }
 
-/// Serves one downstream HTTP connection until it closes, or until `stop` asks it to finish
-/// its requests and go.
-pub(crate) async fn serve_connection<I>(
-    io: I,
+/// Serves one downstream HTTP connection until it closes, until `stop` asks it to finish its
+/// requests and go, or until it has been idle for `idle_timeout`.
+pub(crate) async fn serve_connection<S>(
+    stream: S,
     info: Arc<ConnInfo>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     builder: &auto::Builder<TokioExecutor>,
     mut stop: watch::Receiver<bool>,
+    idle_timeout: Option<Duration>,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (stream, ops) = crate::idle::Activity::new(stream);
+    let io = TokioIo::new(stream);
     let peer = info.peer;
     let service = service_fn(move |req| {
         let snap = snapshot.load_full();
@@ -118,6 +125,11 @@ pub(crate) async fn serve_connection<I>(
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = crate::idle::idle(&ops, idle_timeout) => {
+            tracing::debug!(%peer, "idle timeout: closing the connection");
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -150,7 +162,8 @@ impl PortServer {
         let (stop, stop_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
         let builder = Arc::new(http_builder(&settings));
-        let task = tokio::spawn(accept_loop(listener, port, snapshot, builder, stop_rx, tracker.clone(), access_log));
+        let per_conn = PerConnection { access_log, idle_timeout: settings.idle_timeout };
+        let task = tokio::spawn(accept_loop(listener, port, snapshot, builder, stop_rx, tracker.clone(), per_conn));
         PortServer { addr, stop, tracker, task }
     }
 
@@ -174,6 +187,13 @@ impl PortServer {
     }
 }
 
+/// What every connection of a port is served with.
+#[derive(Debug, Clone, Copy)]
+struct PerConnection {
+    access_log: bool,
+    idle_timeout: Option<Duration>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     port: u16,
@@ -181,8 +201,9 @@ async fn accept_loop(
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut stop: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
-    access_log: bool,
+    per_conn: PerConnection,
 ) {
+    let PerConnection { access_log, idle_timeout } = per_conn;
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
@@ -205,7 +226,7 @@ async fn accept_loop(
         let guard = tracker.guard();
         tokio::spawn(async move {
             let _guard = guard;
-            serve_connection(TokioIo::new(stream), info, snapshot, &builder, stop).await;
+            serve_connection(stream, info, snapshot, &builder, stop, idle_timeout).await;
         });
     }
 }

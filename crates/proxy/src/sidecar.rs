@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use meshgate_identity::SpiffeId;
 use meshgate_model::mesh::{AppProtocol, MeshOutbound};
@@ -230,7 +230,8 @@ impl Sidecar {
         let info =
             Arc::new(ConnInfo { port: dst.port(), peer, scheme: "http", access_log: self.access_log, dest: Some(dst) });
         let cell = self.gateway.snapshot_cell();
-        serve_connection(TokioIo::new(stream), info, cell, &self.builder, self.stop.subscribe()).await;
+        let idle = ServerSettings::default().idle_timeout;
+        serve_connection(stream, info, cell, &self.builder, self.stop.subscribe(), idle).await;
     }
 
     async fn outbound(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {

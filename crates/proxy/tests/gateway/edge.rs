@@ -327,3 +327,58 @@ spec:
     assert!(reasons.contains(&("Conflicted", "ProtocolConflict")), "{reasons:?}");
     m.expect_backend("h", "/", &[], "b").await;
 }
+
+/// Reads one HTTP/1.1 response with a Content-Length body from a keep-alive connection.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "connection closed mid-response");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text.into_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_client_connections_are_closed_busy_ones_are_not() {
+    let options = meshgate_proxy::GatewayOptions {
+        server: meshgate_proxy::server::ServerSettings {
+            idle_timeout: Some(Duration::from_millis(400)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let m = Mesh::start_with(&(gateway("gw") + &route_to("b", "")), &["infra/b"], options).await;
+    let request = b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n\r\n";
+    // Busy: a request every 150 ms for 1.5 s, all on one connection.
+    let mut busy = TcpStream::connect(m.addr()).await.unwrap();
+    for _ in 0..10 {
+        busy.write_all(request).await.unwrap();
+        assert!(read_response(&mut busy).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Idle after one request: closed by the gateway between 400 and 500 ms later.
+    let mut idle = TcpStream::connect(m.addr()).await.unwrap();
+    idle.write_all(request).await.unwrap();
+    assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(350) && waited < Duration::from_secs(2), "{waited:?}");
+    // A connection that never sent anything is idle too.
+    let mut silent = TcpStream::connect(m.addr()).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}
