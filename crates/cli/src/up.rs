@@ -197,6 +197,9 @@ pub(crate) async fn run(dir: PathBuf, state_dir: PathBuf) -> anyhow::Result<()> 
     }
     let apps = dir.join("../apps");
     let root = meshgate_intercept::root();
+    if root {
+        ensure_tools(&dir)?;
+    }
     if root && let Ok(out) = std::process::Command::new("ip").args(["netns", "list"]).output() {
         let leftovers = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("mg-")).count();
         if leftovers > 0 {
@@ -237,6 +240,30 @@ pub(crate) async fn run(dir: PathBuf, state_dir: PathBuf) -> anyhow::Result<()> 
         );
     }
     outcome
+}
+
+/// The lab needs `ip` and `nft` or `iptables`: on a fresh machine, the project's script
+/// installs them (Debian packages), as it does for the tests.
+fn ensure_tools(dir: &Path) -> anyhow::Result<()> {
+    let has = |p: &str| {
+        std::process::Command::new(p)
+            .arg(if p == "ip" { "-V" } else { "--version" })
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has("ip") && (has("nft") || has("iptables")) {
+        return Ok(());
+    }
+    let script = dir.join("../../scripts/deps");
+    if !script.is_file() {
+        bail!("the lab needs ip (iproute2) and nftables or iptables: install them, or run from the checkout");
+    }
+    eprintln!("installing what the lab needs: {} lab", script.display());
+    let status = std::process::Command::new(&script).arg("lab").status().context("running scripts/deps")?;
+    if !status.success() {
+        bail!("{} lab failed ({status})", script.display());
+    }
+    Ok(())
 }
 
 async fn start(lab: &mut Lab, dir: &Path, apps: &Path, store: &Path, root: bool) -> anyhow::Result<()> {
