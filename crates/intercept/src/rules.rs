@@ -76,7 +76,9 @@ impl RuleSpec {
 }
 
 fn ipt(ns: &str, args: &[&str]) -> Result<(), InterceptError> {
-    let out = exec(ns, "iptables").args(args).output()?;
+    // `-w`: wait for the xtables lock, which is one file for every namespace; without it a
+    // concurrent `meshgate run` (or any other iptables user) makes this fail at once.
+    let out = exec(ns, "iptables").arg("-w").arg("5").args(args).output()?;
     if !out.status.success() {
         return Err(InterceptError::Command {
             command: format!("ip netns exec {ns} iptables {}", args.join(" ")),
