@@ -145,10 +145,16 @@ impl Lab {
         assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stdout));
     }
 
-    /// The address of Workload `ns/name`, once it is registered.
-    fn workload_ip(&self, ns: &str, name: &str) -> Ipv4Addr {
+    /// The address of Workload `ns/name`, once it is registered (a background `meshgate run`
+    /// that exits first fails the test at once, its messages above).
+    fn workload_ip(&mut self, ns: &str, name: &str) -> Ipv4Addr {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            for c in &mut self.children {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("a background meshgate run exited ({status}) before {ns}/{name} registered");
+                }
+            }
             let mut c = meshgate();
             c.args(["get", "workload", name, "-n", ns, "-o", "json"]);
             self.api_flags(&mut c);
