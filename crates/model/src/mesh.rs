@@ -47,15 +47,24 @@ pub struct MeshService {
     pub tcp: Option<ServiceBackendRef>,
 }
 
+/// Where an endpoint is in [`GatewayConfig::backends`]: backend `slot`, endpoint `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointRef {
+    /// The backend.
+    pub slot: usize,
+    /// The endpoint within it.
+    pub index: usize,
+}
+
 /// The mesh from one workload's side.
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshOutbound {
     /// Services by virtual IP and port.
     pub services: BTreeMap<SocketAddr, MeshService>,
-    /// Endpoints by address: the backend slot and the identity to expect.
+    /// Endpoints by address, for clients that dial a pod directly.
     #[serde(skip)]
-    pub endpoints: HashMap<SocketAddr, (usize, Option<String>)>,
+    pub endpoints: HashMap<SocketAddr, EndpointRef>,
     /// Refuse destinations outside the mesh.
     pub registry_only: bool,
     /// This workload's inbound policy.
@@ -253,8 +262,8 @@ pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> Gatew
     let backends = disc.into_backends();
     let mut endpoints = HashMap::new();
     for b in &backends {
-        for e in &b.endpoints {
-            endpoints.entry(e.addr).or_insert((b.slot, e.identity.clone()));
+        for (index, e) in b.endpoints.iter().enumerate() {
+            endpoints.entry(e.addr).or_insert(EndpointRef { slot: b.slot, index });
         }
     }
     GatewayConfig {

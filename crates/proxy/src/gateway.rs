@@ -35,6 +35,14 @@ pub struct Snapshot {
     pub backends: Vec<Arc<BackendRt>>,
 }
 
+impl Snapshot {
+    /// The pool of the meshed pod at `addr` (sidecars: a client dialled a pod directly).
+    pub fn mesh_endpoint(&self, addr: &SocketAddr) -> Option<&Arc<EndpointPool>> {
+        let at = self.config.mesh.as_ref()?.endpoints.get(addr)?;
+        self.backends.get(at.slot)?.endpoints.get(at.index)
+    }
+}
+
 /// How the gateway listens and talks upstream.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {

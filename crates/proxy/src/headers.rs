@@ -98,7 +98,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static s
 }
 
 /// Writes an IP address into `buf` without the formatting machinery; returns the bytes.
-fn format_ip(ip: IpAddr, buf: &mut [u8]) -> &[u8] {
+pub(crate) fn format_ip(ip: IpAddr, buf: &mut [u8]) -> &[u8] {
     match ip {
         IpAddr::V4(v4) => {
             let mut n = 0;

@@ -98,17 +98,22 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incom
 }
 
 async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<Incoming>) -> Outcome {
-    if let Some(dest) = conn.dest
-        && let Some(mesh) = &snapshot.config.mesh
-        && !mesh.services.contains_key(&dest)
-        && let Some((slot, _)) = mesh.endpoints.get(&dest)
-    {
-        let pool = snapshot.backends.get(*slot).and_then(|b| b.endpoints.iter().find(|e| e.addr == dest));
-        return match pool {
-            Some(pool) => to_endpoint(pool, req).await,
-            None => Outcome::local(StatusCode::NOT_FOUND, format!("{dest} left the mesh"), None, Flags::NO_ROUTE),
-        };
-    }
+    // A sidecar's outbound connection: the destination's mesh routes, or the pod it dialled.
+    let mesh_routes = match conn.dest {
+        None => None,
+        Some(dest) => match snapshot.config.mesh.as_ref().and_then(|m| m.services.get(&dest)) {
+            Some(service) => Some(&service.routes),
+            None => {
+                return match snapshot.mesh_endpoint(&dest) {
+                    Some(pool) => to_endpoint(pool, req).await,
+                    None => {
+                        let msg = format!("{dest} is no longer a Service or endpoint in the mesh");
+                        Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE)
+                    }
+                };
+            }
+        },
+    };
     let (mut parts, body) = req.into_parts();
     // HTTP/2 and absolute-form requests carry the host in the URI; HTTP/1.1 in Host.
     let host_value: Option<HeaderValue> = match parts.uri.authority() {
@@ -118,18 +123,12 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
     let host_full = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
     let host = normalize_host(host_full);
 
-    let routes = match conn.dest {
+    let routes = match mesh_routes {
+        Some(routes) => routes,
         None => match snapshot.config.ports.get(&conn.port).and_then(|set| set.select(&host)) {
             Some(listener) => &listener.routes,
             None => {
                 let msg = format!("no listener on port {} for host {host:?}", conn.port);
-                return Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE);
-            }
-        },
-        Some(dest) => match snapshot.config.mesh.as_ref().and_then(|m| m.services.get(&dest)) {
-            Some(service) => &service.routes,
-            None => {
-                let msg = format!("{dest} is no longer a Service in the mesh");
                 return Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE);
             }
         },
@@ -237,13 +236,13 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
     let mirrors: Vec<_> = rule.mirrors.iter().filter(|m| m.sample()).collect();
     let mut source = if body.is_end_stream() {
         for mirror in &mirrors {
-            send_mirror(snapshot, &mirror.backend, &parts, None, RequestBody::Empty);
+            send_mirror(snapshot, &mirror.backend, &parts, RequestBody::Empty);
         }
         Source::Empty
     } else if !mirrors.is_empty() {
         let (tee, copies) = RequestBody::tee(body, mirrors.len());
         for (mirror, copy) in mirrors.iter().zip(copies) {
-            send_mirror(snapshot, &mirror.backend, &parts, upstream_host(&parts), copy);
+            send_mirror(snapshot, &mirror.backend, &parts, copy);
         }
         Source::Once(Some(tee))
     } else if attempts > 0 && idempotent {
@@ -605,24 +604,21 @@ async fn pick_endpoint(
 
 /// The consistent-hash key of a request (a missing key hashes randomly).
 fn hash_request(key: &HashKey, headers: &http::HeaderMap, peer: SocketAddr) -> u64 {
-    let bytes: Option<Vec<u8>> = match key {
-        HashKey::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()),
+    let mut ip = [0u8; 64];
+    let bytes: Option<&[u8]> = match key {
+        HashKey::Header(name) => headers.get(name).map(HeaderValue::as_bytes),
         HashKey::Cookie(name) => headers.get_all(header::COOKIE).iter().find_map(|v| {
             v.to_str().ok()?.split(';').find_map(|c| {
                 let (k, val) = c.trim().split_once('=')?;
-                (k == name).then(|| val.as_bytes().to_vec())
+                (k == name).then_some(val.as_bytes())
             })
         }),
-        HashKey::SourceIp => Some(peer.ip().to_string().into_bytes()),
+        HashKey::SourceIp => Some(crate::headers::format_ip(peer.ip(), &mut ip)),
     };
     match bytes {
-        Some(b) => fnv1a(&b, 0),
+        Some(b) => fnv1a(b, 0),
         None => fastrand::u64(..),
     }
-}
-
-fn upstream_host(parts: &http::request::Parts) -> Option<HeaderValue> {
-    parts.headers.get(header::HOST).cloned()
 }
 
 /// Shapes a request for the endpoint's protocol: HTTP/1.1 origin-form with Host, or HTTP/2
@@ -650,13 +646,7 @@ fn fit_version(req: &mut Request<RequestBody>, protocol: UpstreamProtocol, addr:
 }
 
 /// Sends a copy of the request to a mirror; its response is read and dropped.
-fn send_mirror(
-    snapshot: &Snapshot,
-    backend: &Backend,
-    parts: &http::request::Parts,
-    _host: Option<HeaderValue>,
-    body: RequestBody,
-) {
+fn send_mirror(snapshot: &Snapshot, backend: &Backend, parts: &http::request::Parts, body: RequestBody) {
     let Backend::Service(service) = backend else { return };
     let Some(endpoint) = snapshot.backends.get(service.slot).and_then(|b| b.pick(None, None).ok()).cloned() else {
         return;

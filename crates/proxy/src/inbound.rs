@@ -4,7 +4,6 @@
 //! authorize, hand the caller's identity to the application in `x-forwarded-client-cert`, and
 //! forward to the application on its local address.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,8 +13,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use meshgate_model::rule::UpstreamProtocol;
 use meshgate_model::security::{Attributes, Decision, InboundPolicy, Mode};
@@ -94,6 +92,11 @@ impl Default for InboundOptions {
     }
 }
 
+/// Connecting to the application on localhost.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections to the application are closed after this.
+const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// An inbound proxy.
 pub struct Inbound {
     opts: InboundOptions,
@@ -102,6 +105,7 @@ pub struct Inbound {
     tls: Option<Arc<MeshTls>>,
     app_state: Arc<BackendState>,
     pools: Mutex<std::collections::HashMap<SocketAddr, Arc<EndpointPool>>>,
+    builder: auto::Builder<TokioExecutor>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -129,6 +133,7 @@ impl Inbound {
             tls,
             app_state,
             pools: Mutex::new(std::collections::HashMap::new()),
+            builder: crate::server::http_builder(&crate::server::ServerSettings::default()),
         })
     }
 
@@ -182,7 +187,6 @@ impl Inbound {
         let mode = self.policy.load().mode_for(port);
         let mut first = [0u8; 1];
         let sniffed = tokio::time::timeout(self.opts.sniff_timeout, stream.peek(&mut first)).await;
-        let (stream, ops) = crate::idle::Activity::new(stream);
         let is_tls = matches!(sniffed, Ok(Ok(1))) && first[0] == 0x16;
         if is_tls && mode != Mode::Disable {
             let Some(tls) = &self.tls else {
@@ -211,7 +215,7 @@ impl Inbound {
             if opaque {
                 self.tcp(stream, security, peer, app).await;
             } else {
-                self.http(TokioIo::new(stream), security, app, &ops).await;
+                self.http(stream, security, peer, app).await;
             }
             return;
         }
@@ -229,8 +233,8 @@ impl Inbound {
             tracing::debug!(%peer, port, "plaintext connection accepted (PERMISSIVE): insecure channel");
         }
         let security = Security::Plaintext(reason);
-        if !is_tls && looks_like_http(stream.get_ref(), self.opts.sniff_timeout).await {
-            self.http(TokioIo::new(stream), security, app, &ops).await;
+        if !is_tls && looks_like_http(&stream, self.opts.sniff_timeout).await {
+            self.http(stream, security, peer, app).await;
         } else {
             self.tcp(stream, security, peer, app).await;
         }
@@ -240,9 +244,8 @@ impl Inbound {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let principal = principal_of(&security);
         let attrs = Attributes {
-            principal: principal.as_deref(),
+            principal: principal_of(&security),
             namespace: namespace_of(&security),
             method: None,
             path: None,
@@ -253,14 +256,13 @@ impl Inbound {
             tracing::info!(target: "meshgate::authz", %peer, port = app.port(), "TCP connection closed: {why}");
             return;
         }
-        let mut upstream = match TcpStream::connect(app).await {
+        let mut upstream = match crate::pool::dial(app, APP_CONNECT_TIMEOUT).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%app, error = %e, "cannot reach the application");
                 return;
             }
         };
-        let _ = upstream.set_nodelay(true);
         let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
     }
 
@@ -299,53 +301,43 @@ impl Inbound {
         decision
     }
 
-    async fn http<I>(self: &Arc<Self>, io: I, security: Security, app: SocketAddr, ops: &std::sync::atomic::AtomicU64)
+    async fn http<S>(self: &Arc<Self>, stream: S, security: Security, peer: SocketAddr, app: SocketAddr)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let me = self.clone();
-        let security = Arc::new(security);
-        let service = service_fn(move |req| {
-            let me = me.clone();
-            let security = security.clone();
-            async move { Ok::<_, Infallible>(me.request(req, &security, app).await) }
-        });
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            () = crate::idle::idle(ops, self.opts.idle_timeout) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        // What stays the same for every request of the connection, worked out once.
+        let xfcc = match (&security, &self.tls) {
+            (Security::Mutual(peer), Some(tls)) => {
+                HeaderValue::from_str(&format!("By={};Hash={};URI={}", tls.id(), peer.cert_sha256_hex(), peer.id)).ok()
             }
+            _ => None,
         };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "inbound connection ended with error");
-        }
+        let caller = Arc::new(Caller { security, xfcc, pool: self.pool(app), app });
+        let me = self.clone();
+        let handler = move |req| {
+            let (me, caller) = (me.clone(), caller.clone());
+            async move { me.request(req, &caller).await }
+        };
+        crate::server::serve(stream, peer, handler, &self.builder, None, self.opts.idle_timeout).await;
     }
 
-    async fn request(&self, req: Request<Incoming>, security: &Security, app: SocketAddr) -> Response<ResponseBody> {
+    async fn request(&self, req: Request<Incoming>, caller: &Caller) -> Response<ResponseBody> {
         let (mut parts, body) = req.into_parts();
         // A client's own XFCC is never trusted.
         parts.headers.remove(&XFCC);
-        let principal = principal_of(security);
         let attrs = Attributes {
-            principal: principal.as_deref(),
-            namespace: namespace_of(security),
+            principal: principal_of(&caller.security),
+            namespace: namespace_of(&caller.security),
             method: Some(parts.method.as_str()),
             path: Some(parts.uri.path()),
-            port: app.port(),
+            port: caller.app.port(),
             headers: Some(&parts.headers),
         };
         if let Decision::Deny(_) = self.authorize(&attrs, "HTTP") {
             return reply(StatusCode::FORBIDDEN, "RBAC: access denied");
         }
-        if let (Security::Mutual(peer), Some(tls)) = (security, &self.tls) {
-            let xfcc = format!("By={};Hash={};URI={}", tls.id(), peer.cert_sha256_hex(), peer.id);
-            if let Ok(v) = HeaderValue::from_str(&xfcc) {
-                parts.headers.insert(XFCC.clone(), v);
-            }
+        if let Some(v) = &caller.xfcc {
+            parts.headers.insert(XFCC.clone(), v.clone());
         }
         strip_hop_by_hop(&mut parts.headers);
         // HTTP/2 from the peer proxy carries the host in the URI: the app gets a Host header.
@@ -358,14 +350,14 @@ impl Inbound {
         uri.path_and_query = parts.uri.path_and_query().cloned();
         parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_11;
-        let pool = self.pool(app);
-        match pool.send(Request::from_parts(parts, RequestBody::Incoming { body })).await {
+        match caller.pool.send(Request::from_parts(parts, RequestBody::Incoming { body })).await {
             Ok((resp, returner)) => {
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 Response::from_parts(rparts, ResponseBody::upstream(rbody, Some(returner), None, None))
             }
             Err(e) => {
+                let app = caller.app;
                 tracing::warn!(%app, error = %e.error, "application unreachable");
                 let status =
                     if e.error.is_connect() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
@@ -380,8 +372,8 @@ impl Inbound {
                 app,
                 UpstreamProtocol::Http1,
                 self.app_state.clone(),
-                Duration::from_secs(5),
-                Duration::from_secs(60),
+                APP_CONNECT_TIMEOUT,
+                APP_IDLE_TIMEOUT,
             ));
         };
         pools
@@ -391,19 +383,28 @@ impl Inbound {
                     app,
                     UpstreamProtocol::Http1,
                     self.app_state.clone(),
-                    Duration::from_secs(5),
-                    Duration::from_secs(60),
+                    APP_CONNECT_TIMEOUT,
+                    APP_IDLE_TIMEOUT,
                 ))
             })
             .clone()
     }
 }
 
-fn principal_of(s: &Security) -> Option<String> {
+fn principal_of(s: &Security) -> Option<&str> {
     match s {
-        Security::Mutual(p) => Some(p.id.as_str().strip_prefix("spiffe://").unwrap_or(p.id.as_str()).to_string()),
+        Security::Mutual(p) => Some(p.id.as_str().strip_prefix("spiffe://").unwrap_or(p.id.as_str())),
         Security::Plaintext(_) => None,
     }
+}
+
+/// One HTTP connection's caller: fixed for all of its requests.
+struct Caller {
+    security: Security,
+    /// The `x-forwarded-client-cert` value for an mTLS peer.
+    xfcc: Option<HeaderValue>,
+    pool: Arc<EndpointPool>,
+    app: SocketAddr,
 }
 
 fn namespace_of(s: &Security) -> Option<&str> {

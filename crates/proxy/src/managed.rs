@@ -1,14 +1,55 @@
-//! A proxy managed by a control plane: bootstrap the identity with a join token, keep it
-//! rotated, subscribe to configuration and apply it. Used by `meshgate proxy` and tests.
+//! Proxies managed by a control plane: bootstrap the identity with a join token, keep it
+//! rotated, subscribe to configuration and apply it. The gateway role is here; the sidecar
+//! role ([`crate::sidecar::ManagedSidecar`]) joins the same way.
 
 use std::sync::Arc;
 
 use meshgate_identity::SpiffeId;
+use meshgate_tls::MeshTls;
 use tokio::task::JoinHandle;
 
 use crate::cp::{Apply, ControlPlaneAddr, CpCertifier, subscribe};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::identity::{self, Certifier, IdentityError};
+
+/// Background tasks of a managed proxy, aborted when dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    /// Adds one.
+    pub(crate) fn push(&mut self, task: JoinHandle<()>) {
+        self.0.push(task);
+    }
+
+    /// Aborts them all (again on drop: aborting twice is harmless).
+    pub(crate) fn abort(&self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Joins the mesh as `id`: the first certificate through the control plane (presenting the
+/// join token), then a task that keeps it rotated.
+pub(crate) async fn join(
+    target: &ControlPlaneAddr,
+    id: &SpiffeId,
+    token: Option<String>,
+) -> Result<(Arc<MeshTls>, Tasks), IdentityError> {
+    let certifier = CpCertifier::new(target.clone(), token);
+    let mesh = identity::bootstrap(certifier.as_ref(), id).await?;
+    certifier.set_mesh(mesh.clone());
+    let mut tasks = Tasks::default();
+    tasks.push(tokio::spawn(identity::rotate(mesh.clone(), certifier as Arc<dyn Certifier>, id.clone())));
+    Ok((mesh, tasks))
+}
 
 /// A running managed gateway.
 pub struct ManagedGateway {
@@ -16,7 +57,7 @@ pub struct ManagedGateway {
     pub gateway: Arc<Gateway>,
     /// Its identity.
     pub id: SpiffeId,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for ManagedGateway {
@@ -34,11 +75,7 @@ impl ManagedGateway {
         mut options: GatewayOptions,
         node: String,
     ) -> Result<Self, IdentityError> {
-        let certifier = CpCertifier::new(target.clone(), token);
-        let mesh = identity::bootstrap(certifier.as_ref(), &id).await?;
-        certifier.set_mesh(mesh.clone());
-        let rotation =
-            tokio::spawn(identity::rotate(mesh.clone(), certifier.clone() as Arc<dyn Certifier>, id.clone()));
+        let (mesh, mut tasks) = join(&target, &id, token).await?;
         options.tls = Some(mesh.clone());
         let gateway = Gateway::new(options);
         let gw = gateway.clone();
@@ -55,23 +92,13 @@ impl ManagedGateway {
                     .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
             })
         });
-        let subscription = tokio::spawn(subscribe(target, mesh, "gateway".into(), node, String::new(), apply));
-        Ok(ManagedGateway { gateway, id, tasks: vec![rotation, subscription] })
+        tasks.push(tokio::spawn(subscribe(target, mesh, "gateway".into(), node, String::new(), apply)));
+        Ok(ManagedGateway { gateway, id, tasks })
     }
 
     /// Stops subscribing and drains.
     pub async fn stop(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.tasks.abort();
         self.gateway.drain().await;
-    }
-}
-
-impl Drop for ManagedGateway {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
     }
 }

@@ -105,6 +105,8 @@ pub struct EndpointPool {
     idle_timeout: u64,
     idle: Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Held while dialling the HTTP/2 connection.
+    h2_dial: tokio::sync::Mutex<()>,
     in_flight: AtomicUsize,
     /// What the balancer and outlier detection know.
     pub health: Health,
@@ -166,6 +168,7 @@ impl EndpointPool {
             idle_timeout: nanos(idle_timeout),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            h2_dial: tokio::sync::Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             health: Health::default(),
         }
@@ -224,16 +227,24 @@ impl EndpointPool {
     }
 
     async fn send_h2(&self, mut req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
+        let current = || self.h2.lock().ok().and_then(|g| g.as_ref().filter(|s| !s.is_closed()).cloned());
         let mut fresh = false;
         loop {
-            let existing = self.h2.lock().ok().and_then(|g| g.as_ref().filter(|s| !s.is_closed()).cloned());
-            let mut sender = match existing {
+            let mut sender = match current() {
                 Some(s) => s,
                 None => {
-                    fresh = true;
-                    match self.connect_h2().await {
-                        Ok(s) => s,
-                        Err(error) => return Err(SendError { error, request: Some(req) }),
+                    // One dial at a time: requests arriving meanwhile share its connection
+                    // instead of opening one each.
+                    let _dialing = self.h2_dial.lock().await;
+                    match current() {
+                        Some(s) => s,
+                        None => {
+                            fresh = true;
+                            match self.connect_h2().await {
+                                Ok(s) => s,
+                                Err(error) => return Err(SendError { error, request: Some(req) }),
+                            }
+                        }
                     }
                 }
             };
@@ -317,13 +328,7 @@ impl EndpointPool {
     }
 
     async fn connect(&self) -> Result<TcpStream, UpstreamError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(UpstreamError::Connect { addr: self.addr, source }),
-            Err(_) => return Err(UpstreamError::ConnectTimeout(self.addr)),
-        };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        dial(self.addr, self.connect_timeout).await
     }
 
     /// A connection for opaque TCP: mTLS (ALPN meshgate-tcp) to a meshed endpoint, plain TCP
@@ -416,6 +421,17 @@ where
         }
     });
     Ok(sender)
+}
+
+/// A TCP connection to `addr` within `timeout`, with Nagle off.
+pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+        Err(_) => return Err(UpstreamError::ConnectTimeout(addr)),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// An opaque TCP connection upstream.

@@ -16,8 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::body::ResponseBody;
 use crate::gateway::Snapshot;
 use crate::http::{ConnInfo, handle};
+use http::{Request, Response};
+use hyper::body::Incoming;
 
 /// Limits on downstream connections.
 #[derive(Debug, Clone)]
@@ -100,31 +103,39 @@ pub(crate) fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExec
     builder
 }
 
-/// Serves one downstream HTTP connection until it closes, until `stop` asks it to finish its
-/// requests and go, or until it has been idle for `idle_timeout`.
-pub(crate) async fn serve_connection<S>(
+/// Serves one downstream HTTP connection with `handler` until it closes, until `stop` (if any)
+/// asks it to finish its requests and go, or until it has been idle for `idle_timeout`. The one
+/// way every role serves HTTP: gateway listeners, sidecar outbound, inbound.
+pub(crate) async fn serve<S, F, Fut>(
     stream: S,
-    info: Arc<ConnInfo>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    peer: SocketAddr,
+    handler: F,
     builder: &auto::Builder<TokioExecutor>,
-    mut stop: watch::Receiver<bool>,
+    stop: Option<watch::Receiver<bool>>,
     idle_timeout: Option<Duration>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let (stream, ops) = crate::idle::Activity::new(stream);
-    let io = TokioIo::new(stream);
-    let peer = info.peer;
     let service = service_fn(move |req| {
-        let snap = snapshot.load_full();
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(snap, &info, req).await) }
+        let response = handler(req);
+        async move { Ok::<_, Infallible>(response.await) }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
+    let stopped = async {
+        match stop {
+            Some(mut stop) => {
+                let _ = stop.changed().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = stop.changed() => {
+        () = stopped => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -137,6 +148,27 @@ pub(crate) async fn serve_connection<S>(
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "downstream connection ended with error");
     }
+}
+
+/// Serves one downstream connection with the request path: each request is routed with the
+/// configuration current when it arrives.
+pub(crate) async fn serve_connection<S>(
+    stream: S,
+    info: Arc<ConnInfo>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    builder: &auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
+    idle_timeout: Option<Duration>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let handler = move |req| {
+        let snap = snapshot.load_full();
+        let info = info.clone();
+        async move { handle(snap, &info, req).await }
+    };
+    serve(stream, peer, handler, builder, Some(stop), idle_timeout).await;
 }
 
 /// The accept loop of one port and the connections it accepted.

@@ -11,7 +11,6 @@
 
 use std::io::{Seek, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,11 +25,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::balance::BackendRt;
-use crate::cp::{Apply, ControlPlaneAddr, CpCertifier, subscribe};
+use crate::cp::{Apply, ControlPlaneAddr, subscribe};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::http::ConnInfo;
-use crate::identity::{self, Certifier, IdentityError};
+use crate::identity::IdentityError;
 use crate::inbound::{AppTarget, Inbound, InboundOptions, looks_like_http};
+use crate::managed::{Tasks, join};
+use crate::pool::UpstreamError;
 use crate::server::{ServerSettings, Tracker, http_builder, serve_connection};
 
 /// Settings of a sidecar.
@@ -80,13 +81,12 @@ pub struct Sidecar {
     drain_timeout: Duration,
     access_log: bool,
     hosts: Option<Arc<Mutex<std::fs::File>>>,
+    settings: ServerSettings,
     builder: auto::Builder<TokioExecutor>,
+    /// Ends the outbound accept loop and asks its connections to finish.
     stop: watch::Sender<bool>,
     tracker: Arc<Tracker>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    outbound_addr: SocketAddr,
-    inbound_addr: SocketAddr,
-    configured: AtomicBool,
+    inbound_task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -115,7 +115,8 @@ impl Sidecar {
             meshgate_model::security::InboundPolicy::default(),
             InboundOptions { workload: opts.workload.clone(), ..InboundOptions::default() },
         );
-        let (stop, _) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let settings = ServerSettings::default();
         let me = Arc::new(Sidecar {
             gateway,
             inbound: inbound.clone(),
@@ -124,37 +125,20 @@ impl Sidecar {
             drain_timeout: opts.drain_timeout,
             access_log: opts.access_log,
             hosts: opts.hosts_file.map(|f| Arc::new(Mutex::new(f))),
-            builder: http_builder(&ServerSettings::default()),
+            builder: http_builder(&settings),
+            settings,
             stop,
             tracker: Arc::new(Tracker::default()),
-            tasks: Mutex::new(Vec::new()),
-            outbound_addr,
-            inbound_addr,
-            configured: AtomicBool::new(false),
+            inbound_task: tokio::spawn(inbound.serve(inbound_listener)),
         });
-        let inbound_task = tokio::spawn(inbound.serve(inbound_listener));
-        let outbound_task = tokio::spawn(me.clone().accept_outbound(outbound));
-        if let Ok(mut t) = me.tasks.lock() {
-            t.push(inbound_task);
-            t.push(outbound_task);
-        }
+        tokio::spawn(me.clone().accept_outbound(outbound, stop_rx));
         tracing::info!(workload = %me.workload, outbound = %outbound_addr, inbound = %inbound_addr, "sidecar listening");
         Ok(me)
     }
 
-    /// The bound outbound address.
-    pub fn outbound_addr(&self) -> SocketAddr {
-        self.outbound_addr
-    }
-
-    /// The bound inbound address.
-    pub fn inbound_addr(&self) -> SocketAddr {
-        self.inbound_addr
-    }
-
     /// True once a configuration from the control plane is in force.
     pub fn is_configured(&self) -> bool {
-        self.configured.load(Ordering::Acquire)
+        self.gateway.is_ready()
     }
 
     /// Applies a configuration compiled by [`meshgate_model::mesh::compile_mesh`]: the inbound
@@ -187,26 +171,30 @@ impl Sidecar {
             .apply(Compiled { config, conditions: Vec::new() }, sources)
             .await
             .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
-        self.configured.store(true, Ordering::Release);
         Ok(version)
     }
 
     /// Stops accepting, lets connections in flight finish (up to the drain timeout).
     pub async fn drain(&self) {
-        let _ = self.stop.send(true);
-        if let Ok(tasks) = self.tasks.lock() {
-            for t in tasks.iter() {
-                t.abort();
-            }
-        }
+        self.stop_accepting();
         if tokio::time::timeout(self.drain_timeout, self.tracker.wait_idle()).await.is_err() {
             tracing::warn!(workload = %self.workload, "drain timeout: closing outbound connections still open");
         }
     }
 
-    async fn accept_outbound(self: Arc<Self>, listener: TcpListener) {
+    /// Closes both listeners; outbound connections are asked to finish.
+    fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
+        self.inbound_task.abort();
+    }
+
+    async fn accept_outbound(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                _ = stop.changed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "outbound accept failed");
@@ -230,11 +218,11 @@ impl Sidecar {
         let info =
             Arc::new(ConnInfo { port: dst.port(), peer, scheme: "http", access_log: self.access_log, dest: Some(dst) });
         let cell = self.gateway.snapshot_cell();
-        let idle = ServerSettings::default().idle_timeout;
+        let idle = self.settings.idle_timeout;
         serve_connection(stream, info, cell, &self.builder, self.stop.subscribe(), idle).await;
     }
 
-    async fn outbound(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn outbound(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let dst = match meshgate_intercept::original_dst(&stream) {
             Ok(dst) if stream.local_addr().is_ok_and(|l| l == dst) => {
                 tracing::debug!(%peer, "connection to the outbound port itself, not redirected: closing");
@@ -272,8 +260,8 @@ impl Sidecar {
             tcp_to_service(stream, &backend, dst).await;
             return;
         }
-        if let Some((slot, _)) = mesh.endpoints.get(&dst) {
-            let pool = snapshot.backends.get(*slot).and_then(|b| b.endpoints.iter().find(|e| e.addr == dst)).cloned();
+        if mesh.endpoints.contains_key(&dst) {
+            let pool = snapshot.mesh_endpoint(&dst).cloned();
             drop(snapshot);
             let Some(pool) = pool else {
                 tracing::warn!(%dst, "endpoint vanished from the configuration: closing");
@@ -281,8 +269,8 @@ impl Sidecar {
             };
             if looks_like_http(&stream, self.sniff_timeout).await {
                 self.serve_http(stream, peer, dst).await;
-            } else {
-                tcp_to_endpoint(stream, &pool).await;
+            } else if let Err(e) = tcp_to_endpoint(&mut stream, &pool).await {
+                tracing::warn!(endpoint = %pool.addr, error = %e, "TCP upstream connect failed");
             }
             return;
         }
@@ -330,11 +318,8 @@ async fn tcp_to_service(mut stream: TcpStream, backend: &BackendRt, dst: SocketA
                 return;
             }
         };
-        match endpoint.open_tcp().await {
-            Ok(mut upstream) => {
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-                return;
-            }
+        match tcp_to_endpoint(&mut stream, &endpoint).await {
+            Ok(()) => return,
             Err(e) => {
                 tracing::warn!(service = %backend.model.id, endpoint = %endpoint.addr, error = %e, "TCP upstream connect failed");
                 avoid = Some(endpoint);
@@ -343,24 +328,20 @@ async fn tcp_to_service(mut stream: TcpStream, backend: &BackendRt, dst: SocketA
     }
 }
 
-async fn tcp_to_endpoint(mut stream: TcpStream, pool: &crate::pool::EndpointPool) {
-    match pool.open_tcp().await {
-        Ok(mut upstream) => {
-            let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-        }
-        Err(e) => tracing::warn!(endpoint = %pool.addr, error = %e, "TCP upstream connect failed"),
-    }
+/// Opaque TCP to one endpoint; `Err` only when it could not be reached.
+async fn tcp_to_endpoint(stream: &mut TcpStream, pool: &crate::pool::EndpointPool) -> Result<(), UpstreamError> {
+    let mut upstream = pool.open_tcp().await?;
+    let _ = tokio::io::copy_bidirectional(stream, &mut upstream).await;
+    Ok(())
 }
 
 /// Forwards the connection to where the application meant it to go, unchanged.
 async fn passthrough(mut stream: TcpStream, dst: SocketAddr) {
-    match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(dst)).await {
-        Ok(Ok(mut upstream)) => {
-            let _ = upstream.set_nodelay(true);
+    match crate::pool::dial(dst, Duration::from_secs(10)).await {
+        Ok(mut upstream) => {
             let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
         }
-        Ok(Err(e)) => tracing::debug!(%dst, error = %e, "passthrough connect failed"),
-        Err(_) => tracing::debug!(%dst, "passthrough connect timed out"),
+        Err(e) => tracing::debug!(%dst, error = %e, "passthrough connect failed"),
     }
 }
 
@@ -371,7 +352,7 @@ pub struct ManagedSidecar {
     pub sidecar: Arc<Sidecar>,
     /// Its identity.
     pub id: SpiffeId,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for ManagedSidecar {
@@ -392,8 +373,8 @@ pub enum SidecarError {
 }
 
 impl ManagedSidecar {
-    /// Bootstraps the identity, binds the ports, subscribes. `namespace`/`name` name the
-    /// Workload whose view of the mesh is compiled.
+    /// Bootstraps the identity, binds the ports, subscribes. `opts.workload` (`namespace/name`)
+    /// names the Workload whose view of the mesh is compiled.
     pub async fn start(
         target: ControlPlaneAddr,
         id: SpiffeId,
@@ -402,11 +383,7 @@ impl ManagedSidecar {
         node: String,
     ) -> Result<Self, SidecarError> {
         let workload = opts.workload.clone();
-        let certifier = CpCertifier::new(target.clone(), token);
-        let mesh = identity::bootstrap(certifier.as_ref(), &id).await?;
-        certifier.set_mesh(mesh.clone());
-        let rotation =
-            tokio::spawn(identity::rotate(mesh.clone(), certifier.clone() as Arc<dyn Certifier>, id.clone()));
+        let (mesh, mut tasks) = join(&target, &id, token).await?;
         let sidecar = Sidecar::start(opts, Some(mesh.clone())).await?;
         let (ns, name) =
             workload.split_once('/').map_or((String::new(), workload.clone()), |(a, b)| (a.into(), b.into()));
@@ -419,8 +396,8 @@ impl ManagedSidecar {
                 sc.apply(config, vec!["control plane".to_string()]).await.map(|_| ())
             })
         });
-        let subscription = tokio::spawn(subscribe(target, mesh, "sidecar".into(), node, workload, apply));
-        Ok(ManagedSidecar { sidecar, id, tasks: vec![rotation, subscription] })
+        tasks.push(tokio::spawn(subscribe(target, mesh, "sidecar".into(), node, workload, apply)));
+        Ok(ManagedSidecar { sidecar, id, tasks })
     }
 
     /// Waits until the first configuration is applied.
@@ -432,17 +409,14 @@ impl ManagedSidecar {
 
     /// Stops subscribing and drains.
     pub async fn stop(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.tasks.abort();
         self.sidecar.drain().await;
     }
 }
 
 impl Drop for ManagedSidecar {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        // The outbound accept loop holds the sidecar: end it, or its ports stay bound.
+        self.sidecar.stop_accepting();
     }
 }

@@ -34,11 +34,8 @@ pub fn load(paths: &[PathBuf]) -> Result<(ResourceSet, Compiled), Errors> {
 fn fingerprint(paths: &[PathBuf]) -> u64 {
     let mut files = Vec::new();
     for p in paths {
-        let mut found = Vec::new();
-        if meshgate_api::collect_files(p, &mut found).is_err() {
-            p.hash(&mut std::collections::hash_map::DefaultHasher::new());
-        }
-        files.extend(found);
+        // A path that cannot be read contributes no files (and its errors come from `load`).
+        let _ = meshgate_api::collect_files(p, &mut files);
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for f in files {
