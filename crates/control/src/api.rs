@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::plane::ControlPlane;
+use crate::plane::{CaUpdateError, ControlPlane};
 use crate::store::{Store, key_of};
 
 type Reply = Response<Full<Bytes>>;
@@ -36,7 +36,15 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
 /// Serves the API until the task is dropped.
 pub async fn serve<S: Store>(cp: Arc<ControlPlane<S>>, listener: TcpListener, token: Arc<String>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let (cp, token) = (cp.clone(), token.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
@@ -105,7 +113,7 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
         }
         (&Method::POST, ["api", "v1", "tokens"]) => create_token(cp, req).await,
         (&Method::GET, ["api", "v1", "bundle"]) => {
-            let pem: String = cp.bundle().roots.iter().map(|r| meshgate_tls::cert_pem(r)).collect();
+            let pem = cp.bundle().to_pem();
             json_reply(StatusCode::OK, &json!({ "trustDomain": cp.options.trust_domain.to_string(), "pem": pem }))
         }
         (&Method::GET, ["api", "v1", "analyze"]) => {
@@ -128,8 +136,7 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
 
 fn item(snap: &crate::state::Snapshot, key: &str) -> Option<serde_json::Value> {
     let e = snap.entries.get(key)?;
-    let conditions: Vec<&meshgate_model::Condition> =
-        snap.conditions.iter().filter(|c| c.object == e.object.id).collect();
+    let conditions: Vec<&meshgate_model::Condition> = snap.conditions.iter().filter(|c| c.object == e.id).collect();
     let mut v: serde_json::Value = serde_json::from_slice(&e.json).ok()?;
     if !conditions.is_empty() {
         v["status"]["meshgate"] = json!({ "conditions": conditions });
@@ -154,8 +161,8 @@ fn list<S: Store>(cp: &ControlPlane<S>, query: &str) -> Reply {
     let items: Vec<serde_json::Value> = snap
         .entries
         .iter()
-        .filter(|(_, e)| kind.is_none_or(|k| e.object.id.kind == k))
-        .filter(|(_, e)| ns.as_deref().is_none_or(|n| e.object.id.ns() == n || !e.object.id.kind.namespaced()))
+        .filter(|(_, e)| kind.is_none_or(|k| e.id.kind == k))
+        .filter(|(_, e)| ns.as_deref().is_none_or(|n| e.id.ns() == n || !e.id.kind.namespaced()))
         .filter_map(|(k, _)| item(&snap, k))
         .collect();
     let invalid: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
@@ -259,7 +266,7 @@ async fn create_token<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) ->
     let ttl = Duration::from_secs(t.ttl_seconds.unwrap_or(3600).clamp(1, 7 * 24 * 3600));
     match crate::tokens::create(&cp.store, &t.namespace, &t.service_account, ttl).await {
         Ok(token) => {
-            let pem: String = cp.bundle().roots.iter().map(|r| meshgate_tls::cert_pem(r)).collect();
+            let pem = cp.bundle().to_pem();
             json_reply(
                 StatusCode::OK,
                 &json!({
@@ -275,26 +282,21 @@ async fn create_token<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) ->
 }
 
 async fn rotate<S: Store>(cp: &ControlPlane<S>, step: &str) -> Reply {
-    let result = {
-        let Ok(mut ca) = cp.ca.lock() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "CA unavailable") };
-        let r = match step {
-            "add-root" => ca.add_next_root(cp.options.root_lifetime).map_err(|e| e.to_string()),
+    let root_lifetime = cp.options.root_lifetime;
+    let result = cp
+        .update_ca(|ca| match step {
+            "add-root" => ca.add_next_root(root_lifetime).map_err(|e| e.to_string()),
             "use-root" => ca.use_next_root().map_err(|e| e.to_string()),
             "withdraw-old-roots" => {
                 ca.withdraw_old_roots();
                 Ok(())
             }
             other => Err(format!("unknown step {other:?}: add-root, use-root, withdraw-old-roots")),
-        };
-        r.map(|()| ca.bundle().roots.len())
-    };
+        })
+        .await;
     match result {
-        Ok(roots) => {
-            if let Err(e) = cp.save_ca().await {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-            }
-            json_reply(StatusCode::OK, &json!({ "step": step, "roots": roots }))
-        }
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        Ok(roots) => json_reply(StatusCode::OK, &json!({ "step": step, "roots": roots })),
+        Err(CaUpdateError::Refused(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ CaUpdateError::Store(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

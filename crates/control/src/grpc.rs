@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use meshgate_api::{Kind, Object, Resource};
 use meshgate_identity::SpiffeId;
 use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
 use meshgate_proto::meshgate::discovery_server::{Discovery, DiscoveryServer};
@@ -26,7 +25,7 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::plane::{ControlPlane, ProxyRecord, unix_now};
-use crate::state::Snapshot;
+use crate::state::{Audience, Entry, Snapshot};
 use crate::store::Store;
 
 /// Who called: the address, and the SPIFFE ID when a client certificate was presented.
@@ -80,7 +79,15 @@ pub async fn serve<S: Store>(
     // closes the listening socket.
     let accept = async move {
         loop {
-            let Ok((tcp, addr)) = listener.accept().await else { continue };
+            let (tcp, addr) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "control plane accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
             let tx = tx.clone();
@@ -158,50 +165,37 @@ impl<S: Store> Identity for IdentityService<S> {
 
 struct DiscoveryService<S: Store>(Arc<ControlPlane<S>>);
 
-/// Whether a proxy of `role` in namespace `ns` needs `object`.
-pub fn wanted(role: &str, ns: &str, root_ns: &str, object: &Object) -> bool {
-    match &object.resource {
-        Resource::Secret(_) => false,
-        Resource::Gateway(_) | Resource::GatewayClass(_) => role == "gateway",
-        Resource::HttpRoute(r) => {
-            let refs = r.spec.parent_refs.as_deref().unwrap_or_default();
-            let mesh = refs.iter().any(|p| p.kind.as_deref() == Some("Service"));
-            let gw = refs.iter().any(|p| p.kind.as_deref().unwrap_or("Gateway") == "Gateway");
-            (role == "gateway" && gw) || (role != "gateway" && mesh)
+/// Whether a proxy of `role` in namespace `ns` needs `entry`.
+fn wanted(role: &str, ns: &str, root_ns: &str, entry: &Entry) -> bool {
+    let gateway = role == "gateway";
+    match entry.audience {
+        Audience::Everyone => true,
+        Audience::Nobody => false,
+        Audience::Gateways => gateway,
+        Audience::Route { gateway: to_gateways, mesh } => {
+            if gateway {
+                to_gateways
+            } else {
+                mesh
+            }
         }
-        Resource::PeerAuthentication(_) | Resource::AuthorizationPolicy(_) => {
-            role != "gateway" && (object.id.ns() == ns || object.id.ns() == root_ns)
-        }
-        _ => true,
+        Audience::NamespaceSidecars => !gateway && (entry.id.ns() == ns || entry.id.ns() == root_ns),
     }
 }
 
+/// Everything a proxy needs, from scratch.
 fn full(snap: &Snapshot, role: &str, ns: &str, sent: &mut HashMap<Arc<str>, u64>) -> DiscoveryResponse {
     sent.clear();
-    let root = snap.settings.root_namespace.as_str();
-    let upserts = snap
-        .entries
-        .iter()
-        .filter(|(_, e)| wanted(role, ns, root, &e.object))
-        .map(|(k, e)| {
-            sent.insert(k.clone(), e.hash);
-            WireResource { key: k.to_string(), json: e.json.clone() }
-        })
-        .collect();
-    DiscoveryResponse {
-        version: snap.version.to_string(),
-        full: true,
-        upserts,
-        removals: Vec::new(),
-        roots: Vec::new(),
-    }
+    let mut response = delta(snap, snap.entries.keys(), role, ns, sent);
+    response.full = true;
+    response
 }
 
-/// What changed for one proxy: only the keys of `change` are looked at, so a change to one
-/// Service costs the same whatever the size of the mesh.
-fn delta(
+/// What changed for one proxy among `keys` (a change's keys: a change to one Service costs
+/// the same whatever the size of the mesh).
+fn delta<'a>(
     snap: &Snapshot,
-    change: &crate::state::Change,
+    keys: impl Iterator<Item = &'a Arc<str>>,
     role: &str,
     ns: &str,
     sent: &mut HashMap<Arc<str>, u64>,
@@ -209,9 +203,9 @@ fn delta(
     let root = snap.settings.root_namespace.as_str();
     let mut upserts = Vec::new();
     let mut removals = Vec::new();
-    for k in change.changed.iter().chain(&change.removed) {
+    for k in keys {
         match snap.entries.get(k) {
-            Some(e) if wanted(role, ns, root, &e.object) => {
+            Some(e) if wanted(role, ns, root, e) => {
                 if sent.get(k) != Some(&e.hash) {
                     sent.insert(k.clone(), e.hash);
                     upserts.push(WireResource { key: k.to_string(), json: e.json.clone() });
@@ -305,7 +299,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                     }
                     change = changes.recv() => {
                         match change {
-                            Ok(c) => delta(&cp.state.snapshot(), &c, &role, &ns, &mut sent_keys),
+                            Ok(c) => delta(&cp.state.snapshot(), c.changed.iter().chain(&c.removed), &role, &ns, &mut sent_keys),
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => full(&cp.state.snapshot(), &role, &ns, &mut sent_keys),
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                         }
@@ -318,6 +312,3 @@ impl<S: Store> Discovery for DiscoveryService<S> {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
-
-/// Kinds a proxy receives, for documentation and tests.
-pub const PUSHED_KINDS: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Workload];

@@ -103,6 +103,17 @@ impl<S: Store> std::fmt::Debug for ControlPlane<S> {
     }
 }
 
+/// Why a CA update was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum CaUpdateError {
+    /// The step does not apply (e.g. no next root to use).
+    #[error("{0}")]
+    Refused(String),
+    /// The store could not be read or written: nothing changed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -173,30 +184,42 @@ impl<S: Store> ControlPlane<S> {
         }
         match crate::ca::decode(&self.options.trust_domain, &raw) {
             Ok(ca) => {
-                let roots = ca.bundle().roots.len();
-                if let (Ok(mut current), Ok(mut seen)) = (self.ca.lock(), self.ca_raw.lock()) {
-                    *current = ca;
-                    *seen = raw;
-                }
-                self.bundle_version.send_modify(|v| *v += 1);
+                let roots = self.install_ca(ca, raw);
                 tracing::info!(roots, "certificate authority changed in the store: trust bundle updated");
             }
             Err(e) => tracing::warn!(error = %e, "the store's CA material is invalid; keeping the CA in force"),
         }
     }
 
-    /// Saves the CA after a rotation step and tells this replica's proxies.
-    pub async fn save_ca(&self) -> Result<(), StoreError> {
-        let raw = {
-            let ca = self.ca.lock().map_err(|_| StoreError::Refused("CA lock poisoned".into()))?;
-            crate::ca::encode(&ca)?
-        };
-        self.store.put_blob(crate::ca::KEY, &raw).await?;
-        if let Ok(mut seen) = self.ca_raw.lock() {
+    /// Puts a CA (as stored: `raw`) in force and tells this replica's proxies; returns how
+    /// many roots its bundle holds.
+    fn install_ca(&self, ca: CertificateAuthority, raw: Vec<u8>) -> usize {
+        let roots = ca.bundle().roots.len();
+        if let (Ok(mut current), Ok(mut seen)) = (self.ca.lock(), self.ca_raw.lock()) {
+            *current = ca;
             *seen = raw;
         }
         self.bundle_version.send_modify(|v| *v += 1);
-        Ok(())
+        roots
+    }
+
+    /// A root rotation step: made on a copy of the CA, saved to the store, and only then put
+    /// in force (other replicas pick it up from the store). Returns how many roots the bundle
+    /// holds.
+    pub async fn update_ca(
+        &self,
+        step: impl FnOnce(&mut CertificateAuthority) -> Result<(), String>,
+    ) -> Result<usize, CaUpdateError> {
+        let raw = self
+            .ca_raw
+            .lock()
+            .map_err(|_| CaUpdateError::Store(StoreError::Refused("CA lock poisoned".into())))?
+            .clone();
+        let mut ca = crate::ca::decode(&self.options.trust_domain, &raw).map_err(CaUpdateError::Store)?;
+        step(&mut ca).map_err(CaUpdateError::Refused)?;
+        let raw = crate::ca::encode(&ca).map_err(CaUpdateError::Store)?;
+        self.store.put_blob(crate::ca::KEY, &raw).await.map_err(CaUpdateError::Store)?;
+        Ok(self.install_ca(ca, raw))
     }
 
     /// The trust bundle.
@@ -209,10 +232,7 @@ impl<S: Store> ControlPlane<S> {
 
     /// The control plane's own identity.
     pub fn id(&self) -> Result<SpiffeId, StoreError> {
-        self.options
-            .trust_domain
-            .workload_id("meshgate-system", "control-plane")
-            .map_err(|e| StoreError::Refused(e.to_string()))
+        self.options.trust_domain.control_plane_id().map_err(|e| StoreError::Refused(e.to_string()))
     }
 
     /// Issues the control plane its own SVID from its CA.

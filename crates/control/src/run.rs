@@ -95,7 +95,7 @@ pub async fn run(
     let token =
         cp.store.get_blob("admin/token").await?.map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or(fresh);
     write_private(&token_path(&opts.state_dir), token.as_bytes()).map_err(StoreError::Io)?;
-    let pem: String = cp.bundle().roots.iter().map(|r| meshgate_tls::cert_pem(r)).collect();
+    let pem = cp.bundle().to_pem();
     write_private(&bundle_path(&opts.state_dir), pem.as_bytes()).map_err(StoreError::Io)?;
 
     let svid = cp.own_svid(Duration::from_secs(24 * 3600))?;
@@ -128,7 +128,7 @@ pub async fn run(
                 }
             }
         }),
-        tokio::spawn(renew_own(cp.clone(), tls)),
+        tokio::spawn(renew_own(cp.clone(), tls, bundle_path(&opts.state_dir))),
     ];
     started(running);
     shutdown.await;
@@ -140,17 +140,28 @@ pub async fn run(
     Ok(())
 }
 
-/// Renews the control plane's serving certificate (and picks up bundle changes) every hour.
-async fn renew_own<S: Store>(cp: Arc<ControlPlane<S>>, tls: Arc<ArcSwap<tokio_rustls::rustls::ServerConfig>>) {
-    let mut seen = *cp.bundle_version.borrow();
+/// Renews the control plane's serving certificate every hour and whenever the trust bundle
+/// changes; then also rewrites the bundle file local tools and proxies bootstrap with.
+async fn renew_own<S: Store>(
+    cp: Arc<ControlPlane<S>>,
+    tls: Arc<ArcSwap<tokio_rustls::rustls::ServerConfig>>,
+    bundle_file: PathBuf,
+) {
+    let mut bundle = cp.bundle_version.subscribe();
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    hourly.tick().await;
     loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = *cp.bundle_version.borrow();
-        let hourly = crate::plane::unix_now() % 3600 < 5;
-        if now == seen && !hourly {
-            continue;
+        tokio::select! {
+            changed = bundle.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if let Err(e) = write_private(&bundle_file, cp.bundle().to_pem().as_bytes()) {
+                    tracing::warn!(error = %e, file = %bundle_file.display(), "cannot rewrite the CA bundle file");
+                }
+            }
+            _ = hourly.tick() => {}
         }
-        seen = now;
         match cp.own_svid(Duration::from_secs(24 * 3600)) {
             Ok(svid) => match meshgate_tls::config::control_plane_server(&svid, Arc::new(cp.bundle())) {
                 Ok(c) => tls.store(c),

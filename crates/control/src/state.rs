@@ -2,28 +2,69 @@
 //! serialized once for every proxy, and diffed on each change so pushes carry only what moved.
 //! A resource that does not validate is kept out with `Accepted=False`; the rest flows.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use meshgate_api::{ConfigError, Object, ResourceSet};
+use meshgate_api::{ConfigError, Object, ObjectRef, Resource, ResourceSet};
 use meshgate_model::security::MeshSettings;
 use meshgate_model::{Condition, Severity, compile_gateway};
 use tokio::sync::broadcast;
 
 use crate::store::{Store, StoreError, key_of};
 
-/// One resource as proxies receive it.
+/// One resource as proxies receive it (the object itself is in [`Snapshot::set`]).
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// The object.
-    pub object: Arc<Object>,
+    /// Which object.
+    pub id: ObjectRef,
+    /// Which proxies need it, worked out once per change rather than per proxy.
+    pub audience: Audience,
     /// Its JSON, serialized once.
     pub json: Bytes,
     /// Content hash, to tell changes.
     pub hash: u64,
+}
+
+/// Which proxies receive a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Every proxy.
+    Everyone,
+    /// None (Secrets stay in the control plane).
+    Nobody,
+    /// Gateways only.
+    Gateways,
+    /// An HTTPRoute: gateways when a Gateway is among its parents, sidecars when a Service is.
+    Route {
+        /// Attached to a Gateway.
+        gateway: bool,
+        /// Attached to a Service (a mesh route).
+        mesh: bool,
+    },
+    /// Sidecars in the object's namespace, or in every namespace from the root namespace.
+    NamespaceSidecars,
+}
+
+impl Audience {
+    /// Of an object.
+    pub fn of(object: &Object) -> Audience {
+        match &object.resource {
+            Resource::Secret(_) => Audience::Nobody,
+            Resource::Gateway(_) | Resource::GatewayClass(_) => Audience::Gateways,
+            Resource::HttpRoute(r) => {
+                let refs = r.spec.parent_refs.as_deref().unwrap_or_default();
+                Audience::Route {
+                    gateway: refs.iter().any(|p| p.kind.as_deref().unwrap_or("Gateway") == "Gateway"),
+                    mesh: refs.iter().any(|p| p.kind.as_deref() == Some("Service")),
+                }
+            }
+            Resource::PeerAuthentication(_) | Resource::AuthorizationPolicy(_) => Audience::NamespaceSidecars,
+            _ => Audience::Everyone,
+        }
+    }
 }
 
 /// The state at one version.
@@ -59,11 +100,16 @@ pub struct Change {
 pub struct State {
     current: ArcSwap<Snapshot>,
     changes: broadcast::Sender<Arc<Change>>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { current: ArcSwap::from_pointee(Snapshot::default()), changes: broadcast::channel(1024).0 }
+        State {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            changes: broadcast::channel(1024).0,
+            reloading: tokio::sync::Mutex::new(()),
+        }
     }
 }
 
@@ -84,8 +130,11 @@ impl State {
         self.changes.subscribe()
     }
 
-    /// Re-reads the store; publishes a new version when anything changed.
+    /// Re-reads the store; publishes a new version when anything changed. One reload at a
+    /// time: two overlapping ones would diff against the same old version and the slower one
+    /// (with an older view of the store) could replace the newer.
     pub async fn reload<S: Store>(&self, store: &S) -> Result<Option<Arc<Change>>, StoreError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let loaded = store.load().await?;
         let (set, duplicates) = ResourceSet::from_objects(loaded.objects);
         let mut errors = loaded.errors.0;
@@ -100,7 +149,8 @@ impl State {
                 }
             };
             let hash = hash_bytes(&json);
-            entries.insert(Arc::from(key_of(&o.id)), Entry { object: Arc::new(o.clone()), json, hash });
+            let entry = Entry { id: o.id.clone(), audience: Audience::of(o), json, hash };
+            entries.insert(Arc::from(key_of(&o.id)), entry);
         }
         let old = self.current.load();
         let mut changed = Vec::new();
@@ -109,8 +159,7 @@ impl State {
                 changed.push(k.clone());
             }
         }
-        let new_keys: BTreeSet<&Arc<str>> = entries.keys().collect();
-        let removed: Vec<Arc<str>> = old.entries.keys().filter(|k| !new_keys.contains(k)).cloned().collect();
+        let removed: Vec<Arc<str>> = old.entries.keys().filter(|k| !entries.contains_key(*k)).cloned().collect();
         let errors_changed = old.errors != errors;
         if changed.is_empty() && removed.is_empty() && !errors_changed && old.version > 0 {
             return Ok(None);

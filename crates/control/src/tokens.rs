@@ -1,7 +1,7 @@
 //! Join tokens: how a proxy proves, once, which namespace and service account it runs as
 //! before it has a certificate. Stored hashed (SHA-256), single use, with an expiry.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,10 +37,6 @@ fn key(token: &str) -> String {
     format!("tokens/{}", meshgate_tls::hex(&meshgate_tls::sha256(token.as_bytes())))
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Creates a token for `namespace/service_account`, valid for `ttl`.
 pub async fn create<S: Store>(
     store: &S,
@@ -52,7 +48,7 @@ pub async fn create<S: Store>(
     let grant = Grant {
         namespace: namespace.to_string(),
         service_account: service_account.to_string(),
-        expires: now() + ttl.as_secs(),
+        expires: crate::plane::unix_now() + ttl.as_secs(),
     };
     let value = serde_json::to_vec(&grant).map_err(|e| StoreError::Refused(e.to_string()))?;
     store.put_blob(&key(&token), &value).await?;
@@ -63,7 +59,7 @@ pub async fn create<S: Store>(
 pub async fn redeem<S: Store>(store: &S, token: &str) -> Result<Grant, TokenError> {
     let raw = store.take_blob(&key(token)).await?.ok_or(TokenError::Unknown)?;
     let grant: Grant = serde_json::from_slice(&raw).map_err(|_| TokenError::Unknown)?;
-    let t = now();
+    let t = crate::plane::unix_now();
     if grant.expires < t {
         return Err(TokenError::Expired(t - grant.expires));
     }

@@ -45,6 +45,11 @@ impl TrustDomain {
         &self.0
     }
 
+    /// The control plane's identity: `spiffe://TD/ns/meshgate-system/sa/control-plane`.
+    pub fn control_plane_id(&self) -> Result<SpiffeId, IdError> {
+        self.workload_id("meshgate-system", "control-plane")
+    }
+
     /// `spiffe://TD/ns/NS/sa/SA`.
     pub fn workload_id(&self, namespace: &str, service_account: &str) -> Result<SpiffeId, IdError> {
         SpiffeId::parse(&format!("spiffe://{}/ns/{namespace}/sa/{service_account}", self.0))

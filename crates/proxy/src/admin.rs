@@ -18,7 +18,15 @@ use crate::gateway::Gateway;
 /// Serves the admin endpoint until the task is dropped.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let gateway = gateway.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {

@@ -39,7 +39,7 @@ pub struct ControlPlaneAddr {
 impl ControlPlaneAddr {
     /// The control plane of `trust_domain` at `addr`, trusted through `bundle_pem`.
     pub fn new(addr: &str, trust_domain: TrustDomain, bundle_pem: &str) -> Result<Self, String> {
-        let id = trust_domain.workload_id("meshgate-system", "control-plane").map_err(|e| e.to_string())?;
+        let id = trust_domain.control_plane_id().map_err(|e| e.to_string())?;
         let bundle = meshgate_tls::config::bundle_from_pem(trust_domain, bundle_pem)?;
         Ok(ControlPlaneAddr { addr: addr.to_string(), bundle: Arc::new(bundle), id })
     }
@@ -234,37 +234,39 @@ async fn session(
                 tracing::info!(roots = resp.roots.len(), "trust bundle updated");
             }
         }
-        let mut next = if resp.full { BTreeMap::new() } else { objects.clone() };
+        let mut decoded = Vec::with_capacity(resp.upserts.len());
         let mut errors = Vec::new();
-        for k in &resp.removals {
-            next.remove(k);
-        }
         for r in &resp.upserts {
             let source = Source { file: format!("control-plane:{}", r.key).into(), line: 0 };
-            let decoded = serde_json::from_slice::<serde_json::Value>(&r.json)
+            let result = serde_json::from_slice::<serde_json::Value>(&r.json)
                 .map_err(|e| e.to_string())
                 .and_then(|v| meshgate_api::decode_document(&source, v).map_err(|e| e.to_string()));
-            match decoded {
+            match result {
                 Ok(mut objs) if objs.len() == 1 => {
                     if let Some(o) = objs.pop() {
-                        next.insert(r.key.clone(), o);
+                        decoded.push((r.key.clone(), o));
                     }
                 }
                 Ok(_) => errors.push(format!("{}: not exactly one resource", r.key)),
                 Err(e) => errors.push(e),
             }
         }
+        // What was received is kept even when it cannot be applied: the control plane sends
+        // only changes from now on, and the next push is applied on top of everything. A push
+        // that does not even decode changes nothing.
         let outcome = if errors.is_empty() {
-            let (set, dups) = ResourceSet::from_objects(next.values().cloned().collect());
+            if resp.full {
+                objects.clear();
+            }
+            for k in &resp.removals {
+                objects.remove(k);
+            }
+            objects.extend(decoded);
+            let (set, dups) = ResourceSet::from_objects(objects.values().cloned().collect());
             if dups.is_empty() { apply(set).await } else { Err(dups.to_string()) }
         } else {
             Err(errors.join("\n"))
         };
-        // What was received is kept even when it cannot be applied: the control plane sends
-        // only changes from now on, and the next push is applied on top of everything.
-        if errors.is_empty() {
-            *objects = next;
-        }
         let reply = match outcome {
             Ok(()) => {
                 *version = resp.version.clone();

@@ -19,6 +19,13 @@ pub struct TrustBundle {
     pub roots: Vec<CertificateDer<'static>>,
 }
 
+impl TrustBundle {
+    /// The roots as concatenated PEM (what `bundle_from_pem` reads back).
+    pub fn to_pem(&self) -> String {
+        self.roots.iter().map(|r| crate::cert_pem(r)).collect()
+    }
+}
+
 /// A key pair and the CSR asking for `id`.
 pub struct SvidRequest {
     /// The identity asked for.
