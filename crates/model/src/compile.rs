@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method};
+use meshgate_api::gw::HttpRoute;
 use meshgate_api::gw::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
 use meshgate_api::gw::httproutes::{
     HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
@@ -201,17 +202,8 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
     let mut routes: Vec<_> = set.http_routes().collect();
     routes.sort_by_key(|(o, _)| (age(o), o.id.clone()));
     for (o, route) in routes {
-        let route_key: Arc<str> = format!("{}/{}", o.id.ns(), o.id.name).into();
-        let referrer = Referrer { group: GATEWAY_GROUP, kind: "HTTPRoute", namespace: o.id.ns() };
         let mut unresolved: Vec<(String, &'static str, String)> = Vec::new();
-        let rules: Vec<(Arc<Rule>, Vec<RouteMatch>)> = route
-            .spec
-            .rules
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, r)| compile_rule(&route_key, i, r, &disc, referrer, &mut unresolved))
-            .collect();
+        let compiled = CompiledRoute::new(o, route, &disc, &mut unresolved);
         let route_hosts: Vec<HostPattern> =
             route.spec.hostnames.iter().flatten().map(|h| HostPattern::parse(h)).collect();
         for (j, parent) in route.spec.parent_refs.iter().flatten().enumerate() {
@@ -279,17 +271,7 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
                     continue;
                 };
                 attached += 1;
-                let entries = &mut placed[slot].entries;
-                for (rule, matches) in &rules {
-                    for (k, m) in matches.iter().enumerate() {
-                        entries.push(Entry {
-                            hostnames: effective.clone(),
-                            matcher: m.clone(),
-                            rule: rule.clone(),
-                            order: (age(o), route_key.clone(), rule.index, k),
-                        });
-                    }
-                }
+                placed[slot].entries.extend(compiled.entries(&effective));
             }
             if attached > 0 {
                 conditions.push(cond(
@@ -398,7 +380,49 @@ fn allowed(p: &Placed<'_>, route_ns: &str, ns_labels: &HashMap<&str, BTreeMap<St
     }
 }
 
-pub(crate) fn compile_rule(
+/// An HTTPRoute's rules, compiled once for every parent (listener or Service port) it attaches
+/// to.
+pub(crate) struct CompiledRoute {
+    key: Arc<str>,
+    age: i64,
+    rules: Vec<(Arc<Rule>, Vec<RouteMatch>)>,
+}
+
+impl CompiledRoute {
+    /// Compiles `route` (object `o`); references that do not resolve are added to `unresolved`.
+    pub(crate) fn new(
+        o: &Object,
+        route: &HttpRoute,
+        disc: &Discovery<'_>,
+        unresolved: &mut Vec<(String, &'static str, String)>,
+    ) -> Self {
+        let key: Arc<str> = format!("{}/{}", o.id.ns(), o.id.name).into();
+        let referrer = Referrer { group: GATEWAY_GROUP, kind: "HTTPRoute", namespace: o.id.ns() };
+        let rules = route
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| compile_rule(&key, i, r, disc, referrer, unresolved))
+            .collect();
+        CompiledRoute { key, age: age(o), rules }
+    }
+
+    /// Its match entries, answering for `hostnames` (empty: any host).
+    pub(crate) fn entries<'a>(&'a self, hostnames: &'a [HostPattern]) -> impl Iterator<Item = Entry> + 'a {
+        self.rules.iter().flat_map(move |(rule, matches)| {
+            matches.iter().enumerate().map(move |(k, m)| Entry {
+                hostnames: hostnames.to_vec(),
+                matcher: m.clone(),
+                rule: rule.clone(),
+                order: (self.age, self.key.clone(), rule.index, k),
+            })
+        })
+    }
+}
+
+fn compile_rule(
     route: &Arc<str>,
     index: usize,
     r: &HttpRouteRules,
@@ -411,16 +435,8 @@ pub(crate) fn compile_rule(
         route: route.clone(),
         index,
         name: r.name.clone(),
-        request_headers: HeaderModifier::default(),
-        response_headers: HeaderModifier::default(),
-        redirect: None,
-        rewrite: None,
-        mirrors: Vec::new(),
-        backends: Vec::new(),
-        total_weight: 0,
-        failure: None,
         policy: crate::policy::RoutePolicy::from_rule(r),
-        fault: None,
+        ..Rule::default()
     };
     let matches: Vec<RouteMatch> = match r.matches.as_deref() {
         None | Some([]) => vec![RouteMatch::any()],
@@ -435,18 +451,13 @@ pub(crate) fn compile_rule(
         if let Backend::Invalid { reason, message } = &backend {
             unresolved.push((format!("{at}.backendRefs[{j}]"), reason, message.clone()));
         }
-        let mut wb = WeightedBackend {
-            weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
-            backend,
-            request_headers: HeaderModifier::default(),
-            response_headers: HeaderModifier::default(),
-        };
+        let mut wb = WeightedBackend::new(u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0), backend);
         for (k, f) in b.filters.iter().flatten().enumerate() {
             let Some(f) = backend_filter_as_rule_filter(f) else { continue };
             let field = format!("{at}.backendRefs[{j}].filters[{k}]");
             match f.r#type {
                 FilterType::RequestHeaderModifier | FilterType::ResponseHeaderModifier | FilterType::RequestMirror => {
-                    let mut scratch = Rule { backends: Vec::new(), ..rule_shell(route, index) };
+                    let mut scratch = Rule { route: route.clone(), index, ..Rule::default() };
                     apply_filter(&mut scratch, &f, disc, referrer, &field, unresolved);
                     wb.request_headers.extend(scratch.request_headers);
                     wb.response_headers.extend(scratch.response_headers);
@@ -462,24 +473,6 @@ pub(crate) fn compile_rule(
         rule.backends.push(wb);
     }
     (Arc::new(rule), matches)
-}
-
-fn rule_shell(route: &Arc<str>, index: usize) -> Rule {
-    Rule {
-        route: route.clone(),
-        index,
-        name: None,
-        request_headers: HeaderModifier::default(),
-        response_headers: HeaderModifier::default(),
-        redirect: None,
-        rewrite: None,
-        mirrors: Vec::new(),
-        backends: Vec::new(),
-        total_weight: 0,
-        failure: None,
-        policy: crate::policy::RoutePolicy::default(),
-        fault: None,
-    }
 }
 
 fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use meshgate_api::{GATEWAY_GROUP, Kind, ResourceSet};
 use serde::Serialize;
 
-use crate::compile::{age, compile_rule};
+use crate::compile::{CompiledRoute, age};
 use crate::matching::RouteMatch;
 use crate::resolve::{Discovery, Referrer};
-use crate::rule::{Backend, HeaderModifier, Rule, WeightedBackend};
+use crate::rule::{Backend, Rule, WeightedBackend};
 use crate::security::{InboundPolicy, MeshSettings, WorkloadRef, compile_inbound};
 use crate::table::{Entry, RouteTable};
 use crate::{GatewayConfig, ServiceBackendRef};
@@ -72,9 +72,6 @@ pub struct MeshOutbound {
     /// This workload's SPIFFE ID.
     pub identity: Option<String>,
 }
-
-/// A mesh HTTPRoute attached to a Service, with the port it names (if any).
-type AttachedRoute<'a> = (&'a meshgate_api::Object, &'a meshgate_api::gw::HttpRoute, Option<i32>);
 
 fn protocol_of(port: &meshgate_api::core::ServicePort) -> AppProtocol {
     let name = port.name.as_deref().unwrap_or("");
@@ -149,6 +146,10 @@ fn fnv(bytes: &[u8]) -> u32 {
     h
 }
 
+/// A mesh route (index into the compiled routes) attached to a Service, with the port it
+/// names (none: every port).
+type Attachment = (usize, Option<i32>);
+
 /// Compiles the mesh for the sidecar of Workload `namespace/name`.
 pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> GatewayConfig {
     let settings: MeshSettings = crate::security::mesh_settings(set);
@@ -161,14 +162,21 @@ pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> Gatew
     let inbound = compile_inbound(set, &settings, &WorkloadRef { namespace, labels });
     let identity = me
         .and_then(|w| w.spec.service_account.as_ref())
-        .map(|sa| format!("spiffe://{}/ns/{namespace}/sa/{sa}", settings.trust_domain));
+        .map(|sa| crate::security::workload_id(&settings.trust_domain, namespace, sa));
     let mut services = BTreeMap::new();
-    let mut routes_by_service: HashMap<(String, String), Vec<AttachedRoute<'_>>> = HashMap::new();
+    // Mesh routes, each compiled once, by the Service they attach to (and the port they name).
+    let mut routes: Vec<(&meshgate_api::Object, CompiledRoute)> = Vec::new();
+    let mut by_service: HashMap<(&str, &str), Vec<Attachment>> = HashMap::new();
     for (o, r) in set.http_routes() {
+        let mut index = None;
         for p in r.spec.parent_refs.iter().flatten() {
             if p.group.as_deref().unwrap_or(GATEWAY_GROUP).is_empty() && p.kind.as_deref() == Some("Service") {
-                let ns = p.namespace.clone().unwrap_or_else(|| o.id.ns().to_string());
-                routes_by_service.entry((ns, p.name.clone())).or_default().push((o, r, p.port));
+                let i = *index.get_or_insert_with(|| {
+                    routes.push((o, CompiledRoute::new(o, r, &disc, &mut Vec::new())));
+                    routes.len() - 1
+                });
+                let ns = p.namespace.as_deref().unwrap_or(o.id.ns());
+                by_service.entry((ns, p.name.as_str())).or_default().push((i, p.port));
             }
         }
     }
@@ -177,63 +185,26 @@ pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> Gatew
         let Some(spec) = &svc.spec else { continue };
         let Some(&ip) = vips.get(&(o.id.ns(), o.id.name.as_ref())) else { continue };
         let (ns, name) = (o.id.ns(), o.id.name.as_ref());
+        let attached = by_service.get(&(ns, name)).map_or(&[][..], Vec::as_slice);
         for sp in spec.ports.iter().flatten() {
             let Ok(port) = u16::try_from(sp.port) else { continue };
             let referrer = Referrer { group: GATEWAY_GROUP, kind: "HTTPRoute", namespace: ns };
             let backend = disc.backend(referrer, None, None, None, name, Some(sp.port));
             let key = format!("{ns}/{name}");
-            let mut attached: Vec<_> = routes_by_service
-                .get(&(ns.to_string(), name.to_string()))
-                .into_iter()
-                .flatten()
-                .filter(|(_, _, p)| p.is_none_or(|p| p == sp.port))
-                .collect();
+            let for_port = attached.iter().filter(|(_, p)| p.is_none_or(|p| p == sp.port));
             // Consumer routes (in the client's namespace) win over the producer's (GAMMA).
-            let consumer: Vec<_> =
-                attached.iter().filter(|(ro, _, _)| ro.id.ns() == namespace && namespace != ns).cloned().collect();
-            if !consumer.is_empty() {
-                attached = consumer;
-            } else {
-                attached.retain(|(ro, _, _)| ro.id.ns() == ns);
-            }
-            attached.sort_by_key(|(ro, _, _)| (age(ro), ro.id.clone()));
-            let mut entries = Vec::new();
-            for (ro, r, _) in attached {
-                let route_key: Arc<str> = format!("{}/{}", ro.id.ns(), ro.id.name).into();
-                let referrer = Referrer { group: GATEWAY_GROUP, kind: "HTTPRoute", namespace: ro.id.ns() };
-                let mut unresolved = Vec::new();
-                for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
-                    let (rule, matches) = compile_rule(&route_key, i, rule, &disc, referrer, &mut unresolved);
-                    for (k, m) in matches.into_iter().enumerate() {
-                        entries.push(Entry {
-                            hostnames: Vec::new(),
-                            matcher: m,
-                            rule: rule.clone(),
-                            order: (age(ro), route_key.clone(), i, k),
-                        });
-                    }
-                }
-            }
+            let consumer = namespace != ns && for_port.clone().any(|(i, _)| routes[*i].0.id.ns() == namespace);
+            let from = if consumer { namespace } else { ns };
+            let mut entries: Vec<Entry> = for_port
+                .filter(|(i, _)| routes[*i].0.id.ns() == from)
+                .flat_map(|(i, _)| routes[*i].1.entries(&[]))
+                .collect();
             if entries.is_empty() {
                 let rule = Rule {
                     route: format!("service:{key}").into(),
-                    index: 0,
-                    name: None,
-                    request_headers: HeaderModifier::default(),
-                    response_headers: HeaderModifier::default(),
-                    redirect: None,
-                    rewrite: None,
-                    mirrors: Vec::new(),
-                    backends: vec![WeightedBackend {
-                        weight: 1,
-                        backend: backend.clone(),
-                        request_headers: HeaderModifier::default(),
-                        response_headers: HeaderModifier::default(),
-                    }],
+                    backends: vec![WeightedBackend::new(1, backend.clone())],
                     total_weight: 1,
-                    failure: None,
-                    policy: crate::policy::RoutePolicy::default(),
-                    fault: None,
+                    ..Rule::default()
                 };
                 entries.push(Entry {
                     hostnames: Vec::new(),

@@ -316,7 +316,7 @@ impl<'a> Discovery<'a> {
             };
             let identity = match (w.spec.tls_mode, &w.spec.service_account) {
                 (Some(meshgate_api::TlsMode::Mutual), Some(sa)) => {
-                    Some(format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain))
+                    Some(crate::security::workload_id(&self.trust_domain, ns, sa))
                 }
                 _ => None,
             };

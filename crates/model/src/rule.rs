@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Serialize, Serializer};
 
 /// Where a rule sends requests, and what it changes on the way.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
     /// `namespace/name` of the HTTPRoute.
@@ -256,6 +256,18 @@ pub struct WeightedBackend {
     /// Response header changes for this backend only.
     #[serde(skip_serializing_if = "HeaderModifier::is_empty")]
     pub response_headers: HeaderModifier,
+}
+
+impl WeightedBackend {
+    /// A backend with its weight and no header changes of its own.
+    pub fn new(weight: u32, backend: Backend) -> Self {
+        WeightedBackend {
+            weight,
+            backend,
+            request_headers: HeaderModifier::default(),
+            response_headers: HeaderModifier::default(),
+        }
+    }
 }
 
 /// A resolved backend, or why it could not be resolved (requests routed to it get 500).

@@ -27,6 +27,12 @@ pub struct MeshSettings {
     pub registry_only: bool,
 }
 
+/// The SPIFFE ID of service account `ns/sa` in `trust_domain`: what a workload's proxy
+/// presents and what its callers expect.
+pub(crate) fn workload_id(trust_domain: &str, ns: &str, sa: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}")
+}
+
 impl Default for MeshSettings {
     fn default() -> Self {
         MeshSettings {
