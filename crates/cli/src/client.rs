@@ -38,6 +38,28 @@ impl Api {
         Ok(Api { server, token })
     }
 
+    /// A one-time join token for `namespace/service_account`: the API's whole answer, whose
+    /// `token` is a string.
+    pub(crate) async fn create_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        ttl_seconds: u64,
+        source: &str,
+    ) -> anyhow::Result<Value> {
+        let body =
+            serde_json::json!({ "namespace": namespace, "serviceAccount": service_account, "ttlSeconds": ttl_seconds });
+        let (status, v) =
+            self.call(Method::POST, "/api/v1/tokens", Some((Bytes::from(body.to_string()), source))).await?;
+        if !status.is_success() {
+            bail!("{}", error_text(&v));
+        }
+        if !v["token"].is_string() {
+            bail!("the control plane returned no token");
+        }
+        Ok(v)
+    }
+
     pub(crate) async fn call(
         &self,
         method: Method,
@@ -67,7 +89,13 @@ impl Api {
     }
 }
 
-fn error_text(v: &Value) -> String {
+/// What an API error reply says: its `errors` (apply) or its `error`.
+pub(crate) fn error_text(v: &Value) -> String {
+    let errors: Vec<&str> =
+        v.get("errors").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    if !errors.is_empty() {
+        return errors.join("; ");
+    }
     v.get("error").and_then(Value::as_str).map_or_else(|| v.to_string(), str::to_string)
 }
 
@@ -233,13 +261,13 @@ pub(crate) async fn token_create(
     service_account: &str,
     ttl_seconds: u64,
 ) -> anyhow::Result<bool> {
-    let body =
-        serde_json::json!({ "namespace": namespace, "serviceAccount": service_account, "ttlSeconds": ttl_seconds });
-    let (status, v) = api.call(Method::POST, "/api/v1/tokens", Some((Bytes::from(body.to_string()), "cli"))).await?;
-    if !status.is_success() {
-        println!("error: {}", error_text(&v));
-        return Ok(false);
-    }
+    let v = match api.create_token(namespace, service_account, ttl_seconds, "cli").await {
+        Ok(v) => v,
+        Err(e) => {
+            println!("error: {e}");
+            return Ok(false);
+        }
+    };
     println!("{}", v["token"].as_str().unwrap_or(""));
     eprintln!("one-time join token for {} (valid {} s)", v["identity"].as_str().unwrap_or("?"), v["expiresInSeconds"]);
     Ok(true)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use meshgate_proxy::{Gateway, GatewayOptions, admin, source};
+use meshgate_proxy::{Gateway, GatewayOptions, source};
 
 pub(crate) struct Options {
     pub(crate) paths: Vec<PathBuf>,
@@ -41,10 +41,9 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("{}", text.join("\n"));
     }
+    crate::proxy::serve_admin(opts.admin, gateway.clone()).await?;
     if let Some(addr) = opts.admin {
-        let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
         tracing::info!(%addr, "admin endpoint: /ready /config_dump");
-        tokio::spawn(admin::serve(listener, gateway.clone()));
     }
     let watcher = tokio::spawn(source::watch(opts.paths.clone(), gateway.clone()));
     crate::release_startup_pages();

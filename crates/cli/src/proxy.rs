@@ -1,15 +1,17 @@
 //! `meshgate proxy`: a proxy configured by a control plane.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use meshgate_identity::SpiffeId;
 use meshgate_identity::TrustDomain;
 use meshgate_proxy::cp::ControlPlaneAddr;
 use meshgate_proxy::managed::ManagedGateway;
 use meshgate_proxy::sidecar::{ManagedSidecar, SidecarOptions};
-use meshgate_proxy::{GatewayOptions, admin};
+use meshgate_proxy::{Gateway, GatewayOptions, admin};
 
 /// `meshgate proxy` flags.
 #[derive(Debug, clap::Args)]
@@ -61,23 +63,19 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--role {}: gateway or sidecar", args.role);
     }
     let admin = crate::parse_admin(&args.admin)?;
-    let td = TrustDomain::new(&args.trust_domain).map_err(|e| anyhow::anyhow!("--trust-domain: {e}"))?;
     let bundle_path = args.ca_bundle.clone().unwrap_or_else(|| meshgate_control::run::bundle_path(&args.state_dir));
     let bundle_pem = std::fs::read_to_string(&bundle_path)
         .with_context(|| format!("cannot read the CA bundle {} (--ca-bundle)", bundle_path.display()))?;
-    let target = ControlPlaneAddr::new(&args.control_plane, td.clone(), &bundle_pem).map_err(|e| anyhow::anyhow!(e))?;
-    let id = td.workload_id(&args.namespace, &args.service_account).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let (target, id) =
+        control_plane(&args.control_plane, &args.trust_domain, &bundle_pem, &args.namespace, &args.service_account)?;
+    let node = node_name();
     if args.role == "sidecar" {
         let workload = args.workload.clone().context("--role sidecar needs --workload NAME (its Workload)")?;
         let mut opts = SidecarOptions::new(format!("{}/{workload}", args.namespace));
         opts.access_log = args.access_log;
         opts.drain_timeout = args.drain_timeout;
         let managed = ManagedSidecar::start(target, id.clone(), args.token.clone(), opts, node).await?;
-        if let Some(addr) = admin {
-            let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
-            tokio::spawn(admin::serve(listener, managed.sidecar.gateway.clone()));
-        }
+        serve_admin(admin, managed.sidecar.gateway.clone()).await?;
         tracing::info!(%id, "sidecar proxy started");
         crate::release_startup_pages();
         crate::gateway::shutdown_signal_quiet().await;
@@ -91,13 +89,37 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         ..GatewayOptions::default()
     };
     let managed = ManagedGateway::start(target, id.clone(), args.token.clone(), options, node).await?;
-    if let Some(addr) = admin {
-        let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
-        tokio::spawn(admin::serve(listener, managed.gateway.clone()));
-    }
+    serve_admin(admin, managed.gateway.clone()).await?;
     tracing::info!(%id, "gateway proxy started");
     crate::release_startup_pages();
     crate::gateway::shutdown_signal_quiet().await;
     managed.stop().await;
+    Ok(())
+}
+
+/// Where the control plane is and how to trust it, and the identity `ns/sa` joins as.
+pub(crate) fn control_plane(
+    addr: &str,
+    trust_domain: &str,
+    bundle_pem: &str,
+    ns: &str,
+    sa: &str,
+) -> anyhow::Result<(ControlPlaneAddr, SpiffeId)> {
+    let td = TrustDomain::new(trust_domain).map_err(|e| anyhow::anyhow!("--trust-domain: {e}"))?;
+    let target = ControlPlaneAddr::new(addr, td.clone(), bundle_pem).map_err(|e| anyhow::anyhow!(e))?;
+    let id = td.workload_id(ns, sa).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((target, id))
+}
+
+/// The node a proxy reports to the control plane.
+pub(crate) fn node_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into())
+}
+
+/// Serves the admin endpoint of `gateway` on `addr`, when there is one.
+pub(crate) async fn serve_admin(addr: Option<SocketAddr>, gateway: Arc<Gateway>) -> anyhow::Result<()> {
+    let Some(addr) = addr else { return Ok(()) };
+    let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
+    tokio::spawn(admin::serve(listener, gateway));
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! deleted; the command's exit status is returned.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use meshgate_intercept::{Backend, IpLease, PROXY_UID, RuleSpec};
+use meshgate_intercept::{Backend, PROXY_UID, Pod, RuleSpec};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -102,20 +102,6 @@ pub(crate) fn parse_service(s: &str) -> Result<ServiceArg, String> {
     Ok(ServiceArg { name: name.to_string(), port, protocol })
 }
 
-/// Removes the namespace and releases the address, whatever happens.
-struct PodGuard {
-    netns: String,
-    _lease: IpLease,
-}
-
-impl Drop for PodGuard {
-    fn drop(&mut self) {
-        if let Err(e) = meshgate_intercept::delete_pod(&self.netns) {
-            eprintln!("meshgate run: cannot delete network namespace {}: {e}", self.netns);
-        }
-    }
-}
-
 fn short_id() -> String {
     meshgate_tls::hex(&meshgate_tls::random_bytes(3))
 }
@@ -134,17 +120,7 @@ async fn api_ok(api: &Api, method: Method, path: &str, body: Option<Value>) -> a
     let body = body.map(|b| (Bytes::from(b.to_string()), "meshgate run"));
     let (status, v) = api.call(method.clone(), path, body).await?;
     if !status.is_success() {
-        let errors: Vec<String> = v
-            .get("errors")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-            .unwrap_or_default();
-        let text = if errors.is_empty() {
-            v.get("error").and_then(Value::as_str).map_or_else(|| v.to_string(), str::to_string)
-        } else {
-            errors.join("; ")
-        };
-        bail!("{method} {path}: {status}: {text}");
+        bail!("{method} {path}: {status}: {}", crate::client::error_text(&v));
     }
     Ok(v)
 }
@@ -240,15 +216,24 @@ async fn supervise(app: &mut Child) -> anyhow::Result<i32> {
 }
 
 async fn stop_app(app: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
-    if let Some(pid) = app.id() {
+    Ok(terminate(app, "the application", Duration::from_secs(10)).await?)
+}
+
+/// SIGTERM, then SIGKILL if `what` has not exited within `grace`.
+pub(crate) async fn terminate(
+    child: &mut Child,
+    what: &str,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
         let _ = meshgate_intercept::terminate(pid);
     }
-    match tokio::time::timeout(Duration::from_secs(10), app.wait()).await {
-        Ok(s) => Ok(s?),
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
         Err(_) => {
-            eprintln!("meshgate run: the application did not stop within 10 s of SIGTERM: killing it");
-            app.kill().await?;
-            Ok(app.wait().await?)
+            eprintln!("{what} did not stop within {} s of SIGTERM: killing it", grace.as_secs());
+            child.kill().await?;
+            child.wait().await
         }
     }
 }
@@ -286,17 +271,13 @@ pub(crate) async fn main(args: Args, api: Api) -> anyhow::Result<i32> {
     }
 
     // The pod: an address, a namespace, the rules.
-    let lease = meshgate_intercept::lease_ip(args.ip)?;
-    let ip = lease.ip;
-    let netns = meshgate_intercept::pod_name(ip);
-    meshgate_intercept::create_pod(&netns, ip)?;
-    let guard = PodGuard { netns: netns.clone(), _lease: lease };
-    meshgate_intercept::write_hosts(&netns, &[])?;
+    let pod = Pod::create(args.ip)?;
+    let ip = pod.ip;
     let mut spec = RuleSpec::new(PROXY_UID);
     spec.exclude_outbound_ports = args.exclude_outbound_ports.clone();
     spec.exclude_cidrs = args.exclude_cidrs.clone();
     spec.exclude_inbound_ports.extend(&args.exclude_inbound_ports);
-    meshgate_intercept::install(&netns, backend, &spec)?;
+    meshgate_intercept::install(&pod.name, backend, &spec)?;
 
     // The mesh: Services, the Workload, a join token.
     ensure_services(&api, &ns, &services, &app_label).await?;
@@ -307,32 +288,25 @@ pub(crate) async fn main(args: Args, api: Api) -> anyhow::Result<i32> {
         "spec": { "address": ip.to_string(), "serviceAccount": args.service_account, "tlsMode": "Mutual" },
     });
     api_ok(&api, Method::POST, "/api/v1/apply", Some(workload)).await?;
-    let result = run_pod(&args, &api, &netns, &name, &bundle, ip, backend).await;
+    let result = run_pod(&args, &api, &pod, &name, &bundle, backend).await;
     if result.is_err() {
         remove_workload(&api, &ns, &name).await;
     }
-    drop(guard);
+    drop(pod);
     result
 }
 
 async fn run_pod(
     args: &Args,
     api: &Api,
-    netns: &str,
+    pod: &Pod,
     name: &str,
     bundle: &std::path::Path,
-    ip: Ipv4Addr,
     backend: Backend,
 ) -> anyhow::Result<i32> {
-    let ns = &args.namespace;
-    let token = api_ok(
-        api,
-        Method::POST,
-        "/api/v1/tokens",
-        Some(json!({ "namespace": ns, "serviceAccount": args.service_account, "ttlSeconds": 120 })),
-    )
-    .await?;
-    let token = token["token"].as_str().context("the control plane returned no token")?.to_string();
+    let (ns, netns, ip) = (&args.namespace, &pod.name, pod.ip);
+    let token = api.create_token(ns, &args.service_account, 120, "meshgate run").await?;
+    let token = token["token"].as_str().unwrap_or_default().to_string();
     let relay_listener = TcpListener::bind(SocketAddr::new(meshgate_intercept::BRIDGE_IP.into(), 0))
         .await
         .context("binding the control plane relay on the lab bridge")?;
@@ -340,10 +314,8 @@ async fn run_pod(
     let relay_task = tokio::spawn(relay(relay_listener, args.control_plane.clone()));
 
     let exe = std::env::current_exe().context("locating the meshgate binary")?;
-    let mut sidecar = Command::new("ip");
+    let mut sidecar = Command::from(pod.exec(&exe.to_string_lossy()));
     sidecar
-        .args(["netns", "exec", netns])
-        .arg(&exe)
         .arg("sidecar")
         .args(["--control-plane", &relay_addr.to_string()])
         .arg("--ca-bundle")
@@ -384,20 +356,15 @@ async fn run_pod(
         args.service_account,
         args.command.join(" ")
     );
-    let mut app = Command::new("ip");
-    app.args(["netns", "exec", netns]).args(&args.command).kill_on_drop(true);
+    let mut app = Command::from(pod.exec(&args.command[0]));
+    app.args(&args.command[1..]).kill_on_drop(true);
     let code = match app.spawn() {
         Ok(mut child) => supervise(&mut child).await,
         Err(e) => Err(anyhow::anyhow!("starting {}: {e}", args.command[0])),
     };
     // The application is gone: peers stop sending to it, then the sidecar drains and exits.
     remove_workload(api, ns, name).await;
-    if let Some(pid) = sidecar.id() {
-        let _ = meshgate_intercept::terminate(pid);
-    }
-    if tokio::time::timeout(Duration::from_secs(10), sidecar.wait()).await.is_err() {
-        let _ = sidecar.kill().await;
-    }
+    let _ = terminate(&mut sidecar, "the sidecar", Duration::from_secs(10)).await;
     relay_task.abort();
     code
 }

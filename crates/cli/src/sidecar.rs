@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshgate_identity::TrustDomain;
-use meshgate_proxy::cp::ControlPlaneAddr;
 use meshgate_proxy::sidecar::{ManagedSidecar, SidecarOptions};
 
 /// `meshgate sidecar` flags.
@@ -80,26 +78,23 @@ pub(crate) fn prepare(args: &Args) -> anyhow::Result<Privileged> {
 }
 
 pub(crate) async fn main(args: Args, privileged: Privileged) -> anyhow::Result<()> {
-    let td = TrustDomain::new(&args.trust_domain).map_err(|e| anyhow::anyhow!("--trust-domain: {e}"))?;
-    let target = ControlPlaneAddr::new(&args.control_plane, td.clone(), &privileged.bundle_pem)
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let id = td.workload_id(&args.namespace, &args.service_account).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (target, id) = crate::proxy::control_plane(
+        &args.control_plane,
+        &args.trust_domain,
+        &privileged.bundle_pem,
+        &args.namespace,
+        &args.service_account,
+    )?;
     let mut opts = SidecarOptions::new(format!("{}/{}", args.namespace, args.name));
     opts.access_log = args.access_log;
     opts.drain_timeout = args.drain_timeout;
     opts.hosts_file = privileged.hosts_file;
     let admin = crate::parse_admin(&args.admin)?;
-    let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    let managed = ManagedSidecar::start(target, id.clone(), args.token, opts, node).await?;
+    let managed = ManagedSidecar::start(target, id.clone(), args.token, opts, crate::proxy::node_name()).await?;
     if tokio::time::timeout(Duration::from_secs(30), managed.configured()).await.is_err() {
         anyhow::bail!("no configuration from the control plane within 30 s");
     }
-    if let Some(addr) = admin {
-        let listener = meshgate_proxy::admin::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on admin address {addr}"))?;
-        tokio::spawn(meshgate_proxy::admin::serve(listener, managed.sidecar.gateway.clone()));
-    }
+    crate::proxy::serve_admin(admin, managed.sidecar.gateway.clone()).await?;
     tracing::info!(%id, "sidecar ready");
     // The signal `meshgate run` waits for before starting the application.
     let mut out = std::io::stdout().lock();

@@ -104,13 +104,7 @@ impl Lab {
 }
 
 async fn stop_proc(mut p: Proc) {
-    if let Some(pid) = p.child.id() {
-        let _ = meshgate_intercept::terminate(pid);
-    }
-    if tokio::time::timeout(Duration::from_secs(20), p.child.wait()).await.is_err() {
-        eprintln!("{} did not stop within 20 s: killing it", p.name);
-        let _ = p.child.kill().await;
-    }
+    let _ = crate::run::terminate(&mut p.child, &p.name, Duration::from_secs(20)).await;
 }
 
 /// One GET through the gateway: (status, the inventory version that answered, if any).
@@ -287,11 +281,7 @@ async fn start(lab: &mut Lab, dir: &Path, apps: &Path, store: &Path, root: bool)
     }
 
     // The gateway: a managed proxy with its own identity.
-    let body = serde_json::json!({ "namespace": "shop", "serviceAccount": "gateway", "ttlSeconds": 300 });
-    let (status, v) = api.call(Method::POST, "/api/v1/tokens", Some((Bytes::from(body.to_string()), "up"))).await?;
-    if !status.is_success() {
-        bail!("cannot create the gateway's join token: {v}");
-    }
+    let v = api.create_token("shop", "gateway", 300, "up").await.context("creating the gateway's join token")?;
     let token = v["token"].as_str().unwrap_or_default().to_string();
     lab.spawn(
         "gateway",

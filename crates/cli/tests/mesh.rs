@@ -214,30 +214,8 @@ fn wait_plain_ok(addr: SocketAddr) {
 }
 
 /// A namespace with no sidecar and no rules: a client or server outside the mesh.
-struct BarePod {
-    pod: meshgate_intercept::Pod,
-    _lease: meshgate_intercept::IpLease,
-}
-
-impl BarePod {
-    fn new() -> BarePod {
-        let lease = meshgate_intercept::lease_ip(None).unwrap();
-        let name = meshgate_intercept::pod_name(lease.ip);
-        let pod = meshgate_intercept::create_pod(&name, lease.ip).unwrap();
-        BarePod { pod, _lease: lease }
-    }
-
-    fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.pod.name, program]);
-        c
-    }
-}
-
-impl Drop for BarePod {
-    fn drop(&mut self) {
-        let _ = meshgate_intercept::delete_pod(&self.pod.name);
-    }
+fn bare_pod() -> meshgate_intercept::Pod {
+    meshgate_intercept::Pod::create(None).unwrap()
 }
 
 /// The network namespace `meshgate run` reported for its workload.
@@ -311,7 +289,7 @@ fn exit_status_is_the_commands_and_the_app_starts_after_the_sidecar() {
 fn strict_mtls_refuses_a_plaintext_client_without_a_sidecar() {
     let mut lab = Lab::start();
     let ip = lab.inventory();
-    let outside = BarePod::new();
+    let outside = bare_pod();
     let url = format!("http://{ip}:8080/");
     // PERMISSIVE (the default): a client without a sidecar gets through, in plaintext.
     let out = outside.exec("python3").args(["-c", HTTP_CLIENT, &url]).output().unwrap();
@@ -340,7 +318,7 @@ fn strict_mtls_refuses_a_plaintext_client_without_a_sidecar() {
 }
 
 /// One GET from a bare namespace: (answered 200, what happened).
-fn plain_get_from(pod: &BarePod, url: &str) -> (bool, String) {
+fn plain_get_from(pod: &meshgate_intercept::Pod, url: &str) -> (bool, String) {
     let once = r#"
 import sys, urllib.request
 try:
@@ -406,15 +384,15 @@ spec:
 fn unknown_destinations_pass_through_unless_registry_only() {
     let lab = Lab::start();
     // A server outside the mesh, in a namespace of its own.
-    let outside = BarePod::new();
+    let outside = bare_pod();
     let mut server = outside
         .exec("python3")
         .args([ECHO, "--name", "outside", "--port", "9000", "--host", "0.0.0.0"])
         .spawn()
         .unwrap();
-    let url = format!("http://{}:9000/", outside.pod.ip);
+    let url = format!("http://{}:9000/", outside.ip);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while plain_get(SocketAddr::from((outside.pod.ip, 9000)), "/").is_err() {
+    while plain_get(SocketAddr::from((outside.ip, 9000)), "/").is_err() {
         assert!(Instant::now() < deadline, "outside server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }

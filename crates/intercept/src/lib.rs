@@ -13,10 +13,7 @@ mod sys;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 
-pub use netns::{
-    BRIDGE, BRIDGE_IP, Pod, cleanup_all, create_pod, delete_pod, ensure_bridge, exec, pod_name,
-    remove_bridge_if_unused, root, veth_name, write_hosts,
-};
+pub use netns::{BRIDGE_IP, Pod, cleanup_all, exec, remove_bridge_if_unused, root};
 pub use rules::{Backend, RuleSpec, install};
 pub use sys::release_startup_pages;
 

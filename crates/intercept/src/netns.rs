@@ -1,24 +1,54 @@
 //! Network namespaces with a veth to the lab bridge: one per workload.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use crate::InterceptError;
+use crate::{InterceptError, IpLease};
 
 /// The lab bridge in the host namespace.
-pub const BRIDGE: &str = "meshgate0";
+const BRIDGE: &str = "meshgate0";
 /// Its address: the workloads' default gateway, and how the host reaches them.
 pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 
-/// A workload's namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A workload's namespace with an address of its own; deleted, and the address released,
+/// when dropped.
+#[derive(Debug)]
 pub struct Pod {
-    /// Namespace name (`mg-...`).
+    /// Namespace name (`mg-10-77-1-2`).
     pub name: String,
     /// Its address.
     pub ip: Ipv4Addr,
-    /// The host end of its veth.
-    pub veth: String,
+    _lease: IpLease,
+}
+
+impl Pod {
+    /// Leases an address (`want`, or the next free one) and creates its namespace: a veth on
+    /// the lab bridge, a default route through it, and an `/etc/hosts` of its own.
+    pub fn create(want: Option<Ipv4Addr>) -> Result<Pod, InterceptError> {
+        if !root() {
+            return Err(InterceptError::NotRoot("creating a network namespace".into()));
+        }
+        let lease = crate::lease_ip(want)?;
+        let (ip, name) = (lease.ip, pod_name(lease.ip));
+        setup(&name, ip)?;
+        let pod = Pod { name, ip, _lease: lease };
+        write_hosts(&pod.name)?;
+        Ok(pod)
+    }
+
+    /// A command run inside the namespace.
+    pub fn exec(&self, program: &str) -> Command {
+        exec(&self.name, program)
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Err(e) = delete_pod(&self.name) {
+            tracing::warn!(namespace = %self.name, error = %e, "cannot delete the network namespace");
+        }
+    }
 }
 
 /// Whether this process runs as root.
@@ -27,21 +57,38 @@ pub fn root() -> bool {
 }
 
 fn run(args: &[&str]) -> Result<String, InterceptError> {
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| {
+    check(Command::new(args[0]).args(&args[1..]), None)
+}
+
+/// Runs `cmd` (writing `stdin` to it, if any); its output, or an error naming the command and
+/// what it printed.
+pub(crate) fn check(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<String, InterceptError> {
+    let shown = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let is_ip = cmd.get_program() == "ip";
+    let missing = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            InterceptError::Missing(match args[0] {
-                "ip" => "ip (iproute2)",
-                "iptables" => "iptables",
-                "nft" => "nft (nftables)",
-                _ => "a system tool",
-            })
+            InterceptError::Missing(if is_ip { "ip (iproute2)" } else { "a system tool" })
         } else {
             InterceptError::Io(e)
         }
-    })?;
+    };
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().map_err(missing)?;
+    if let (Some(bytes), Some(pipe)) = (stdin, child.stdin.as_mut()) {
+        pipe.write_all(bytes)?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(InterceptError::Command {
-            command: args.join(" "),
+            command: shown,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
@@ -56,7 +103,7 @@ pub fn exec(ns: &str, program: &str) -> Command {
 }
 
 /// Creates the lab bridge (once).
-pub fn ensure_bridge() -> Result<(), InterceptError> {
+fn ensure_bridge() -> Result<(), InterceptError> {
     if !root() {
         return Err(InterceptError::NotRoot("creating the lab bridge".into()));
     }
@@ -69,11 +116,8 @@ pub fn ensure_bridge() -> Result<(), InterceptError> {
     Ok(())
 }
 
-/// Creates a namespace with address `ip` on the lab bridge and a default route through it.
-pub fn create_pod(name: &str, ip: Ipv4Addr) -> Result<Pod, InterceptError> {
-    if !root() {
-        return Err(InterceptError::NotRoot(format!("creating network namespace {name}")));
-    }
+/// Creates namespace `name` with address `ip` on the lab bridge and a default route through it.
+fn setup(name: &str, ip: Ipv4Addr) -> Result<(), InterceptError> {
     ensure_bridge()?;
     let veth = veth_name(ip);
     // A namespace deleted a moment ago may still be tearing down (the kernel frees it
@@ -95,24 +139,24 @@ pub fn create_pod(name: &str, ip: Ipv4Addr) -> Result<Pod, InterceptError> {
         let _ = delete_pod(name);
         return Err(e);
     }
-    Ok(Pod { name: name.to_string(), ip, veth })
+    Ok(())
 }
 
 /// The host end of the veth of the workload at `ip`.
-pub fn veth_name(ip: Ipv4Addr) -> String {
+fn veth_name(ip: Ipv4Addr) -> String {
     let o = ip.octets();
     format!("mgv{:02x}{:02x}{:02x}", o[1], o[2], o[3])
 }
 
 /// The namespace name for the workload at `ip` (`mg-10-77-1-2`).
-pub fn pod_name(ip: Ipv4Addr) -> String {
+fn pod_name(ip: Ipv4Addr) -> String {
     format!("mg-{}", ip.to_string().replace('.', "-"))
 }
 
 /// Deletes a namespace and its `/etc/netns` files. The veth goes at once (deleting one end
 /// deletes the pair), not when the kernel gets round to freeing the namespace, so the address
 /// can be reused right away.
-pub fn delete_pod(name: &str) -> Result<(), InterceptError> {
+fn delete_pod(name: &str) -> Result<(), InterceptError> {
     if let Some(ip) = name.strip_prefix("mg-").and_then(|rest| rest.replace('-', ".").parse::<Ipv4Addr>().ok()) {
         let _ = run(&["ip", "link", "del", &veth_name(ip)]);
     }
@@ -121,17 +165,12 @@ pub fn delete_pod(name: &str) -> Result<(), InterceptError> {
     r.map(|_| ())
 }
 
-/// Writes the namespace's `/etc/hosts` (`ip netns exec` bind-mounts it): Service names.
-pub fn write_hosts(name: &str, entries: &[(Ipv4Addr, Vec<String>)]) -> Result<(), InterceptError> {
+/// Writes the namespace's `/etc/hosts` (`ip netns exec` bind-mounts it), with localhost only:
+/// the sidecar rewrites it in place with the mesh's Services.
+fn write_hosts(name: &str) -> Result<(), InterceptError> {
     let dir = format!("/etc/netns/{name}");
     std::fs::create_dir_all(&dir)?;
-    let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
-    for (ip, names) in entries {
-        text.push_str(&format!("{ip} {}\n", names.join(" ")));
-    }
-    let tmp = format!("{dir}/.hosts.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, format!("{dir}/hosts"))?;
+    std::fs::write(format!("{dir}/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
     Ok(())
 }
 

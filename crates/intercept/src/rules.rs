@@ -3,11 +3,10 @@
 //! and gid), loopback and excluded ports or CIDRs; inbound TCP to the inbound port, except the
 //! proxy's own ports. Both back ends write the same rules.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::InterceptError;
-use crate::netns::exec;
+use crate::netns::{check, exec};
 
 /// Which rule engine to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,14 +77,7 @@ impl RuleSpec {
 fn ipt(ns: &str, args: &[&str]) -> Result<(), InterceptError> {
     // `-w`: wait for the xtables lock, which is one file for every namespace; without it a
     // concurrent `meshgate run` (or any other iptables user) makes this fail at once.
-    let out = exec(ns, "iptables").arg("-w").arg("5").args(args).output()?;
-    if !out.status.success() {
-        return Err(InterceptError::Command {
-            command: format!("ip netns exec {ns} iptables {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    check(exec(ns, "iptables").arg("-w").arg("5").args(args), None).map(drop)
 }
 
 fn ports(list: &[u16]) -> String {
@@ -155,16 +147,5 @@ fn install_nftables(ns: &str, s: &RuleSpec) -> Result<(), InterceptError> {
         out_rules.join("\n    "),
         in_rules.join("\n    ")
     );
-    let mut child = exec(ns, "nft").args(["-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    if let Some(stdin) = child.stdin.as_mut() {
-        stdin.write_all(ruleset.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err(InterceptError::Command {
-            command: format!("ip netns exec {ns} nft -f -"),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    check(exec(ns, "nft").args(["-f", "-"]), Some(ruleset.as_bytes())).map(drop)
 }

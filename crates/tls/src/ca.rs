@@ -4,7 +4,7 @@
 //! (critical), extended key usage `serverAuth` + `clientAuth`. Root rotation keeps the old root
 //! in the bundle until it is withdrawn.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use meshgate_identity::{SpiffeId, TrustDomain};
 use rcgen::{
@@ -292,16 +292,6 @@ impl CertificateAuthority {
         let mut bundle: String = self.intermediates.iter().skip(1).map(|c| crate::cert_pem(c)).collect();
         bundle.extend(self.roots.iter().map(|c| crate::cert_pem(c)));
         (cert, key, bundle)
-    }
-
-    /// When the signing certificate expires.
-    pub fn signer_not_after(&self) -> SystemTime {
-        X509Certificate::from_der(&self.signer_cert)
-            .map(|(_, c)| {
-                SystemTime::UNIX_EPOCH
-                    + Duration::from_secs(u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0))
-            })
-            .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 }
 

@@ -93,11 +93,6 @@ impl MeshTls {
         self.current.load().server.clone()
     }
 
-    /// The client config in force.
-    pub fn client_config(&self) -> Arc<ClientConfig> {
-        self.current.load().client.clone()
-    }
-
     /// This proxy's identity.
     pub fn id(&self) -> SpiffeId {
         self.current.load().svid.id.clone()

@@ -11,7 +11,7 @@ use meshgate_identity::SpiffeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use x509_parser::prelude::*;
 
 use crate::svid::TrustBundle;
@@ -148,6 +148,23 @@ pub fn validate_svid(
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Err(SvidError::BadEncoding("no certificate presented".into()));
     };
+    verify_chain(leaf, intermediates, bundle, &anchors(bundle), now, server)
+}
+
+/// The bundle's roots as trust anchors.
+fn anchors(bundle: &TrustBundle) -> Vec<TrustAnchor<'static>> {
+    bundle.roots.iter().filter_map(|r| webpki::anchor_from_trusted_cert(r).ok().map(|a| a.to_owned())).collect()
+}
+
+/// The SPIFFE X509-SVID rules, then the chain up to one of `anchors` (the bundle's roots).
+fn verify_chain(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    anchors: &[TrustAnchor<'_>],
+    now: SystemTime,
+    server: bool,
+) -> Result<SpiffeId, SvidError> {
     let facts = leaf_facts(leaf)?;
     if facts.id.trust_domain() != bundle.trust_domain.as_str() {
         return Err(SvidError::WrongTrustDomain {
@@ -162,12 +179,11 @@ pub fn validate_svid(
     if now < facts.not_before {
         return Err(SvidError::NotYetValid(secs(facts.not_before.duration_since(now).unwrap_or_default())));
     }
-    let anchors: Vec<_> = bundle.roots.iter().filter_map(|r| webpki::anchor_from_trusted_cert(r).ok()).collect();
     let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| SvidError::BadEncoding(format!("{e:?}")))?;
     let time = UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
     let usage = if server { webpki::KeyUsage::server_auth() } else { webpki::KeyUsage::client_auth() };
     let algs = crate::provider().signature_verification_algorithms.all;
-    ee.verify_for_usage(algs, &anchors, intermediates, time, usage, None, None).map_err(|e| match e {
+    ee.verify_for_usage(algs, anchors, intermediates, time, usage, None, None).map_err(|e| match e {
         webpki::Error::UnknownIssuer => SvidError::UnknownIssuer(bundle.trust_domain.to_string()),
         webpki::Error::CaUsedAsEndEntity => SvidError::CaAsLeaf,
         other => SvidError::Invalid(format!("{other:?}")),
@@ -184,6 +200,8 @@ fn rustls_error(e: SvidError) -> rustls::Error {
 /// the SPIFFE ID, which the caller checks against the identities it expects.
 pub struct SpiffeVerifier {
     bundle: Arc<TrustBundle>,
+    /// The bundle's roots, parsed once rather than on every handshake.
+    anchors: Vec<TrustAnchor<'static>>,
 }
 
 impl fmt::Debug for SpiffeVerifier {
@@ -195,8 +213,41 @@ impl fmt::Debug for SpiffeVerifier {
 impl SpiffeVerifier {
     /// A verifier for one bundle.
     pub fn new(bundle: Arc<TrustBundle>) -> Arc<Self> {
-        Arc::new(SpiffeVerifier { bundle })
+        let anchors = anchors(&bundle);
+        Arc::new(SpiffeVerifier { bundle, anchors })
     }
+
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        server: bool,
+    ) -> Result<(), rustls::Error> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        verify_chain(end_entity, intermediates, &self.bundle, &self.anchors, now, server).map_err(rustls_error)?;
+        Ok(())
+    }
+}
+
+fn tls12_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+}
+
+fn tls13_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+}
+
+fn schemes() -> Vec<SignatureScheme> {
+    crate::provider().signature_verification_algorithms.supported_schemes()
 }
 
 impl ServerCertVerifier for SpiffeVerifier {
@@ -208,10 +259,7 @@ impl ServerCertVerifier for SpiffeVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = vec![end_entity.clone()];
-        chain.extend(intermediates.iter().cloned());
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        validate_svid(&chain, &self.bundle, now, true).map_err(rustls_error)?;
+        self.check(end_entity, intermediates, now, true)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -221,7 +269,7 @@ impl ServerCertVerifier for SpiffeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+        tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -230,11 +278,11 @@ impl ServerCertVerifier for SpiffeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+        tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::provider().signature_verification_algorithms.supported_schemes()
+        schemes()
     }
 }
 
@@ -249,10 +297,7 @@ impl ClientCertVerifier for SpiffeVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let mut chain = vec![end_entity.clone()];
-        chain.extend(intermediates.iter().cloned());
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        validate_svid(&chain, &self.bundle, now, false).map_err(rustls_error)?;
+        self.check(end_entity, intermediates, now, false)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -262,7 +307,7 @@ impl ClientCertVerifier for SpiffeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+        tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -271,10 +316,10 @@ impl ClientCertVerifier for SpiffeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+        tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::provider().signature_verification_algorithms.supported_schemes()
+        schemes()
     }
 }
