@@ -56,19 +56,25 @@ impl DirStore {
         Ok(self.root.join(".meshgate").join(key))
     }
 
-    /// Files whose documents define `id`, with how many documents each holds.
-    fn files_defining(&self, id: &ObjectRef) -> Vec<(PathBuf, usize)> {
-        let mut files = Vec::new();
-        let _ = meshgate_api::collect_files(&self.root, &mut files);
-        files
-            .into_iter()
-            .filter_map(|f| {
-                let text = std::fs::read_to_string(&f).ok()?;
-                let loaded = meshgate_api::load_str(&f.display().to_string().into(), &text);
-                let docs = loaded.objects.len() + loaded.errors.len();
-                loaded.objects.iter().any(|o| o.id == *id).then_some((f, docs))
-            })
-            .collect()
+    /// Files whose documents define `id`, with how many documents each holds. Reads and parses
+    /// the tree, so off the runtime's threads.
+    async fn files_defining(&self, id: &ObjectRef) -> Result<Vec<(PathBuf, usize)>, StoreError> {
+        let (root, id) = (self.root.clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut files = Vec::new();
+            let _ = meshgate_api::collect_files(&root, &mut files);
+            files
+                .into_iter()
+                .filter_map(|f| {
+                    let text = std::fs::read_to_string(&f).ok()?;
+                    let loaded = meshgate_api::load_str(&f.display().to_string().into(), &text);
+                    let docs = loaded.objects.len() + loaded.errors.len();
+                    loaded.objects.iter().any(|o| o.id == id).then_some((f, docs))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Refused(e.to_string()))
     }
 
     fn new_file_for(&self, id: &ObjectRef) -> PathBuf {
@@ -100,7 +106,7 @@ impl Store for DirStore {
 
     async fn put(&self, object: &Object, json: &serde_json::Value) -> Result<(), StoreError> {
         let yaml = serde_saphyr::to_string(json).map_err(|e| StoreError::Refused(e.to_string()))?;
-        let target = match self.files_defining(&object.id).as_slice() {
+        let target = match self.files_defining(&object.id).await?.as_slice() {
             [] => self.new_file_for(&object.id),
             [(file, 1)] => file.clone(),
             [(file, _)] => {
@@ -125,7 +131,7 @@ impl Store for DirStore {
     }
 
     async fn delete(&self, id: &ObjectRef) -> Result<bool, StoreError> {
-        match self.files_defining(id).as_slice() {
+        match self.files_defining(id).await?.as_slice() {
             [] => Ok(false),
             [(file, 1)] => {
                 std::fs::remove_file(file)?;
