@@ -240,7 +240,7 @@ impl EndpointPool {
                         Some(s) => s,
                         None => {
                             fresh = true;
-                            match self.connect_h2().await {
+                            match Box::pin(self.connect_h2()).await {
                                 Ok(s) => s,
                                 Err(error) => return Err(SendError { error, request: Some(req) }),
                             }
@@ -296,10 +296,13 @@ impl EndpointPool {
     /// Opens a connection if the backend is below its connection limit; otherwise waits (as
     /// one of at most `maxPendingRequests`, for at most the connect timeout) for a connection
     /// of this endpoint to come back idle or for the count to drop.
+    ///
+    /// Dials are boxed here and in `send_h2`: they are rare and large (connect, TLS and HTTP
+    /// handshakes), and inline they would grow every request's future, which hyper moves.
     async fn idle_or_connect_h1(&self) -> Result<(http1::SendRequest<RequestBody>, bool), UpstreamError> {
         let state = &self.state;
         if state.try_add_connection() {
-            return Ok((self.connect_h1(ConnectionSlot(self.state.clone())).await?, false));
+            return Ok((Box::pin(self.connect_h1(ConnectionSlot(self.state.clone()))).await?, false));
         }
         let Some(_pending) = state.enter_pending() else {
             return Err(UpstreamError::Overflow(format!(
@@ -315,7 +318,7 @@ impl EndpointPool {
                 return Ok((s, true));
             }
             if state.try_add_connection() {
-                return Ok((self.connect_h1(ConnectionSlot(self.state.clone())).await?, false));
+                return Ok((Box::pin(self.connect_h1(ConnectionSlot(self.state.clone()))).await?, false));
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(UpstreamError::Overflow(format!(

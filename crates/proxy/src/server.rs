@@ -103,6 +103,24 @@ pub(crate) fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExec
     builder
 }
 
+pin_project_lite::pin_project! {
+    /// The handler's response as the `Result` hyper's service wants. Not an `async` block: one
+    /// of those would hold the handler's future twice (as captured value and as awaited
+    /// state), and hyper moves the service future once per request.
+    struct NeverFails<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for NeverFails<F> {
+    type Output = Result<F::Output, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        self.project().inner.poll(cx).map(Ok)
+    }
+}
+
 /// Serves one downstream HTTP connection with `handler` until it closes, until `stop` (if any)
 /// asks it to finish its requests and go, or until it has been idle for `idle_timeout`. The one
 /// way every role serves HTTP: gateway listeners, sidecar outbound, inbound.
@@ -119,10 +137,7 @@ pub(crate) async fn serve<S, F, Fut>(
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let (stream, ops) = crate::idle::Activity::new(stream);
-    let service = service_fn(move |req| {
-        let response = handler(req);
-        async move { Ok::<_, Infallible>(response.await) }
-    });
+    let service = service_fn(move |req| NeverFails { inner: handler(req) });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let stopped = async {
