@@ -19,11 +19,13 @@ use meshgate_model::rule::UpstreamProtocol;
 use meshgate_model::security::{Attributes, Decision, InboundPolicy, Mode};
 use meshgate_tls::{MeshTls, PeerIdentity};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::balance::BackendState;
 use crate::body::{RequestBody, ResponseBody};
 use crate::headers::strip_hop_by_hop;
 use crate::pool::EndpointPool;
+use crate::server::Tracker;
 
 /// `x-forwarded-client-cert`, as Envoy writes it.
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -106,6 +108,9 @@ pub struct Inbound {
     app_state: Arc<BackendState>,
     pools: Mutex<std::collections::HashMap<SocketAddr, Arc<EndpointPool>>>,
     builder: auto::Builder<TokioExecutor>,
+    /// Set by [`Inbound::drain`]: the accept loop ends and HTTP connections finish.
+    stop: watch::Sender<bool>,
+    connections: Arc<Tracker>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -134,6 +139,8 @@ impl Inbound {
             app_state,
             pools: Mutex::new(std::collections::HashMap::new()),
             builder: crate::server::http_builder(&crate::server::ServerSettings::default()),
+            stop: watch::channel(false).0,
+            connections: Arc::new(Tracker::default()),
         })
     }
 
@@ -147,10 +154,18 @@ impl Inbound {
         self.policy.load_full()
     }
 
-    /// Accepts connections until the task is dropped.
+    /// Accepts connections until [`Inbound::drain`] (or until the task is dropped).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop.subscribe();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            if *stop.borrow_and_update() {
+                return;
+            }
+            let accepted = tokio::select! {
+                _ = stop.changed() => continue,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "inbound accept failed");
@@ -160,8 +175,25 @@ impl Inbound {
             };
             let _ = stream.set_nodelay(true);
             let me = self.clone();
-            tokio::spawn(async move { me.connection(stream, peer).await });
+            let guard = self.connections.guard();
+            tokio::spawn(async move {
+                let _guard = guard;
+                me.connection(stream, peer).await;
+            });
         }
+    }
+
+    /// Stops accepting and asks HTTP connections to finish the requests in flight and close
+    /// (HTTP/2 clients get a GOAWAY); resolves once every inbound connection, opaque TCP
+    /// included, has closed. The caller bounds the wait.
+    pub async fn drain(&self) {
+        self.stop_accepting();
+        self.connections.wait_idle().await;
+    }
+
+    /// Ends the accept loop (its listener closes) and asks HTTP connections to finish.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
@@ -318,7 +350,8 @@ impl Inbound {
             let (me, caller) = (me.clone(), caller.clone());
             async move { me.request(req, &caller).await }
         };
-        crate::server::serve(stream, peer, handler, &self.builder, None, self.opts.idle_timeout).await;
+        let stop = Some(self.stop.subscribe());
+        crate::server::serve(stream, peer, handler, &self.builder, stop, self.opts.idle_timeout).await;
     }
 
     async fn request(&self, req: Request<Incoming>, caller: &Caller) -> Response<ResponseBody> {

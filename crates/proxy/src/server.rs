@@ -143,7 +143,10 @@ pub(crate) async fn serve<S, F, Fut>(
     let stopped = async {
         match stop {
             Some(mut stop) => {
-                let _ = stop.changed().await;
+                // A drain that began before this connection was served counts too.
+                if !*stop.borrow_and_update() {
+                    let _ = stop.changed().await;
+                }
             }
             None => std::future::pending().await,
         }

@@ -22,7 +22,6 @@ use meshgate_model::{Compiled, GatewayConfig};
 use meshgate_tls::MeshTls;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::balance::BackendRt;
 use crate::cp::{Apply, ControlPlaneAddr, subscribe};
@@ -86,7 +85,6 @@ pub struct Sidecar {
     /// Ends the outbound accept loop and asks its connections to finish.
     stop: watch::Sender<bool>,
     tracker: Arc<Tracker>,
-    inbound_task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -129,8 +127,8 @@ impl Sidecar {
             settings,
             stop,
             tracker: Arc::new(Tracker::default()),
-            inbound_task: tokio::spawn(inbound.serve(inbound_listener)),
         });
+        tokio::spawn(inbound.serve(inbound_listener));
         tokio::spawn(me.clone().accept_outbound(outbound, stop_rx));
         tracing::info!(workload = %me.workload, outbound = %outbound_addr, inbound = %inbound_addr, "sidecar listening");
         Ok(me)
@@ -174,18 +172,20 @@ impl Sidecar {
         Ok(version)
     }
 
-    /// Stops accepting, lets connections in flight finish (up to the drain timeout).
+    /// Stops accepting on both ports and lets connections in flight, outbound and inbound,
+    /// finish (up to the drain timeout).
     pub async fn drain(&self) {
         self.stop_accepting();
-        if tokio::time::timeout(self.drain_timeout, self.tracker.wait_idle()).await.is_err() {
-            tracing::warn!(workload = %self.workload, "drain timeout: closing outbound connections still open");
+        let both = async { tokio::join!(self.tracker.wait_idle(), self.inbound.drain()) };
+        if tokio::time::timeout(self.drain_timeout, both).await.is_err() {
+            tracing::warn!(workload = %self.workload, "drain timeout: closing connections still open");
         }
     }
 
-    /// Closes both listeners; outbound connections are asked to finish.
+    /// Closes both listeners; HTTP connections are asked to finish.
     fn stop_accepting(&self) {
         let _ = self.stop.send(true);
-        self.inbound_task.abort();
+        self.inbound.stop_accepting();
     }
 
     async fn accept_outbound(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {

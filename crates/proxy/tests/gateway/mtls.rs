@@ -11,7 +11,7 @@ use meshgate_model::security::{InboundPolicy, MeshSettings, WorkloadRef, compile
 use meshgate_proxy::GatewayOptions;
 use meshgate_proxy::identity::{self, Certifier, LocalCa};
 use meshgate_proxy::inbound::{AppTarget, Inbound, InboundOptions};
-use meshgate_testkit::{Client, EchoServer};
+use meshgate_testkit::{Client, EchoOptions, EchoServer};
 use meshgate_tls::{CertificateAuthority, MeshTls};
 
 use crate::harness::{Mesh, gateway, route_to};
@@ -347,4 +347,33 @@ async fn stalled_and_garbage_handshakes_are_refused_and_no_sni_is_served() {
     .await;
     assert!(n.is_ok(), "garbage handshake left open");
     task.abort();
+}
+
+/// Draining an inbound proxy: the request in flight (HTTP/1.1 and HTTP/2) is answered, the
+/// drain waits for it and for the connections to close, and the port refuses new connections.
+#[tokio::test]
+async fn inbound_drain_finishes_requests_in_flight_then_closes() {
+    let delay = Duration::from_millis(400);
+    let app = EchoServer::start_with("inventory", EchoOptions { delay: Some(delay), ..EchoOptions::default() }).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = InboundOptions { workload: "shop/inventory".into(), ..InboundOptions::default() };
+    let inbound = Inbound::new(AppTarget::Fixed(app.addr), None, InboundPolicy::default(), opts);
+    tokio::spawn(inbound.clone().serve(listener));
+
+    let h1 = tokio::spawn(async move { Client::h1().try_get(addr, "inventory", "/slow").await });
+    let h2 = tokio::spawn(async move { Client::h2().try_get(addr, "inventory", "/slow").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(app.count(), 2, "both requests should be at the application by now");
+
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), inbound.drain()).await.expect("drain never finished");
+    let waited = started.elapsed();
+    for reply in [h1.await.unwrap(), h2.await.unwrap()] {
+        let reply = reply.expect("request in flight failed during the drain");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    // The drain waited for the answers (sent ~250 ms after it began), not only for the listener.
+    assert!(waited >= Duration::from_millis(150), "drain returned after {waited:?}");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the inbound port still accepts");
 }
