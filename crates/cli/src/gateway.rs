@@ -46,7 +46,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::info!(%addr, "admin endpoint: /ready /config_dump");
     }
     let watcher = tokio::spawn(source::watch(opts.paths.clone(), gateway.clone()));
-    crate::release_startup_pages();
+    crate::release_cold_pages(gateway.clone());
     shutdown_signal().await?;
     tracing::info!(timeout = ?opts.drain_timeout, "shutting down: draining connections");
     watcher.abort();

@@ -264,11 +264,35 @@ pub(crate) fn parse_admin(s: &str) -> anyhow::Result<Option<SocketAddr>> {
 }
 
 /// Once serving: stop counting start-up-only code as resident (see
-/// `meshgate_intercept::release_startup_pages`).
-pub(crate) fn release_startup_pages() {
+/// `meshgate_intercept::release_startup_pages`), and again after each configuration change has
+/// settled: reading, checking and compiling a configuration runs code (YAML/JSON, schemas,
+/// compilation) that the request path never does, and each change would otherwise leave it
+/// mapped. What requests run faults back in from the page cache (a few hundred microseconds,
+/// once per change: the request path's functions lie together, see `crates/cli/build.rs`).
+pub(crate) fn release_cold_pages(gateway: std::sync::Arc<meshgate_proxy::Gateway>) {
+    release_startup_pages();
+    tokio::spawn(async move {
+        let mut released = gateway.snapshot().version;
+        let mut seen = released;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let version = gateway.snapshot().version;
+            // Released once the version has stayed the same for a tick: not in a burst.
+            if version == seen && version != released {
+                released = version;
+                release_startup_pages();
+            }
+            seen = version;
+        }
+    });
+}
+
+fn release_startup_pages() {
     match meshgate_intercept::release_startup_pages() {
-        Ok(bytes) => tracing::debug!(bytes, "released start-up pages"),
-        Err(e) => tracing::debug!(error = %e, "cannot release start-up pages"),
+        Ok(bytes) => tracing::debug!(bytes, "released code pages"),
+        Err(e) => tracing::debug!(error = %e, "cannot release code pages"),
     }
 }
 

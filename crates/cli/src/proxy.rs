@@ -77,7 +77,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         let managed = ManagedSidecar::start(target, id.clone(), args.token.clone(), opts, node).await?;
         serve_admin(admin, managed.sidecar.gateway.clone()).await?;
         tracing::info!(%id, "sidecar proxy started");
-        crate::release_startup_pages();
+        crate::release_cold_pages(managed.sidecar.gateway.clone());
         crate::gateway::shutdown_signal_quiet().await;
         managed.stop().await;
         return Ok(());
@@ -91,7 +91,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
     let managed = ManagedGateway::start(target, id.clone(), args.token.clone(), options, node).await?;
     serve_admin(admin, managed.gateway.clone()).await?;
     tracing::info!(%id, "gateway proxy started");
-    crate::release_startup_pages();
+    crate::release_cold_pages(managed.gateway.clone());
     crate::gateway::shutdown_signal_quiet().await;
     managed.stop().await;
     Ok(())

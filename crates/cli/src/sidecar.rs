@@ -101,7 +101,7 @@ pub(crate) async fn main(args: Args, privileged: Privileged) -> anyhow::Result<(
     writeln!(out, "READY").context("telling meshgate run")?;
     out.flush().context("telling meshgate run")?;
     drop(out);
-    crate::release_startup_pages();
+    crate::release_cold_pages(managed.sidecar.gateway.clone());
     // SIGTERM only: Ctrl-C goes to the application first (the sidecar is in its own process
     // group), and `meshgate run` terminates the sidecar once the application is gone.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
