@@ -282,7 +282,8 @@ pub(crate) fn release_cold_pages(gateway: std::sync::Arc<meshgate_proxy::Gateway
             // Released once the version has stayed the same for a tick: not in a burst.
             if version == seen && version != released {
                 released = version;
-                release_startup_pages();
+                // Reads /proc/self/smaps: off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(release_startup_pages).await;
             }
             seen = version;
         }

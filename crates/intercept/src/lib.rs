@@ -87,9 +87,14 @@ impl Drop for IpLease {
     }
 }
 
+/// Where the last address handed out is remembered (next to the leases, not among them).
+const LEASE_CURSOR: &str = "/run/meshgate/ips.last";
+
 /// Leases a free workload address in 10.77.1.0–10.77.255.254 (`want` asks for one in
 /// particular). Concurrent `meshgate run`s never get the same one: a lease is a file created
-/// exclusively.
+/// exclusively. The search starts after the address handed out last, as CNI's host-local IPAM
+/// does: an address just given up is not reused at once, so connections and caches (ARP,
+/// conntrack, clients' pools) that still point at the old workload do not reach a new one.
 pub fn lease_ip(want: Option<std::net::Ipv4Addr>) -> Result<IpLease, InterceptError> {
     std::fs::create_dir_all(LEASE_DIR)?;
     let try_one = |ip: std::net::Ipv4Addr| -> Result<Option<IpLease>, InterceptError> {
@@ -105,13 +110,40 @@ pub fn lease_ip(want: Option<std::net::Ipv4Addr>) -> Result<IpLease, InterceptEr
             .ok_or_else(|| InterceptError::Io(std::io::Error::other(format!("address {ip} is already in use"))));
     }
     let base = u32::from(netns::BRIDGE_IP) & 0xffff_0000;
-    for n in 0x0101u32..0xfffe {
+    let (first, end) = (0x0101u32, 0xfffeu32);
+    let last = std::fs::read_to_string(LEASE_CURSOR)
+        .ok()
+        .and_then(|t| t.trim().parse::<std::net::Ipv4Addr>().ok())
+        .map(|ip| u32::from(ip).wrapping_sub(base))
+        .filter(|n| (first..end).contains(n));
+    let start = last.map_or(first, |n| n + 1);
+    for n in (start..end).chain(first..start) {
         if n & 0xff == 0 || n & 0xff == 0xff {
             continue;
         }
-        if let Some(lease) = try_one(std::net::Ipv4Addr::from(base + n))? {
+        let ip = std::net::Ipv4Addr::from(base + n);
+        if let Some(lease) = try_one(ip)? {
+            // Best effort: a lost update only means an earlier start next time.
+            let _ = std::fs::write(LEASE_CURSOR, ip.to_string());
             return Ok(lease);
         }
     }
     Err(InterceptError::Io(std::io::Error::other("no free workload address left in 10.77.0.0/16")))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Needs root, as the rest of the namespace tests (`/run/meshgate`).
+    #[test]
+    fn an_address_given_up_is_not_handed_out_again_at_once() {
+        let first = super::lease_ip(None).unwrap();
+        let ip = first.ip;
+        drop(first);
+        let second = super::lease_ip(None).unwrap();
+        assert_ne!(second.ip, ip, "the address just released came straight back");
+        // Asked for by name, a free address is still given.
+        drop(second);
+        let again = super::lease_ip(Some(ip)).unwrap();
+        assert_eq!(again.ip, ip);
+    }
 }

@@ -25,7 +25,7 @@ use crate::balance::BackendState;
 use crate::body::{RequestBody, ResponseBody};
 use crate::headers::strip_hop_by_hop;
 use crate::pool::EndpointPool;
-use crate::server::Tracker;
+use crate::server::{Guard, Tracker};
 
 /// `x-forwarded-client-cert`, as Envoy writes it.
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -155,13 +155,21 @@ impl Inbound {
     }
 
     /// Accepts connections until [`Inbound::drain`] (or until the task is dropped).
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub fn serve(self: Arc<Self>, listener: TcpListener) -> impl Future<Output = ()> + Send + 'static {
+        // Counted like a connection from now on, before the task first runs: a drain returns
+        // only once the listener is closed.
+        let running = self.connections.guard();
+        self.accept_loop(listener, running)
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, running: Guard) {
         let mut stop = self.stop.subscribe();
         loop {
             if *stop.borrow_and_update() {
-                return;
+                break;
             }
             let accepted = tokio::select! {
+                biased;
                 _ = stop.changed() => continue,
                 accepted = listener.accept() => accepted,
             };
@@ -181,6 +189,8 @@ impl Inbound {
                 me.connection(stream, peer).await;
             });
         }
+        drop(listener);
+        drop(running);
     }
 
     /// Stops accepting and asks HTTP connections to finish the requests in flight and close
@@ -193,7 +203,8 @@ impl Inbound {
 
     /// Ends the accept loop (its listener closes) and asks HTTP connections to finish.
     pub fn stop_accepting(&self) {
-        let _ = self.stop.send(true);
+        // Stored even while no accept loop is subscribed yet (one spawned but not yet run).
+        self.stop.send_replace(true);
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {

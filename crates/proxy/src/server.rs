@@ -256,6 +256,7 @@ async fn accept_loop(
     let PerConnection { access_log, idle_timeout } = per_conn;
     loop {
         let accepted = tokio::select! {
+            biased;
             _ = stop.changed() => break,
             accepted = listener.accept() => accepted,
         };

@@ -178,19 +178,20 @@ impl Sidecar {
         self.stop_accepting();
         let both = async { tokio::join!(self.tracker.wait_idle(), self.inbound.drain()) };
         if tokio::time::timeout(self.drain_timeout, both).await.is_err() {
-            tracing::warn!(workload = %self.workload, "drain timeout: closing connections still open");
+            tracing::warn!(workload = %self.workload, "drain timeout: stopping with connections still open");
         }
     }
 
     /// Closes both listeners; HTTP connections are asked to finish.
     fn stop_accepting(&self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         self.inbound.stop_accepting();
     }
 
     async fn accept_outbound(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         loop {
             let accepted = tokio::select! {
+                biased;
                 _ = stop.changed() => return,
                 accepted = listener.accept() => accepted,
             };
@@ -416,7 +417,8 @@ impl ManagedSidecar {
 
 impl Drop for ManagedSidecar {
     fn drop(&mut self) {
-        // The outbound accept loop holds the sidecar: end it, or its ports stay bound.
+        // The accept loops hold the sidecar and the inbound proxy: end them, or the ports stay
+        // bound.
         self.sidecar.stop_accepting();
     }
 }

@@ -376,4 +376,13 @@ async fn inbound_drain_finishes_requests_in_flight_then_closes() {
     // The drain waited for the answers (sent ~250 ms after it began), not only for the listener.
     assert!(waited >= Duration::from_millis(150), "drain returned after {waited:?}");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the inbound port still accepts");
+
+    // A drain right after start, before the accept loop first ran, closes the port too.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = InboundOptions { workload: "shop/inventory".into(), ..InboundOptions::default() };
+    let inbound = Inbound::new(AppTarget::Fixed(app.addr), None, InboundPolicy::default(), opts);
+    tokio::spawn(inbound.clone().serve(listener));
+    tokio::time::timeout(Duration::from_secs(5), inbound.drain()).await.expect("drain never finished");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the inbound port still accepts");
 }
