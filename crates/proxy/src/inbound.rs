@@ -25,7 +25,7 @@ use crate::balance::BackendState;
 use crate::body::{RequestBody, ResponseBody};
 use crate::headers::strip_hop_by_hop;
 use crate::pool::EndpointPool;
-use crate::server::{Guard, Tracker};
+use crate::server::{Guard, Tracker, accept_until_stopped};
 
 /// `x-forwarded-client-cert`, as Envoy writes it.
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -163,33 +163,9 @@ impl Inbound {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, running: Guard) {
-        let mut stop = self.stop.subscribe();
-        loop {
-            if *stop.borrow_and_update() {
-                break;
-            }
-            let accepted = tokio::select! {
-                biased;
-                _ = stop.changed() => continue,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let me = self.clone();
-            let guard = self.connections.guard();
-            tokio::spawn(async move {
-                let _guard = guard;
-                me.connection(stream, peer).await;
-            });
-        }
-        drop(listener);
+        let stop = self.stop.subscribe();
+        accept_until_stopped(listener, stop, &self.connections, |stream, peer| self.clone().connection(stream, peer))
+            .await;
         drop(running);
     }
 

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -249,35 +249,56 @@ async fn accept_loop(
     port: u16,
     snapshot: Arc<ArcSwap<Snapshot>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
     per_conn: PerConnection,
 ) {
     let PerConnection { access_log, idle_timeout } = per_conn;
-    loop {
+    let conn_stop = stop.clone();
+    accept_until_stopped(listener, stop, &tracker, |stream, peer| {
+        let info = Arc::new(ConnInfo { port, peer, scheme: "http", access_log, dest: None });
+        let (snapshot, builder, stop) = (snapshot.clone(), builder.clone(), conn_stop.clone());
+        async move { serve_connection(stream, info, snapshot, &builder, stop, idle_timeout).await }
+    })
+    .await;
+}
+
+/// The accept loop of every listener: accepts on `listener` until `stop` is true (also when it
+/// already is, or when its sender is gone), and serves each connection (TCP_NODELAY set) on
+/// its own task, counted by `tracker` until it ends. Accept errors (out of file descriptors
+/// and the like) are logged and backed off instead of spun on. The listener closes on return.
+pub(crate) async fn accept_until_stopped<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    tracker: &Arc<Tracker>,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    while !*stop.borrow_and_update() {
         let accepted = tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            changed = stop.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => break,
+            },
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(port, error = %e, "accept failed");
+                tracing::warn!(addr = ?listener.local_addr().ok(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let info = Arc::new(ConnInfo { port, peer, scheme: "http", access_log, dest: None });
-        let snapshot = snapshot.clone();
-        let builder = builder.clone();
-        let stop = stop.clone();
         let guard = tracker.guard();
+        let connection = serve(stream, peer);
         tokio::spawn(async move {
             let _guard = guard;
-            serve_connection(stream, info, snapshot, &builder, stop, idle_timeout).await;
+            connection.await;
         });
     }
 }

@@ -31,7 +31,7 @@ use crate::identity::IdentityError;
 use crate::inbound::{AppTarget, Inbound, InboundOptions, looks_like_http};
 use crate::managed::{Tasks, join};
 use crate::pool::UpstreamError;
-use crate::server::{ServerSettings, Tracker, http_builder, serve_connection};
+use crate::server::{ServerSettings, Tracker, accept_until_stopped, http_builder, serve_connection};
 
 /// Settings of a sidecar.
 #[derive(Debug)]
@@ -188,29 +188,8 @@ impl Sidecar {
         self.inbound.stop_accepting();
     }
 
-    async fn accept_outbound(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = stop.changed() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let guard = self.tracker.guard();
-            let me = self.clone();
-            tokio::spawn(async move {
-                let _guard = guard;
-                me.outbound(stream, peer).await;
-            });
-        }
+    async fn accept_outbound(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        accept_until_stopped(listener, stop, &self.tracker, |stream, peer| self.clone().outbound(stream, peer)).await;
     }
 
     /// HTTP to `dst` (a Service's virtual IP, or a meshed pod), each request with the
