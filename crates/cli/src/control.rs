@@ -8,15 +8,35 @@ use meshgate_control::plane::Options;
 use meshgate_control::run::{RunOptions, run};
 use meshgate_identity::TrustDomain;
 
+/// `meshgate control-plane` flags.
+#[derive(Debug, clap::Args)]
 pub(crate) struct Args {
+    /// dir:PATH or etcd:HOST:PORT[,HOST:PORT...].
+    #[arg(long, default_value = "dir:./mesh")]
     pub(crate) store: String,
+    /// gRPC API for proxies (TLS).
+    #[arg(long, default_value = "127.0.0.1:15012")]
     pub(crate) grpc: SocketAddr,
+    /// HTTP API for the CLI and dashboard (token-protected).
+    #[arg(long, default_value = "127.0.0.1:15014")]
     pub(crate) http: SocketAddr,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
     pub(crate) trust_domain: String,
+    /// Where to write the admin token and the CA bundle for local tools.
+    #[arg(long, default_value_os_t = crate::default_state_dir())]
     pub(crate) state_dir: PathBuf,
+    /// A root or intermediate CA certificate to issue from (PEM), instead of a self-signed root.
+    #[arg(long)]
     pub(crate) ca_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long)]
     pub(crate) ca_key: Option<PathBuf>,
+    /// For an intermediate: its chain up to the root (PEM).
+    #[arg(long)]
     pub(crate) ca_chain: Option<PathBuf>,
+    /// A name for this replica (shown by proxy-status).
+    #[arg(long)]
     pub(crate) replica: Option<String>,
 }
 

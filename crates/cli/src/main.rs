@@ -77,35 +77,7 @@ enum Command {
         idle_timeout: Duration,
     },
     /// Run the control plane: resources from a store, config pushed to proxies, the CA.
-    ControlPlane {
-        /// dir:PATH or etcd:HOST:PORT[,HOST:PORT...].
-        #[arg(long, default_value = "dir:./mesh")]
-        store: String,
-        /// gRPC API for proxies (TLS).
-        #[arg(long, default_value = "127.0.0.1:15012")]
-        grpc: SocketAddr,
-        /// HTTP API for the CLI and dashboard (token-protected).
-        #[arg(long, default_value = "127.0.0.1:15014")]
-        http: SocketAddr,
-        /// SPIFFE trust domain.
-        #[arg(long, default_value = "cluster.local")]
-        trust_domain: String,
-        /// Where to write the admin token and the CA bundle for local tools.
-        #[arg(long, default_value_os_t = default_state_dir())]
-        state_dir: PathBuf,
-        /// A root or intermediate CA certificate to issue from (PEM), instead of a self-signed root.
-        #[arg(long)]
-        ca_cert: Option<PathBuf>,
-        /// Its key (PEM).
-        #[arg(long)]
-        ca_key: Option<PathBuf>,
-        /// For an intermediate: its chain up to the root (PEM).
-        #[arg(long)]
-        ca_chain: Option<PathBuf>,
-        /// A name for this replica (shown by proxy-status).
-        #[arg(long)]
-        replica: Option<String>,
-    },
+    ControlPlane(control::Args),
     /// Run a proxy configured by a control plane.
     Proxy(proxy::Args),
     /// Create or update resources in the control plane's store.
@@ -333,19 +305,7 @@ fn main() -> ExitCode {
             let idle_timeout = (!idle_timeout.is_zero()).then_some(idle_timeout);
             gateway::run(gateway::Options { paths, bind, admin, drain_timeout, access_log, idle_timeout }).await
         }),
-        Command::ControlPlane { store, grpc, http, trust_domain, state_dir, ca_cert, ca_key, ca_chain, replica } => {
-            serve(control::main(control::Args {
-                store,
-                grpc,
-                http,
-                trust_domain,
-                state_dir,
-                ca_cert,
-                ca_key,
-                ca_chain,
-                replica,
-            }))
-        }
+        Command::ControlPlane(args) => serve(control::main(args)),
         Command::Proxy(args) => serve(proxy::main(args)),
         Command::Apply { paths, api: flags } => block(async move { client::apply(&api(&flags)?, &paths).await }),
         Command::Get { kind, name, namespace, output, api: flags } => block(async move {

@@ -80,13 +80,12 @@ impl Lab {
     }
 
     async fn stop(&mut self) {
-        // Workloads first (each removes its Workload and namespace), all at once; then the
-        // gateway, then the control plane.
+        // Workloads first, one after another (each removes its Workload and namespace), then
+        // the gateway, then the control plane.
         let (workloads, infra): (Vec<_>, Vec<_>) =
             self.procs.drain(..).partition(|p| p.name != "gateway" && p.name != "control plane");
-        let stops: Vec<_> = workloads.into_iter().map(stop_proc).collect();
-        for s in stops {
-            s.await;
+        for p in workloads {
+            stop_proc(p).await;
         }
         for p in infra.into_iter().rev() {
             stop_proc(p).await;
@@ -194,8 +193,8 @@ pub(crate) async fn run(dir: PathBuf, state_dir: PathBuf) -> anyhow::Result<()> 
     if root {
         ensure_tools(&dir)?;
     }
-    if root && let Ok(out) = std::process::Command::new("ip").args(["netns", "list"]).output() {
-        let leftovers = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("mg-")).count();
+    if root {
+        let leftovers = meshgate_intercept::pod_namespaces().len();
         if leftovers > 0 {
             eprintln!(
                 "note: {leftovers} network namespace(s) from an earlier run are still here; `meshgate cleanup` removes them"
@@ -239,13 +238,8 @@ pub(crate) async fn run(dir: PathBuf, state_dir: PathBuf) -> anyhow::Result<()> 
 /// The lab needs `ip` and `nft` or `iptables`: on a fresh machine, the project's script
 /// installs them (Debian packages), as it does for the tests.
 fn ensure_tools(dir: &Path) -> anyhow::Result<()> {
-    let has = |p: &str| {
-        std::process::Command::new(p)
-            .arg(if p == "ip" { "-V" } else { "--version" })
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if has("ip") && (has("nft") || has("iptables")) {
+    let has_ip = std::process::Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    if has_ip && meshgate_intercept::Backend::detect().is_ok() {
         return Ok(());
     }
     let script = dir.join("../../scripts/deps");

@@ -174,10 +174,24 @@ fn write_hosts(name: &str) -> Result<(), InterceptError> {
     Ok(())
 }
 
+/// The workload network namespaces that exist now (`mg-…`), live or left by a crash.
+pub fn pod_namespaces() -> Vec<String> {
+    run(&["ip", "netns", "list"])
+        .map(|out| {
+            out.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|name| name.starts_with("mg-"))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Removes the lab bridge when no workload namespace is left. Returns whether it did.
 pub fn remove_bridge_if_unused() -> bool {
-    let in_use = run(&["ip", "netns", "list"]).is_ok_and(|out| out.lines().any(|l| l.starts_with("mg-")));
-    !in_use && run(&["ip", "link", "show", BRIDGE]).is_ok() && run(&["ip", "link", "del", BRIDGE]).is_ok()
+    pod_namespaces().is_empty()
+        && run(&["ip", "link", "show", BRIDGE]).is_ok()
+        && run(&["ip", "link", "del", BRIDGE]).is_ok()
 }
 
 /// Removes every namespace, veth and bridge meshgate created (after a crash). Returns what
@@ -187,9 +201,8 @@ pub fn cleanup_all() -> Result<Vec<String>, InterceptError> {
         return Err(InterceptError::NotRoot("cleaning up".into()));
     }
     let mut removed = Vec::new();
-    for line in run(&["ip", "netns", "list"])?.lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        if name.starts_with("mg-") && delete_pod(name).is_ok() {
+    for name in pod_namespaces() {
+        if delete_pod(&name).is_ok() {
             removed.push(format!("network namespace {name}"));
         }
     }
