@@ -24,7 +24,8 @@ pub struct BackendState {
     max_pending: AtomicUsize,
     /// Second (since the clock base) and retries granted in it, packed: `second << 32 | count`.
     retry_window: AtomicU64,
-    /// Woken when capacity frees up (a request ends, a connection closes).
+    /// Woken when a connection may be free for a request waiting on `maxConnections`: one came
+    /// back from a request or closed. (Nothing waits on `maxRequests`: it refuses at once.)
     pub freed: Notify,
 }
 
@@ -35,7 +36,6 @@ pub struct ActiveGuard(Arc<BackendState>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
-        self.0.freed.notify_one();
     }
 }
 
@@ -366,7 +366,8 @@ impl BackendRt {
     }
 
     /// Whether an endpoint is ejected now.
-    pub fn is_ejected(endpoint: &EndpointPool) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_ejected(endpoint: &EndpointPool) -> bool {
         endpoint.health.ejected_until.load(Ordering::Relaxed) > now_nanos()
     }
 }

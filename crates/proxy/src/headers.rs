@@ -22,16 +22,10 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether a header is hop-by-hop by itself (without looking at `Connection`).
+/// Whether a header is hop-by-hop by itself (without looking at `Connection`); `TE` too,
+/// which is stripped unless it is `trailers`.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    HOP_BY_HOP.contains(name) || name == header::TE
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`. `TE: trailers` is kept

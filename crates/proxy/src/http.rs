@@ -27,7 +27,7 @@ use crate::pool::{EndpointPool, SendError, UpstreamError};
 use crate::replay::ReplayBody;
 
 /// Who is on the other end of a downstream connection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     /// The port the connection was accepted on (selects the listener set).
     pub port: u16,
@@ -70,11 +70,11 @@ impl Outcome {
 }
 
 /// Handles one request from a client.
-pub async fn handle(snapshot: Arc<Snapshot>, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let started = conn.access_log.then(Instant::now);
     let method = conn.access_log.then(|| req.method().clone());
     let path_for_log = conn.access_log.then(|| req.uri().path().to_string());
-    let mut out = route_and_forward(&snapshot, conn, req).await;
+    let mut out = route_and_forward(&snapshot, &conn, req).await;
     if !out.flags.is_empty() {
         // Like Linkerd's l5d-proxy-error: says why, without a trip to the logs.
         if let Ok(v) = HeaderValue::from_str(&out.flags.to_string()) {
@@ -217,8 +217,7 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
     }
 
     // The effective policy: the rule's overrides over the first backend's policy.
-    let first_backend = first.1.clone();
-    let policy = first_backend.policy();
+    let policy = first.1.policy();
     let rp = &rule.policy;
     let request_timeout = rp.request_timeout.unwrap_or(policy.request_timeout);
     let per_try_timeout = rp.per_try_timeout.unwrap_or(policy.per_try_timeout);
@@ -257,7 +256,7 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
     let mut attempt = 0u32;
     let mut _retry_guard = None;
     loop {
-        let (weighted, backend) = (&current.0, &current.1);
+        let (weighted, backend) = current;
         let Some(active) = backend.state.try_start(backend.policy().limits.max_requests) else {
             let msg = format!(
                 "circuit breaker: {} requests in flight to {} (maxRequests {})",
@@ -535,16 +534,18 @@ impl Source {
     }
 }
 
-type Picked = (WeightedBackend, Arc<BackendRt>);
+/// The weighted backend a request goes to, and its runtime state: borrowed, not copied, per
+/// attempt.
+type Picked<'r, 's> = (&'r WeightedBackend, &'s Arc<BackendRt>);
 
-fn pick_backend(snapshot: &Snapshot, rule: &Rule) -> Result<Picked, (StatusCode, String, Flags)> {
+fn pick_backend<'r, 's>(snapshot: &'s Snapshot, rule: &'r Rule) -> Result<Picked<'r, 's>, (StatusCode, String, Flags)> {
     let Some(weighted) = rule.pick_backend() else {
         let msg = format!("route {} rule {} has no backend with a weight above 0", rule.route, rule.index);
         return Err((StatusCode::INTERNAL_SERVER_ERROR, msg, Flags::NO_ROUTE));
     };
     match &weighted.backend {
         Backend::Service(s) => match snapshot.backends.get(s.slot) {
-            Some(b) => Ok((weighted.clone(), b.clone())),
+            Some(b) => Ok((weighted, b)),
             None => Err((
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("backend {} is not prepared", s.id),

@@ -26,11 +26,6 @@ impl<S> Activity<S> {
         let ops = Arc::new(AtomicU64::new(0));
         (Activity { inner, ops: ops.clone() }, ops)
     }
-
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {

@@ -49,16 +49,6 @@ pub enum Security {
     Plaintext(PlaintextReason),
 }
 
-impl Security {
-    /// The `connection_security_policy` label (Istio's values).
-    pub fn label(&self) -> &'static str {
-        match self {
-            Security::Mutual(_) => "mutual_tls",
-            Security::Plaintext(_) => "none",
-        }
-    }
-}
-
 /// Where the application is.
 #[derive(Debug, Clone, Copy)]
 pub enum AppTarget {
@@ -147,11 +137,6 @@ impl Inbound {
     /// Replaces the policy; connections and requests from now on use it.
     pub fn set_policy(&self, policy: InboundPolicy) {
         self.policy.store(Arc::new(policy));
-    }
-
-    /// The policy in force.
-    pub fn policy(&self) -> Arc<InboundPolicy> {
-        self.policy.load_full()
     }
 
     /// Accepts connections until [`Inbound::drain`] (or until the task is dropped).
@@ -333,15 +318,12 @@ impl Inbound {
         };
         let caller = Arc::new(Caller { security, xfcc, pool: self.pool(app), app });
         let me = self.clone();
-        let handler = move |req| {
-            let (me, caller) = (me.clone(), caller.clone());
-            async move { me.request(req, &caller).await }
-        };
+        let handler = move |req| me.clone().request(req, caller.clone());
         let stop = Some(self.stop.subscribe());
         crate::server::serve(stream, peer, handler, &self.builder, stop, self.opts.idle_timeout).await;
     }
 
-    async fn request(&self, req: Request<Incoming>, caller: &Caller) -> Response<ResponseBody> {
+    async fn request(self: Arc<Self>, req: Request<Incoming>, caller: Arc<Caller>) -> Response<ResponseBody> {
         let (mut parts, body) = req.into_parts();
         // A client's own XFCC is never trusted.
         parts.headers.remove(&XFCC);

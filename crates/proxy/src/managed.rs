@@ -82,7 +82,10 @@ impl ManagedGateway {
         let apply: Apply = Arc::new(move |set| {
             let gw = gw.clone();
             Box::pin(async move {
-                let compiled = meshgate_model::compile_gateway(&set);
+                // CPU-bound and as large as the mesh: off the runtime's threads, as file loads are.
+                let compiled = tokio::task::spawn_blocking(move || meshgate_model::compile_gateway(&set))
+                    .await
+                    .map_err(|e| format!("compiling the configuration: {e}"))?;
                 for p in compiled.problems() {
                     tracing::warn!("{p}");
                 }

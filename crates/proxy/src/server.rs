@@ -172,7 +172,7 @@ pub(crate) async fn serve<S, F, Fut>(
 /// configuration current when it arrives.
 pub(crate) async fn serve_connection<S>(
     stream: S,
-    info: Arc<ConnInfo>,
+    info: ConnInfo,
     snapshot: Arc<ArcSwap<Snapshot>>,
     builder: &auto::Builder<TokioExecutor>,
     stop: watch::Receiver<bool>,
@@ -181,11 +181,7 @@ pub(crate) async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let handler = move |req| {
-        let snap = snapshot.load_full();
-        let info = info.clone();
-        async move { handle(snap, &info, req).await }
-    };
+    let handler = move |req| handle(snapshot.load_full(), info, req);
     serve(stream, peer, handler, builder, Some(stop), idle_timeout).await;
 }
 
@@ -256,7 +252,7 @@ async fn accept_loop(
     let PerConnection { access_log, idle_timeout } = per_conn;
     let conn_stop = stop.clone();
     accept_until_stopped(listener, stop, &tracker, |stream, peer| {
-        let info = Arc::new(ConnInfo { port, peer, scheme: "http", access_log, dest: None });
+        let info = ConnInfo { port, peer, scheme: "http", access_log, dest: None };
         let (snapshot, builder, stop) = (snapshot.clone(), builder.clone(), conn_stop.clone());
         async move { serve_connection(stream, info, snapshot, &builder, stop, idle_timeout).await }
     })

@@ -195,8 +195,7 @@ impl Sidecar {
     /// HTTP to `dst` (a Service's virtual IP, or a meshed pod), each request with the
     /// configuration current when it arrives.
     async fn serve_http(&self, stream: TcpStream, peer: SocketAddr, dst: SocketAddr) {
-        let info =
-            Arc::new(ConnInfo { port: dst.port(), peer, scheme: "http", access_log: self.access_log, dest: Some(dst) });
+        let info = ConnInfo { port: dst.port(), peer, scheme: "http", access_log: self.access_log, dest: Some(dst) };
         let cell = self.gateway.snapshot_cell();
         let idle = self.settings.idle_timeout;
         serve_connection(stream, info, cell, &self.builder, self.stop.subscribe(), idle).await;
@@ -372,7 +371,10 @@ impl ManagedSidecar {
             let sc = sc.clone();
             let (ns, name) = (ns.clone(), name.clone());
             Box::pin(async move {
-                let config = meshgate_model::mesh::compile_mesh(&set, &ns, &name);
+                // CPU-bound and as large as the mesh: off the runtime's threads.
+                let config = tokio::task::spawn_blocking(move || meshgate_model::mesh::compile_mesh(&set, &ns, &name))
+                    .await
+                    .map_err(|e| format!("compiling the configuration: {e}"))?;
                 sc.apply(config, vec!["control plane".to_string()]).await.map(|_| ())
             })
         });
