@@ -17,7 +17,7 @@ pub use kind::{GATEWAY_GROUP, Kind, MESHGATE_GROUP};
 pub use load::{Loaded, collect_files, decode_document, is_resource_file, load_paths, load_str};
 pub use resource::{Object, ObjectRef, Resource, Source};
 pub use set::ResourceSet;
-pub use workload::{TlsMode, Workload, WorkloadSpec};
+pub use workload::{TlsMode, Workload, WorkloadSpec, selector_matches};
 
 /// Gateway API types as meshgate reads them (the experimental channel: a superset of standard).
 pub mod gw {

@@ -71,3 +71,9 @@ impl Workload {
         labels
     }
 }
+
+/// Whether `labels` carry every key and value of a label selector (a Service's `selector`, a
+/// policy's `matchLabels`).
+pub fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<&str, &str>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str()))
+}

@@ -1,9 +1,9 @@
 //! `meshgate analyze`, after `istioctl analyze`: configuration that is valid resource by
 //! resource but wrong together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use meshgate_api::{Kind, Object, ResourceSet, TlsMode};
+use meshgate_api::{Kind, Object, ResourceSet, TlsMode, selector_matches};
 use meshgate_model::security::{MeshSettings, Mode, WorkloadRef, compile_inbound};
 use meshgate_model::{Condition, compile_gateway};
 use serde::Serialize;
@@ -23,10 +23,6 @@ pub struct Finding {
 
 fn finding(severity: &'static str, o: &Object, message: String) -> Finding {
     Finding { severity, object: o.id.to_string(), source: o.source.to_string(), message }
-}
-
-fn labels_of(w: &meshgate_api::Workload) -> BTreeMap<&str, &str> {
-    w.effective_labels()
 }
 
 /// Analyzes a resource set (with the status conditions computed for it).
@@ -102,9 +98,7 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
         }
         let selector = spec.and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty());
         let by_workload = selector.is_some_and(|sel| {
-            set.workloads().any(|(wo, w)| {
-                wo.id.ns() == o.id.ns() && sel.iter().all(|(k, v)| labels_of(w).get(k.as_str()) == Some(&v.as_str()))
-            })
+            set.workloads().any(|(wo, w)| wo.id.ns() == o.id.ns() && selector_matches(sel, &w.effective_labels()))
         });
         let by_slice = slices.contains(&(o.id.ns(), o.id.name.as_ref()));
         if !by_workload && !by_slice {
@@ -117,7 +111,7 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
     }
     // 4. STRICT mTLS towards workloads without a proxy.
     for (o, w) in set.workloads() {
-        let labels = labels_of(w);
+        let labels = w.effective_labels();
         let policy = compile_inbound(set, settings, &WorkloadRef { namespace: o.id.ns(), labels });
         if w.spec.tls_mode != Some(TlsMode::Mutual) && policy.mode == Mode::Strict {
             out.push(finding(
@@ -130,10 +124,7 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
     // 5. Policies that match nothing.
     let root = settings.root_namespace.as_str();
     let selects_any = |ns: &str, sel: &std::collections::BTreeMap<String, String>| {
-        set.workloads().any(|(wo, w)| {
-            (ns == root || wo.id.ns() == ns)
-                && sel.iter().all(|(k, v)| labels_of(w).get(k.as_str()) == Some(&v.as_str()))
-        })
+        set.workloads().any(|(wo, w)| (ns == root || wo.id.ns() == ns) && selector_matches(sel, &w.effective_labels()))
     };
     for (o, a) in set.authorization_policies() {
         if let Some(sel) = &a.spec.selector

@@ -301,8 +301,7 @@ impl<'a> Discovery<'a> {
     fn workload_endpoints(&self, ns: &str, selector: &BTreeMap<String, String>, sp: &ServicePort) -> Vec<Endpoint> {
         let mut out = Vec::new();
         for (wname, w) in self.workloads.get(ns).into_iter().flatten() {
-            let labels = w.effective_labels();
-            if !selector.iter().all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str())) {
+            if !meshgate_api::selector_matches(selector, &w.effective_labels()) {
                 continue;
             }
             let port = match &sp.target_port {

@@ -93,7 +93,7 @@ pub struct WorkloadRef<'a> {
 }
 
 fn selects(selector: Option<&WorkloadSelector>, w: &WorkloadRef<'_>) -> bool {
-    selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| w.labels.get(k.as_str()) == Some(&v.as_str())))
+    selector.is_none_or(|s| meshgate_api::selector_matches(&s.match_labels, &w.labels))
 }
 
 fn mode_of(m: MtlsMode) -> Option<Mode> {
@@ -140,6 +140,12 @@ impl StrMatch {
             StrMatch::Any => true,
         }
     }
+}
+
+/// An attribute passes a rule's pair of lists: any of `values` (or `values` empty) and none of
+/// `not_values`.
+fn allowed(values: &[StrMatch], not_values: &[StrMatch], v: Option<&str>) -> bool {
+    (values.is_empty() || any_match(values, v)) && !any_match(not_values, v)
 }
 
 fn any_match(list: &[StrMatch], v: Option<&str>) -> bool {
@@ -252,28 +258,11 @@ impl Rule {
         if a.method.is_none() && self.http_only() {
             return tcp_http_only_matches;
         }
-        if !self.principals.is_empty() && !any_match(&self.principals, a.principal) {
-            return false;
-        }
-        if any_match(&self.not_principals, a.principal) {
-            return false;
-        }
-        if !self.namespaces.is_empty() && !any_match(&self.namespaces, a.namespace) {
-            return false;
-        }
-        if any_match(&self.not_namespaces, a.namespace) {
-            return false;
-        }
-        if !self.methods.is_empty() && !any_match(&self.methods, a.method) {
-            return false;
-        }
-        if any_match(&self.not_methods, a.method) {
-            return false;
-        }
-        if !self.paths.is_empty() && !any_match(&self.paths, a.path) {
-            return false;
-        }
-        if any_match(&self.not_paths, a.path) {
+        if !allowed(&self.principals, &self.not_principals, a.principal)
+            || !allowed(&self.namespaces, &self.not_namespaces, a.namespace)
+            || !allowed(&self.methods, &self.not_methods, a.method)
+            || !allowed(&self.paths, &self.not_paths, a.path)
+        {
             return false;
         }
         if !self.ports.is_empty() && !self.ports.contains(&a.port) {
@@ -288,10 +277,7 @@ impl Rule {
                 Key::Namespace => a.namespace,
                 Key::Header(h) => a.headers.and_then(|hs| hs.get(h)).and_then(|v| v.to_str().ok()),
             };
-            if !values.is_empty() && !any_match(values, v) {
-                return false;
-            }
-            if any_match(not_values, v) {
+            if !allowed(values, not_values, v) {
                 return false;
             }
         }
