@@ -72,7 +72,7 @@ impl AsyncWrite for TlsIo {
 pub async fn serve<S: Store>(
     cp: Arc<ControlPlane<S>>,
     listener: TcpListener,
-    tls: Arc<arc_swap::ArcSwap<rustls_server::ServerConfig>>,
+    tls: Arc<arc_swap::ArcSwap<tokio_rustls::rustls::ServerConfig>>,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = mpsc::channel::<Result<TlsIo, std::io::Error>>(64);
     // The accept loop lives in this future (not a detached task), so stopping the server
@@ -111,11 +111,6 @@ pub async fn serve<S: Store>(
         r = server => r,
         () = accept => Ok(()),
     }
-}
-
-/// rustls's server config type, re-exported for callers.
-pub mod rustls_server {
-    pub use tokio_rustls::rustls::ServerConfig;
 }
 
 struct IdentityService<S: Store>(Arc<ControlPlane<S>>);

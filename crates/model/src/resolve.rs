@@ -17,7 +17,7 @@ use meshgate_api::policy::TrafficPolicySpec;
 use crate::compile::{age, cond};
 use crate::policy::BackendPolicy;
 use crate::rule::{Backend, Endpoint, ServiceBackend, UpstreamProtocol};
-use crate::status::{Condition, Severity};
+use crate::status::Condition;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -97,16 +97,17 @@ impl<'a> Discovery<'a> {
                 let field = format!("spec.targetRefs[{i}]");
                 let port = t.port.and_then(|p| u16::try_from(p).ok());
                 let Some(svc) = self.services.get(&(ns, t.name.as_str())) else {
-                    let mut c = cond(
-                        o,
-                        field,
-                        "Accepted",
-                        false,
-                        "TargetNotFound",
-                        format!("Service {ns}/{} not found", t.name),
+                    self.policy_conditions.push(
+                        cond(
+                            o,
+                            field,
+                            "Accepted",
+                            false,
+                            "TargetNotFound",
+                            format!("Service {ns}/{} not found", t.name),
+                        )
+                        .error(),
                     );
-                    c.severity = Severity::Error;
-                    self.policy_conditions.push(c);
                     continue;
                 };
                 if let Some(port) = port {
@@ -116,16 +117,17 @@ impl<'a> Discovery<'a> {
                         .and_then(|s| s.ports.as_ref())
                         .is_some_and(|ps| ps.iter().any(|sp| sp.port == i32::from(port)));
                     if !has {
-                        let mut c = cond(
-                            o,
-                            format!("{field}.port"),
-                            "Accepted",
-                            false,
-                            "TargetNotFound",
-                            format!("Service {ns}/{} has no port {port}", t.name),
+                        self.policy_conditions.push(
+                            cond(
+                                o,
+                                format!("{field}.port"),
+                                "Accepted",
+                                false,
+                                "TargetNotFound",
+                                format!("Service {ns}/{} has no port {port}", t.name),
+                            )
+                            .error(),
                         );
-                        c.severity = Severity::Error;
-                        self.policy_conditions.push(c);
                         continue;
                     }
                 }

@@ -40,6 +40,12 @@ pub enum Severity {
 }
 
 impl Condition {
+    /// The same condition, as an error (the configuration cannot be served as written).
+    pub fn error(mut self) -> Self {
+        self.severity = Severity::Error;
+        self
+    }
+
     /// Whether this condition reports a problem.
     pub fn is_problem(&self) -> bool {
         if self.kind == "Conflicted" { self.status } else { !self.status }
