@@ -122,56 +122,10 @@ impl PeerIdentity {
     }
 }
 
-/// A client verifier that asks for a certificate but does not require one (the control plane:
-/// a proxy's first request has only a join token).
-#[derive(Debug)]
-struct OptionalClientAuth(Arc<SpiffeVerifier>);
-
-impl rustls::server::danger::ClientCertVerifier for OptionalClientAuth {
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        rustls::server::danger::ClientCertVerifier::root_hint_subjects(self.0.as_ref())
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        self.0.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::server::danger::ClientCertVerifier::verify_tls12_signature(self.0.as_ref(), message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::server::danger::ClientCertVerifier::verify_tls13_signature(self.0.as_ref(), message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::server::danger::ClientCertVerifier::supported_verify_schemes(self.0.as_ref())
-    }
-}
-
 /// The control plane's server config: its SVID, client certificates optional (verified when
 /// presented), HTTP/2 for gRPC.
 pub fn control_plane_server(svid: &Svid, bundle: Arc<TrustBundle>) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let verifier = Arc::new(OptionalClientAuth(SpiffeVerifier::new(bundle)));
+    let verifier = SpiffeVerifier::client_cert_optional(bundle);
     let mut server = ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

@@ -202,6 +202,9 @@ pub struct SpiffeVerifier {
     bundle: Arc<TrustBundle>,
     /// The bundle's roots, parsed once rather than on every handshake.
     anchors: Vec<TrustAnchor<'static>>,
+    /// As a client verifier: whether a client must present a certificate (it always must in
+    /// the mesh; the control plane also serves join-token bootstraps without one).
+    client_cert_required: bool,
 }
 
 impl fmt::Debug for SpiffeVerifier {
@@ -214,7 +217,14 @@ impl SpiffeVerifier {
     /// A verifier for one bundle.
     pub fn new(bundle: Arc<TrustBundle>) -> Arc<Self> {
         let anchors = anchors(&bundle);
-        Arc::new(SpiffeVerifier { bundle, anchors })
+        Arc::new(SpiffeVerifier { bundle, anchors, client_cert_required: true })
+    }
+
+    /// A client verifier that asks for a certificate and verifies it when presented, but also
+    /// lets clients without one in (the control plane: a proxy's first call has a join token).
+    pub fn client_cert_optional(bundle: Arc<TrustBundle>) -> Arc<Self> {
+        let anchors = anchors(&bundle);
+        Arc::new(SpiffeVerifier { bundle, anchors, client_cert_required: false })
     }
 
     fn check(
@@ -287,6 +297,10 @@ impl ServerCertVerifier for SpiffeVerifier {
 }
 
 impl ClientCertVerifier for SpiffeVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.client_cert_required
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
