@@ -228,17 +228,11 @@ impl BackendRt {
             }
             Lb::RoundRobin | Lb::ConsistentHash(_) => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|i| &self.endpoints[(start + i) % n])
-                    .find(|e| preferred(e))
-                    .or_else(|| (0..n).map(|i| &self.endpoints[(start + i) % n]).find(|e| usable(e)))
+                self.ring(start, &preferred).or_else(|| self.ring(start, &usable))
             }
             Lb::Random => {
                 let start = fastrand::usize(..n);
-                (0..n)
-                    .map(|i| &self.endpoints[(start + i) % n])
-                    .find(|e| preferred(e))
-                    .or_else(|| (0..n).map(|i| &self.endpoints[(start + i) % n]).find(|e| usable(e)))
+                self.ring(start, &preferred).or_else(|| self.ring(start, &usable))
             }
             Lb::LeastRequest => self.p2c(now, &preferred).or_else(|| self.p2c(now, &usable)),
         };
@@ -246,6 +240,12 @@ impl BackendRt {
             total: n,
             until: self.endpoints.iter().map(|e| e.health.ejected_until.load(Ordering::Relaxed)).min().unwrap_or(now),
         })
+    }
+
+    /// The first endpoint that is `ok`, going round the endpoints from `start`.
+    fn ring(&self, start: usize, ok: &dyn Fn(&Arc<EndpointPool>) -> bool) -> Option<&Arc<EndpointPool>> {
+        let n = self.endpoints.len();
+        (0..n).map(|i| &self.endpoints[(start + i) % n]).find(|e| ok(e))
     }
 
     fn scan(&self, start: usize, ok: impl Fn(&Arc<EndpointPool>) -> bool) -> Option<&Arc<EndpointPool>> {
