@@ -136,7 +136,8 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
 
 fn item(snap: &crate::state::Snapshot, key: &str) -> Option<serde_json::Value> {
     let e = snap.entries.get(key)?;
-    let conditions: Vec<&meshgate_model::Condition> = snap.conditions.iter().filter(|c| c.object == e.id).collect();
+    let conditions: Vec<&meshgate_model::Condition> =
+        snap.conditions_of.get(&e.id).into_iter().flatten().map(|&i| &snap.conditions[i]).collect();
     let mut v: serde_json::Value = serde_json::from_slice(&e.json).ok()?;
     if !conditions.is_empty() {
         v["status"]["meshgate"] = json!({ "conditions": conditions });

@@ -2,7 +2,7 @@
 //! serialized once for every proxy, and diffed on each change so pushes carry only what moved.
 //! A resource that does not validate is kept out with `Accepted=False`; the rest flows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -80,6 +80,8 @@ pub struct Snapshot {
     pub errors: Vec<ConfigError>,
     /// Status conditions of every resource.
     pub conditions: Vec<Condition>,
+    /// Where each resource's conditions are in `conditions` (a list request reads many).
+    pub conditions_of: HashMap<ObjectRef, Vec<usize>>,
     /// Mesh-wide settings.
     pub settings: MeshSettings,
 }
@@ -185,7 +187,11 @@ impl State {
         for e in &errors {
             tracing::warn!("resource refused: {e}");
         }
-        self.current.store(Arc::new(Snapshot { version, entries, set, errors, conditions, settings }));
+        let mut conditions_of: HashMap<ObjectRef, Vec<usize>> = HashMap::new();
+        for (i, c) in conditions.iter().enumerate() {
+            conditions_of.entry(c.object.clone()).or_default().push(i);
+        }
+        self.current.store(Arc::new(Snapshot { version, entries, set, errors, conditions, conditions_of, settings }));
         let change = Arc::new(Change { version, changed, removed });
         let _ = self.changes.send(change.clone());
         Ok(Some(change))
