@@ -45,6 +45,9 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
             let source: Arc<str> = file.display().to_string().into();
             match std::fs::read_to_string(&file) {
                 Ok(text) => loaded.extend(load_str(&source, &text)),
+                // Deleted between the listing and the read (a store being written to): gone,
+                // as if listed a moment later; not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && file != *path => {}
                 Err(e) => loaded.errors.push(ConfigError::file(&source, format!("cannot read: {e}"))),
             }
         }

@@ -15,6 +15,7 @@ mod gateway;
 mod proxy;
 mod run;
 mod sidecar;
+mod signals;
 mod up;
 mod validate;
 

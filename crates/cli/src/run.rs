@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 use crate::client::Api;
+use crate::signals::Signals;
 
 /// `meshgate run` flags.
 #[derive(Debug, clap::Args)]
@@ -106,13 +107,17 @@ fn short_id() -> String {
     meshgate_tls::hex(&meshgate_tls::random_bytes(3))
 }
 
-/// Removes the Workload (its endpoints leave every Service); already gone is fine.
+/// Removes the Workload (its endpoints leave every Service); already gone is fine. Bounded:
+/// a control plane that does not answer does not hold up a stop.
 async fn remove_workload(api: &Api, ns: &str, name: &str) {
     let path = format!("/api/v1/resources/Workload/{ns}/{name}");
-    match api.call(Method::DELETE, &path, None).await {
-        Ok((status, _)) if status.is_success() || status == StatusCode::NOT_FOUND => {}
-        Ok((status, v)) => eprintln!("meshgate run: cannot remove Workload {ns}/{name}: {status}: {v}"),
-        Err(e) => eprintln!("meshgate run: cannot remove Workload {ns}/{name}: {e:#}"),
+    match tokio::time::timeout(Duration::from_secs(5), api.call(Method::DELETE, &path, None)).await {
+        Ok(Ok((status, _))) if status.is_success() || status == StatusCode::NOT_FOUND => {}
+        Ok(Ok((status, v))) => eprintln!("meshgate run: cannot remove Workload {ns}/{name}: {status}: {v}"),
+        Ok(Err(e)) => eprintln!("meshgate run: cannot remove Workload {ns}/{name}: {e:#}"),
+        Err(_) => {
+            eprintln!("meshgate run: cannot remove Workload {ns}/{name}: the control plane did not answer within 5 s")
+        }
     }
 }
 
@@ -201,22 +206,23 @@ async fn wait_ready(sidecar: &mut Child) -> anyhow::Result<()> {
 }
 
 /// Waits for the application; on SIGINT or SIGTERM asks it to stop (SIGTERM), and kills it
-/// 10 s later. Returns its exit code.
-async fn supervise(app: &mut Child) -> anyhow::Result<i32> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
+/// 10 s later, or at once on a second signal. Returns its exit code.
+async fn supervise(app: &mut Child, signals: &mut Signals) -> anyhow::Result<i32> {
     let status = tokio::select! {
         s = app.wait() => s?,
-        _ = int.recv() => stop_app(app).await?,
-        _ = term.recv() => stop_app(app).await?,
+        _ = signals.recv() => {
+            tokio::select! {
+                s = terminate(app, "the application", Duration::from_secs(10)) => s?,
+                _ = signals.recv() => {
+                    eprintln!("meshgate run: second signal: killing the application");
+                    app.kill().await?;
+                    app.wait().await?
+                }
+            }
+        }
     };
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-}
-
-async fn stop_app(app: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
-    Ok(terminate(app, "the application", Duration::from_secs(10)).await?)
 }
 
 /// SIGTERM, then SIGKILL if `what` has not exited within `grace`.
@@ -239,6 +245,9 @@ pub(crate) async fn terminate(
 }
 
 pub(crate) async fn main(args: Args, api: Api) -> anyhow::Result<i32> {
+    // First of all: a signal at any moment from here on stops the run and undoes what it did.
+    let mut signals = Signals::install()?;
+    // Everything that can be checked before anything is created, is.
     if args.command.is_empty() {
         bail!("no command: meshgate run [flags] -- COMMAND [ARGS...]");
     }
@@ -259,6 +268,7 @@ pub(crate) async fn main(args: Args, api: Api) -> anyhow::Result<i32> {
     meshgate_api::validate::syntax::dns_label(&ns).map_err(|e| anyhow::anyhow!("--namespace: {e}"))?;
     let base = services.first().map_or_else(|| args.service_account.clone(), |s| s.name.clone());
     let name = args.name.clone().unwrap_or_else(|| format!("{base}-{}", short_id()));
+    meshgate_api::validate::syntax::dns_label(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     let app_label = labels.entry("app".into()).or_insert_with(|| base.clone()).clone();
     labels.insert("meshgate.io/run".into(), "true".into());
     let backend = match args.intercept.as_str() {
@@ -269,104 +279,196 @@ pub(crate) async fn main(args: Args, api: Api) -> anyhow::Result<i32> {
     if !bundle.exists() {
         bail!("no CA bundle at {} (is a control plane running here? --ca-bundle)", bundle.display());
     }
+    find_program(&args.command[0])?;
 
-    // The pod: an address, a namespace, the rules.
-    let pod = Pod::create(args.ip)?;
-    let ip = pod.ip;
-    let mut spec = RuleSpec::new(PROXY_UID);
-    spec.exclude_outbound_ports = args.exclude_outbound_ports.clone();
-    spec.exclude_cidrs = args.exclude_cidrs.clone();
-    spec.exclude_inbound_ports.extend(&args.exclude_inbound_ports);
-    meshgate_intercept::install(&pod.name, backend, &spec)?;
-
-    // The mesh: Services, the Workload, a join token.
-    ensure_services(&api, &ns, &services, &app_label).await?;
-    let workload = json!({
-        "apiVersion": "meshgate.io/v1alpha1",
-        "kind": "Workload",
-        "metadata": { "name": name, "namespace": ns, "labels": labels },
-        "spec": { "address": ip.to_string(), "serviceAccount": args.service_account, "tlsMode": "Mutual" },
-    });
-    api_ok(&api, Method::POST, "/api/v1/apply", Some(workload)).await?;
-    let result = run_pod(&args, &api, &pod, &name, &bundle, backend).await;
-    if result.is_err() {
-        remove_workload(&api, &ns, &name).await;
-    }
-    drop(pod);
-    result
+    let plan = Plan {
+        args: &args,
+        api: &api,
+        services: &services,
+        app_label: &app_label,
+        name: &name,
+        bundle: &bundle,
+        backend,
+    };
+    let mut registered = false;
+    let started = tokio::select! {
+        started = plan.start(labels, &mut registered) => started.map_err(Stop::Failed),
+        signal = signals.recv() => Err(Stop::Signal(signal)),
+    };
+    // A failed or interrupted start has already removed its namespace, rules, lease, bridge
+    // and sidecar (dropping them undoes them); what is left is the Workload.
+    let started = match started {
+        Ok(started) => started,
+        Err(stop) => {
+            if registered {
+                remove_workload(&api, &ns, &name).await;
+            }
+            return match stop {
+                Stop::Failed(e) => {
+                    Err(e.context(format!("{ns}/{name} did not start; everything it created is removed")))
+                }
+                Stop::Signal(signal) => {
+                    eprintln!(
+                        "meshgate run: {signal} while {ns}/{name} was starting: stopped, everything it created is removed"
+                    );
+                    Ok(crate::signals::exit_code(signal))
+                }
+            };
+        }
+    };
+    let code = plan.run_app(&started, &mut signals).await;
+    // The application is gone: peers stop sending to it, then the sidecar drains and exits,
+    // then the namespace goes.
+    remove_workload(&api, &ns, &name).await;
+    started.stop().await;
+    code
 }
 
-async fn run_pod(
-    args: &Args,
-    api: &Api,
-    pod: &Pod,
-    name: &str,
-    bundle: &std::path::Path,
-    backend: Backend,
-) -> anyhow::Result<i32> {
-    let (ns, netns, ip) = (&args.namespace, &pod.name, pod.ip);
-    let token = api.create_token(ns, &args.service_account, 120, "meshgate run").await?;
-    let token = token["token"].as_str().unwrap_or_default().to_string();
-    let relay_listener = TcpListener::bind(SocketAddr::new(meshgate_intercept::BRIDGE_IP.into(), 0))
-        .await
-        .context("binding the control plane relay on the lab bridge")?;
-    let relay_addr = relay_listener.local_addr()?;
-    let relay_task = tokio::spawn(relay(relay_listener, args.control_plane.clone()));
+/// Why a start did not complete.
+enum Stop {
+    Failed(anyhow::Error),
+    Signal(&'static str),
+}
 
-    let exe = std::env::current_exe().context("locating the meshgate binary")?;
-    let mut sidecar = Command::from(pod.exec(&exe.to_string_lossy()));
-    sidecar
-        .arg("sidecar")
-        .args(["--control-plane", &relay_addr.to_string()])
-        .arg("--ca-bundle")
-        .arg(bundle)
-        .args(["--trust-domain", &args.trust_domain])
-        .args(["--namespace", ns, "--name", name, "--service-account", &args.service_account])
-        .arg("--hosts-file")
-        .arg(format!("/etc/netns/{netns}/hosts"))
-        .args(["--uid", &PROXY_UID.to_string()])
-        .env("MESHGATE_JOIN_TOKEN", &token)
-        // The application's terminal stays the application's: the sidecar says only what
-        // matters (warnings, access and authorization logs) unless RUST_LOG asks for more.
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,meshgate::access=info,meshgate::authz=info".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if args.access_log {
-        sidecar.arg("--access-log");
-    }
-    let mut sidecar = sidecar.spawn().context("starting the sidecar")?;
-    let ready = wait_ready(&mut sidecar).await;
-    if let Err(e) = ready {
-        let _ = sidecar.kill().await;
-        relay_task.abort();
-        return Err(e);
-    }
-    eprintln!(
-        "meshgate run: {ns}/{name} at {ip} (network namespace {netns}, {} rules), identity spiffe://{}/ns/{ns}/sa/{}: starting {}",
-        match backend {
-            Backend::Iptables => "iptables",
-            Backend::Nftables => "nftables",
-        },
-        args.trust_domain,
-        args.service_account,
-        args.command.join(" ")
-    );
-    let mut app = Command::from(pod.exec(&args.command[0]));
-    app.args(&args.command[1..]).kill_on_drop(true);
-    let code = match app.spawn() {
-        Ok(mut child) => supervise(&mut child).await,
-        Err(e) => Err(anyhow::anyhow!("starting {}: {e}", args.command[0])),
+/// The command must exist before a namespace is made for it: a path to an executable file,
+/// or a name found on `PATH` (the namespace shares the host's file system).
+fn find_program(program: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable =
+        |p: &std::path::Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let found = if program.contains('/') {
+        executable(std::path::Path::new(program))
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
     };
-    // The application is gone: peers stop sending to it, then the sidecar drains and exits.
-    remove_workload(api, ns, name).await;
-    let _ = terminate(&mut sidecar, "the sidecar", Duration::from_secs(10)).await;
-    relay_task.abort();
-    code
+    if !found {
+        bail!("{program}: command not found (nothing was created)");
+    }
+    Ok(())
+}
+
+/// What one `meshgate run` starts, checked.
+struct Plan<'a> {
+    args: &'a Args,
+    api: &'a Api,
+    services: &'a [ServiceArg],
+    app_label: &'a str,
+    name: &'a str,
+    bundle: &'a std::path::Path,
+    backend: Backend,
+}
+
+/// A started pod: dropping it kills the sidecar, deletes the namespace with its rules and
+/// veth, releases the address and removes the bridge when it was the last pod.
+struct Started {
+    // Fields drop in order: the sidecar before the namespace it runs in.
+    sidecar: Child,
+    _relay: AbortOnDrop,
+    pod: Pod,
+}
+
+impl Started {
+    /// Asks the sidecar to drain and exit, then deletes the namespace.
+    async fn stop(mut self) {
+        let _ = terminate(&mut self.sidecar, "the sidecar", Duration::from_secs(10)).await;
+    }
+}
+
+impl Plan<'_> {
+    /// The pod: an address, a namespace, the rules; the Services, the Workload; the sidecar,
+    /// ready. Cancelled (a signal), or failing, it leaves nothing but the Workload, which
+    /// `registered` says was created.
+    async fn start(&self, labels: BTreeMap<String, String>, registered: &mut bool) -> anyhow::Result<Started> {
+        let (args, api, ns) = (self.args, self.api, &self.args.namespace);
+        let pod = Pod::create(args.ip)?;
+        let ip = pod.ip;
+        let mut spec = RuleSpec::new(PROXY_UID);
+        spec.exclude_outbound_ports = args.exclude_outbound_ports.clone();
+        spec.exclude_cidrs = args.exclude_cidrs.clone();
+        spec.exclude_inbound_ports.extend(&args.exclude_inbound_ports);
+        meshgate_intercept::install(&pod.name, self.backend, &spec)?;
+
+        // The mesh: Services, the Workload, a join token.
+        ensure_services(api, ns, self.services, self.app_label).await?;
+        let workload = json!({
+            "apiVersion": "meshgate.io/v1alpha1",
+            "kind": "Workload",
+            "metadata": { "name": self.name, "namespace": ns, "labels": labels },
+            "spec": { "address": ip.to_string(), "serviceAccount": args.service_account, "tlsMode": "Mutual" },
+        });
+        *registered = true;
+        api_ok(api, Method::POST, "/api/v1/apply", Some(workload)).await?;
+        let token = api.create_token(ns, &args.service_account, 120, "meshgate run").await?;
+        let token = token["token"].as_str().unwrap_or_default().to_string();
+        let relay_listener = TcpListener::bind(SocketAddr::new(meshgate_intercept::BRIDGE_IP.into(), 0))
+            .await
+            .context("binding the control plane relay on the lab bridge")?;
+        let relay_addr = relay_listener.local_addr()?;
+        let relay = AbortOnDrop(tokio::spawn(relay(relay_listener, args.control_plane.clone())));
+
+        let exe = std::env::current_exe().context("locating the meshgate binary")?;
+        let mut sidecar = Command::from(pod.exec(&exe.to_string_lossy()));
+        sidecar
+            .arg("sidecar")
+            .args(["--control-plane", &relay_addr.to_string()])
+            .arg("--ca-bundle")
+            .arg(self.bundle)
+            .args(["--trust-domain", &args.trust_domain])
+            .args(["--namespace", ns, "--name", self.name, "--service-account", &args.service_account])
+            .arg("--hosts-file")
+            .arg(format!("/etc/netns/{}/hosts", pod.name))
+            .args(["--uid", &PROXY_UID.to_string()])
+            .env("MESHGATE_JOIN_TOKEN", &token)
+            // The application's terminal stays the application's: the sidecar says only what
+            // matters (warnings, access and authorization logs) unless RUST_LOG asks for more.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,meshgate::access=info,meshgate::authz=info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if args.access_log {
+            sidecar.arg("--access-log");
+        }
+        let mut sidecar = sidecar.spawn().context("starting the sidecar")?;
+        wait_ready(&mut sidecar).await?;
+        Ok(Started { sidecar, _relay: relay, pod })
+    }
+
+    /// Runs the command in the pod until it exits, or until a signal stops it.
+    async fn run_app(&self, started: &Started, signals: &mut Signals) -> anyhow::Result<i32> {
+        let (args, ns, name, pod) = (self.args, &self.args.namespace, self.name, &started.pod);
+        eprintln!(
+            "meshgate run: {ns}/{name} at {} (network namespace {}, {} rules), identity spiffe://{}/ns/{ns}/sa/{}: starting {}",
+            pod.ip,
+            pod.name,
+            match self.backend {
+                Backend::Iptables => "iptables",
+                Backend::Nftables => "nftables",
+            },
+            args.trust_domain,
+            args.service_account,
+            args.command.join(" ")
+        );
+        let mut app = Command::from(pod.exec(&args.command[0]));
+        app.args(&args.command[1..]).kill_on_drop(true);
+        match app.spawn() {
+            Ok(mut child) => supervise(&mut child, signals).await,
+            Err(e) => Err(anyhow::anyhow!("starting {}: {e}", args.command[0])),
+        }
+    }
+}
+
+/// A task aborted when dropped (with the start-up that spawned it, or the pod it served).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `meshgate cleanup`.

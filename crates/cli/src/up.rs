@@ -19,10 +19,12 @@ use http::Method;
 use tokio::process::{Child, Command};
 
 use crate::client::Api;
+use crate::signals::Signals;
 
 const GRPC: &str = "127.0.0.1:15012";
 const API: &str = "127.0.0.1:15014";
 const GATEWAY: &str = "127.0.0.1:8080";
+const ADMIN: &str = "127.0.0.1:15000";
 
 /// A process of the lab, stopped with SIGTERM in reverse order of start.
 struct Proc {
@@ -79,16 +81,15 @@ impl Lab {
         self.spawn(name, &args, &[])
     }
 
-    async fn stop(&mut self) {
-        // Workloads first, one after another (each removes its Workload and namespace), then
-        // the gateway, then the control plane.
+    /// Stops the workloads (all at once: each removes its Workload, drains its sidecar and
+    /// deletes its namespace), then the gateway, then the control plane. A signal while
+    /// stopping is passed on once more (a `meshgate run` then kills its application at once).
+    async fn stop(&mut self, signals: &mut Signals) {
         let (workloads, infra): (Vec<_>, Vec<_>) =
             self.procs.drain(..).partition(|p| p.name != "gateway" && p.name != "control plane");
-        for p in workloads {
-            stop_proc(p).await;
-        }
+        stop_group(workloads, signals).await;
         for p in infra.into_iter().rev() {
-            stop_proc(p).await;
+            stop_group(vec![p], signals).await;
         }
     }
 
@@ -102,8 +103,34 @@ impl Lab {
     }
 }
 
-async fn stop_proc(mut p: Proc) {
-    let _ = crate::run::terminate(&mut p.child, &p.name, Duration::from_secs(20)).await;
+/// SIGTERM to every process of `procs`, then waits for them (each killed 20 s after its
+/// SIGTERM); a signal meanwhile is sent on to those still running.
+async fn stop_group(procs: Vec<Proc>, signals: &mut Signals) {
+    let mut pids: Vec<u32> = procs.iter().filter_map(|p| p.child.id()).collect();
+    let mut waiting = tokio::task::JoinSet::new();
+    for mut p in procs {
+        waiting.spawn(async move {
+            let pid = p.child.id();
+            let _ = crate::run::terminate(&mut p.child, &p.name, Duration::from_secs(20)).await;
+            pid
+        });
+    }
+    loop {
+        tokio::select! {
+            done = waiting.join_next() => match done {
+                // Reaped: its pid may be reused, never signal it again.
+                Some(Ok(Some(pid))) => pids.retain(|p| *p != pid),
+                Some(_) => {}
+                None => return,
+            },
+            signal = signals.recv() => {
+                eprintln!("{signal} again: asking the lab's processes once more");
+                for pid in &pids {
+                    let _ = meshgate_intercept::terminate(*pid);
+                }
+            }
+        }
+    }
 }
 
 /// One GET through the gateway: (status, the inventory version that answered, if any).
@@ -184,16 +211,27 @@ async fn apply_file(api: &Api, path: &Path) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(dir: PathBuf, state_dir: PathBuf) -> anyhow::Result<()> {
+    // From the first moment: Ctrl-C (or SIGTERM) at any point stops what has started, in
+    // order, instead of killing `up` and orphaning the processes it started.
+    let mut signals = Signals::install()?;
     let mesh = dir.join("mesh.yaml");
     if !mesh.is_file() {
         bail!("{} not found: run `meshgate up` from the meshgate checkout, or pass --dir", mesh.display());
     }
     let apps = dir.join("../apps");
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    // One lab per state directory, and nothing of a running one is touched by a second `up`.
+    let _lock = LabLock::acquire(&state_dir)?;
+    for (addr, what) in
+        [(GRPC, "control plane gRPC"), (API, "control plane API"), (GATEWAY, "gateway"), (ADMIN, "gateway admin")]
+    {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            bail!("{addr} ({what}) is not free: {e}; is another meshgate lab, control plane or gateway running?");
+        }
+    }
     let root = meshgate_intercept::root();
     if root {
         ensure_tools(&dir)?;
-    }
-    if root {
         let leftovers = meshgate_intercept::pod_namespaces().len();
         if leftovers > 0 {
             eprintln!(
@@ -209,30 +247,85 @@ pub(crate) async fn run(dir: PathBuf, state_dir: PathBuf) -> anyhow::Result<()> 
     let token_file = meshgate_control::run::token_path(&state_dir);
     let _ = std::fs::remove_file(&token_file);
     let mut lab = Lab { procs: Vec::new(), exe: std::env::current_exe()?, state_dir: state_dir.clone() };
-    let result = start(&mut lab, &dir, &apps, &store, root).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let outcome = match result {
+    let started = tokio::select! {
+        r = start(&mut lab, &dir, &apps, &store, root) => r.map_err(Some),
+        signal = signals.recv() => {
+            println!("\n{signal} while the lab was starting: stopping what has started...");
+            Err(None)
+        }
+    };
+    let outcome = match started {
         Ok(()) => {
+            let stop = Arc::new(AtomicBool::new(false));
             let generator = tokio::spawn(traffic(stop.clone()));
-            crate::gateway::shutdown_signal_quiet().await;
+            signals.recv().await;
             stop.store(true, Ordering::Release);
             generator.abort();
             println!("\nstopping the lab...");
-            Ok(())
+            Ok(true)
         }
-        Err(e) => Err(e),
+        Err(None) => Ok(false),
+        Err(Some(e)) => Err(e),
     };
-    lab.stop().await;
+    lab.stop(&mut signals).await;
     if root {
         meshgate_intercept::remove_bridge_if_unused();
     }
     let _ = std::fs::remove_dir_all(&store);
-    if outcome.is_ok() {
-        println!(
-            "lab stopped: workloads, sidecars, network namespaces, the bridge, the gateway and the control plane are gone"
-        );
+    let _ = std::fs::remove_file(&token_file);
+    match outcome {
+        Ok(true) => {
+            println!(
+                "lab stopped: workloads, sidecars, network namespaces, the bridge, the gateway and the control plane are gone"
+            );
+            Ok(())
+        }
+        Ok(false) => {
+            println!("lab stopped before it was up: everything it had started is gone");
+            Ok(())
+        }
+        Err(e) => Err(e.context("the lab did not start; everything it had started is stopped and removed")),
     }
-    outcome
+}
+
+/// The lock that makes a state directory's lab one at a time: held by a running `up` (the
+/// kernel drops it when that process exits, however it exits), with its pid inside.
+struct LabLock {
+    _file: std::fs::File,
+}
+
+impl LabLock {
+    fn acquire(state_dir: &Path) -> anyhow::Result<LabLock> {
+        use std::io::{Read, Seek, Write};
+        let path = state_dir.join("lab.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                bail!(
+                    "a meshgate lab is already running (pid {pid}, state directory {}): stop it with Ctrl-C in its \
+                     terminal or `kill -INT {pid}`; it was left untouched",
+                    state_dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow::Error::from(e).context(format!("cannot lock {}", path.display())));
+            }
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(LabLock { _file: file })
+    }
 }
 
 /// The lab needs `ip` and `nft` or `iptables`: on a fresh machine, the project's script
@@ -290,7 +383,7 @@ async fn start(lab: &mut Lab, dir: &Path, apps: &Path, store: &Path, root: bool)
             "--bind",
             "127.0.0.1",
             "--admin",
-            "127.0.0.1:15000",
+            ADMIN,
             "--control-plane",
             GRPC,
             "--state-dir",

@@ -13,7 +13,7 @@ mod sys;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 
-pub use netns::{BRIDGE_IP, Pod, cleanup_all, exec, pod_namespaces, remove_bridge_if_unused, root};
+pub use netns::{BRIDGE_IP, Pod, bridge_exists, cleanup_all, exec, pod_namespaces, remove_bridge_if_unused, root};
 pub use rules::{Backend, RuleSpec, install};
 pub use sys::release_startup_pages;
 
@@ -72,6 +72,13 @@ pub fn terminate(pid: u32) -> std::io::Result<()> {
 
 /// Where address leases are kept (one empty file per address in use).
 pub const LEASE_DIR: &str = "/run/meshgate/ips";
+
+/// The address leases held now (one per live workload, or left by a crash).
+pub fn leases() -> Vec<std::net::Ipv4Addr> {
+    std::fs::read_dir(LEASE_DIR)
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
 
 /// A workload address in use; released when dropped.
 #[derive(Debug)]

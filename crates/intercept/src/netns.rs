@@ -31,7 +31,16 @@ impl Pod {
         }
         let lease = crate::lease_ip(want)?;
         let (ip, name) = (lease.ip, pod_name(lease.ip));
-        setup(&name, ip)?;
+        {
+            // The bridge is shared: created, joined and removed under one host-wide lock, so
+            // pods starting and stopping at the same instant never see it half made or gone.
+            let _host = HostLock::acquire()?;
+            if let Err(e) = ensure_bridge().and_then(|()| setup(&name, ip)) {
+                remove_bridge_if_unused_locked();
+                return Err(e);
+            }
+        }
+        // From here on, dropping the pod undoes everything above.
         let pod = Pod { name, ip, _lease: lease };
         write_hosts(&pod.name)?;
         Ok(pod)
@@ -45,9 +54,39 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
+        let host = HostLock::acquire();
         if let Err(e) = delete_pod(&self.name) {
             tracing::warn!(namespace = %self.name, error = %e, "cannot delete the network namespace");
         }
+        // The last pod takes the bridge with it: a host the lab has left is as it found it.
+        if host.is_ok() {
+            remove_bridge_if_unused_locked();
+        }
+    }
+}
+
+/// Where meshgate keeps host-wide state: address leases and the host lock.
+pub(crate) const RUN_DIR: &str = "/run/meshgate";
+
+/// An exclusive lock on the host's shared set-up (the bridge, its address, the `/run/netns`
+/// mount that the first `ip netns add` makes), held while it is created, joined or removed.
+/// Every `meshgate run` of the host takes it, so many starting at once serialise their few
+/// `ip` calls instead of racing (two `ip link add meshgate0` at once: "File exists"). The
+/// kernel releases it when the holder exits, however it exits.
+struct HostLock {
+    _file: std::fs::File,
+}
+
+impl HostLock {
+    fn acquire() -> Result<HostLock, InterceptError> {
+        std::fs::create_dir_all(RUN_DIR)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::path::Path::new(RUN_DIR).join("host.lock"))?;
+        file.lock()?;
+        Ok(HostLock { _file: file })
     }
 }
 
@@ -102,23 +141,30 @@ pub fn exec(ns: &str, program: &str) -> Command {
     c
 }
 
-/// Creates the lab bridge (once).
+/// Creates the lab bridge with its address, or completes one left half made; every step is
+/// idempotent (the caller holds the host lock, so no other meshgate races it). Workloads
+/// reach each other across the bridge and the host through its address, so no forwarding or
+/// NAT is set up: nothing of the host's own routing changes.
 fn ensure_bridge() -> Result<(), InterceptError> {
     if !root() {
         return Err(InterceptError::NotRoot("creating the lab bridge".into()));
     }
-    if run(&["ip", "link", "show", BRIDGE]).is_ok() {
-        return Ok(());
+    if run(&["ip", "link", "show", BRIDGE]).is_err() {
+        // Another program could still have made it since: "File exists" is success.
+        if let Err(e) = run(&["ip", "link", "add", BRIDGE, "type", "bridge"])
+            && run(&["ip", "link", "show", BRIDGE]).is_err()
+        {
+            return Err(e);
+        }
     }
-    run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
-    run(&["ip", "addr", "add", &format!("{BRIDGE_IP}/16"), "dev", BRIDGE])?;
+    run(&["ip", "addr", "replace", &format!("{BRIDGE_IP}/16"), "dev", BRIDGE])?;
     run(&["ip", "link", "set", BRIDGE, "up"])?;
     Ok(())
 }
 
-/// Creates namespace `name` with address `ip` on the lab bridge and a default route through it.
+/// Creates namespace `name` with address `ip` on the lab bridge and a default route through
+/// it; on failure removes what it made. The caller holds the host lock.
 fn setup(name: &str, ip: Ipv4Addr) -> Result<(), InterceptError> {
-    ensure_bridge()?;
     let veth = veth_name(ip);
     // A namespace deleted a moment ago may still be tearing down (the kernel frees it
     // asynchronously) with its veth: remove that first.
@@ -189,9 +235,19 @@ pub fn pod_namespaces() -> Vec<String> {
 
 /// Removes the lab bridge when no workload namespace is left. Returns whether it did.
 pub fn remove_bridge_if_unused() -> bool {
-    pod_namespaces().is_empty()
-        && run(&["ip", "link", "show", BRIDGE]).is_ok()
-        && run(&["ip", "link", "del", BRIDGE]).is_ok()
+    match HostLock::acquire() {
+        Ok(_host) => remove_bridge_if_unused_locked(),
+        Err(_) => false,
+    }
+}
+
+/// Whether the lab bridge exists.
+pub fn bridge_exists() -> bool {
+    run(&["ip", "link", "show", BRIDGE]).is_ok()
+}
+
+fn remove_bridge_if_unused_locked() -> bool {
+    pod_namespaces().is_empty() && bridge_exists() && run(&["ip", "link", "del", BRIDGE]).is_ok()
 }
 
 /// Removes every namespace, veth and bridge meshgate created (after a crash). Returns what
@@ -200,6 +256,7 @@ pub fn cleanup_all() -> Result<Vec<String>, InterceptError> {
     if !root() {
         return Err(InterceptError::NotRoot("cleaning up".into()));
     }
+    let _host = HostLock::acquire()?;
     let mut removed = Vec::new();
     for name in pod_namespaces() {
         if delete_pod(&name).is_ok() {

@@ -1,0 +1,406 @@
+//! `meshgate up` and the host set-up the lab's workloads share: starting from a bare host,
+//! signals at every moment, repeated cycles, failed start-ups, and what a second lab or bad
+//! flags get. Each test here has the host to itself and starts with no bridge on it.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use meshgate_testkit::TempDir;
+
+use crate::harness::*;
+
+const LAB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/lab");
+const LAB_PORTS: [u16; 4] = [8080, 15000, 15012, 15014];
+
+/// A `meshgate up` with its output read in the background.
+struct Up {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    state: TempDir,
+}
+
+impl Up {
+    fn start(dir: &str, state: TempDir) -> Up {
+        let mut child = meshgate()
+            .arg("up")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--state-dir")
+            .arg(state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        for stream in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Up { child, lines, seen: Vec::new(), state }
+    }
+
+    fn lab() -> Up {
+        Up::start(LAB_DIR, TempDir::new("meshgate-lab"))
+    }
+
+    fn take_lines(&mut self) {
+        self.seen.extend(self.lines.try_iter());
+    }
+
+    fn output(&mut self) -> String {
+        self.take_lines();
+        self.seen.join("\n")
+    }
+
+    /// Waits for a line starting with `prefix`.
+    fn wait_line(&mut self, prefix: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.seen.iter().any(|l| l.starts_with(prefix)) {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line {prefix:?} within {within:?}:\n{}", self.output()),
+            }
+        }
+    }
+
+    /// Signals `up` and checks that it stops within 10 s, leaving nothing behind.
+    fn stop_with(mut self, signal: &str, what: &str) -> String {
+        send_signal(self.child.id(), signal);
+        let status = wait_exit(&mut self.child, Duration::from_secs(10), what);
+        // Reader threads end with the process's pipes.
+        std::thread::sleep(Duration::from_millis(50));
+        let out = self.output();
+        assert!(status.success(), "{what}: {status}\n{out}");
+        assert_nothing_left(&self.state, what, &out);
+        out
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            send_signal(self.child.id(), "INT");
+            let _ = wait_exit(&mut self.child, Duration::from_secs(20), "the lab, stopped after a failed test");
+        }
+    }
+}
+
+/// Nothing of a lab is left: processes, namespaces, veths, leases, the bridge, ports.
+fn assert_nothing_left(state: &TempDir, what: &str, out: &str) {
+    assert_host_bare_within(Duration::from_secs(2), what);
+    let marker = state.path().display().to_string();
+    for m in [marker.as_str(), "examples/apps/"] {
+        let left = processes_with(m);
+        assert!(left.is_empty(), "{what}: processes left: {left:?}\n{out}");
+    }
+    for port in LAB_PORTS {
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "{what}: port {port} is still listening\n{out}");
+    }
+}
+
+fn gateway_ok() -> Option<String> {
+    let r = plain_get(SocketAddr::from(([127, 0, 0, 1], 8080)), "/").ok()?;
+    r.starts_with("HTTP/1.1 200").then_some(r)
+}
+
+#[test]
+fn the_lab_answers_through_order_and_inventory_and_ctrl_c_leaves_nothing() {
+    let _host = bare_host();
+    let mut up = Up::lab();
+    up.wait_line("meshgate lab is up", Duration::from_secs(90));
+    let r = plain_get(SocketAddr::from(([127, 0, 0, 1], 8080)), "/").unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let body = &r[r.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["service"], "order");
+    assert_eq!(v["inventory"]["service"], "inventory");
+    assert!(["v1", "v2"].contains(&v["inventory"]["version"].as_str().unwrap()), "{v}");
+    up.take_lines();
+    let namespaces: Vec<String> =
+        up.seen.iter().filter(|l| l.contains("(network namespace ")).map(|l| reported_netns(l)).collect();
+    assert_eq!(namespaces.len(), 3, "{}", up.output());
+    assert!(namespaces.iter().all(|n| netns_exists(n)));
+    // Ctrl-C: everything stops, in order, and nothing is left behind.
+    let out = up.stop_with("INT", "Ctrl-C");
+    assert!(out.lines().any(|l| l.starts_with("lab stopped")), "{out}");
+    for n in &namespaces {
+        assert!(!netns_exists(n), "{n} left behind");
+    }
+    assert!(TcpStream::connect(("127.0.0.1", 8080)).is_err(), "the gateway is still listening");
+    assert!(TcpStream::connect(("127.0.0.1", 15014)).is_err(), "the control plane is still listening");
+}
+
+#[test]
+fn five_cycles_each_from_a_host_without_the_bridge_reach_200_and_leave_nothing() {
+    let _host = bare_host();
+    for cycle in 1..=5 {
+        assert!(!meshgate_intercept::bridge_exists(), "cycle {cycle}: the bridge is there before the lab");
+        let started = Instant::now();
+        let mut up = Up::lab();
+        loop {
+            if gateway_ok().is_some() {
+                break;
+            }
+            if let Some(status) = up.child.try_wait().unwrap() {
+                panic!("cycle {cycle}: meshgate up exited ({status}):\n{}", up.output());
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "cycle {cycle}: no 200 within 30 s:\n{}", up.output());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("cycle {cycle}: 200 through the gateway {:?} after start", started.elapsed());
+        up.stop_with(if cycle % 2 == 0 { "TERM" } else { "INT" }, &format!("cycle {cycle}"));
+    }
+}
+
+/// Waits until `ready` holds, or fails naming `what` with the lab's output.
+fn wait_until(up: &mut Up, what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            panic!("meshgate up exited ({status}) before {what}:\n{}", up.output());
+        }
+        assert!(Instant::now() < deadline, "never {what}:\n{}", up.output());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_signal_at_any_moment_of_up_stops_it_within_10s_leaving_nothing() {
+    let _host = bare_host();
+    let points: [(&str, &str); 5] = [
+        ("at once", "INT"),
+        ("right after the control plane listens", "TERM"),
+        ("while the workloads start", "INT"),
+        ("once a workload namespace exists", "TERM"),
+        ("once the lab is up", "INT"),
+    ];
+    for (point, signal) in points {
+        let mut up = Up::lab();
+        match point {
+            "at once" => {}
+            "right after the control plane listens" => {
+                wait_until(&mut up, point, Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", 15014)).is_ok())
+            }
+            "while the workloads start" => {
+                wait_until(&mut up, point, Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", 15000)).is_ok())
+            }
+            "once a workload namespace exists" => {
+                wait_until(&mut up, point, Duration::from_secs(30), || !meshgate_intercept::pod_namespaces().is_empty())
+            }
+            _ => up.wait_line("meshgate lab is up", Duration::from_secs(60)),
+        }
+        if point == "at once" {
+            // The signal may beat the handler's installation: then the default action ends
+            // `up` before it created anything. Either way nothing may be left.
+            send_signal(up.child.id(), signal);
+            let _ = wait_exit(&mut up.child, Duration::from_secs(10), point);
+            let out = up.output();
+            assert_nothing_left(&up.state, point, &out);
+            continue;
+        }
+        up.stop_with(signal, &format!("SIG{signal} {point}"));
+    }
+}
+
+#[test]
+fn a_second_up_names_the_running_one_and_touches_nothing() {
+    let _host = bare_host();
+    let mut up = Up::lab();
+    up.wait_line("meshgate lab is up", Duration::from_secs(90));
+    // The same state directory: refused, naming the running lab.
+    let out = meshgate().arg("up").args(["--dir", LAB_DIR]).arg("--state-dir").arg(up.state.path()).output().unwrap();
+    let text = text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("already running") && text.contains(&format!("pid {}", up.child.id())), "{text}");
+    // Another state directory: the ports are taken, and it says which.
+    let other = TempDir::new("meshgate-lab2");
+    let out = meshgate().arg("up").args(["--dir", LAB_DIR]).arg("--state-dir").arg(other.path()).output().unwrap();
+    let text2 = self::text(&out);
+    assert!(!out.status.success(), "{text2}");
+    assert!(text2.contains("is not free"), "{text2}");
+    // The running lab is untouched: its store, its namespaces, its answers.
+    assert!(up.state.path().join("lab-store").is_dir(), "the running lab's store was removed");
+    assert_eq!(meshgate_intercept::pod_namespaces().len(), 3);
+    assert!(gateway_ok().is_some(), "the running lab stopped answering");
+    up.stop_with("INT", "the first lab");
+}
+
+#[test]
+fn a_failed_start_of_up_stops_everything_and_names_the_cause() {
+    let _host = bare_host();
+    // A copy of the lab whose mesh.yaml has a field in no schema.
+    let root = TempDir::new("meshgate-badlab");
+    let dir = root.path().join("lab");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mesh = std::fs::read_to_string(format!("{LAB_DIR}/mesh.yaml")).unwrap();
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        mesh + "\n---\napiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: shop}\nspec: {portz: []}\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(format!("{LAB_DIR}/../apps"), root.path().join("apps")).unwrap();
+    let mut up = Up::start(&dir.display().to_string(), TempDir::new("meshgate-lab"));
+    let status = wait_exit(&mut up.child, Duration::from_secs(30), "a lab with a broken mesh.yaml");
+    std::thread::sleep(Duration::from_millis(50));
+    let out = up.output();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("mesh.yaml") && out.contains("spec.portz"), "the cause is not named:\n{out}");
+    assert!(out.contains("did not start"), "{out}");
+    assert_nothing_left(&up.state, "a failed start", &out);
+}
+
+/// `meshgate run` of an echo app named `name`, in the lab's namespace `shop`.
+fn run_echo(lab: &Lab, name: &str, service: &str, extra: &[&str]) -> Command {
+    let mut flags = vec!["-n", "shop", "--name", name, "--service", service];
+    flags.extend_from_slice(extra);
+    let mut c = lab.run(&flags, &["python3", ECHO, "--name", name, "--port", "8080"]);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    c
+}
+
+fn workload_registered(lab: &Lab, name: &str) -> bool {
+    let mut c = meshgate();
+    c.args(["get", "workload", name, "-n", "shop"]);
+    lab.api_flags(&mut c);
+    c.output().unwrap().status.success()
+}
+
+#[test]
+fn four_runs_started_at_once_on_a_host_without_the_bridge_all_come_up() {
+    let lab = Lab::start_on(bare_host());
+    for round in 0..3 {
+        assert!(!meshgate_intercept::bridge_exists(), "round {round}: the bridge is there before the runs");
+        let names: Vec<String> = (0..4).map(|i| format!("echo-{round}-{i}")).collect();
+        let mut runs: Vec<Child> =
+            names.iter().map(|n| run_echo(&lab, n, &format!("{n}:8080"), &[]).spawn().unwrap()).collect();
+        for (name, run) in names.iter().zip(&mut runs) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !workload_registered(&lab, name) {
+                if let Some(status) = run.try_wait().unwrap() {
+                    let mut err = String::new();
+                    run.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                    panic!("round {round}: {name} exited ({status}):\n{err}");
+                }
+                assert!(Instant::now() < deadline, "round {round}: {name} never registered");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Every one answers on its own address (through its sidecar's inbound side).
+        for name in &names {
+            wait_plain_ok(SocketAddr::from((address_of(&lab, name), 8080)));
+        }
+        for run in &runs {
+            send_signal(run.id(), "TERM");
+        }
+        for (name, run) in names.iter().zip(&mut runs) {
+            let status = wait_exit(run, Duration::from_secs(10), name);
+            assert!(status.code().is_some(), "{name}: {status}");
+        }
+        assert_host_bare_within(Duration::from_secs(2), &format!("round {round}"));
+    }
+}
+
+/// The address of Workload `shop/name`.
+fn address_of(lab: &Lab, name: &str) -> std::net::Ipv4Addr {
+    let mut c = meshgate();
+    c.args(["get", "workload", name, "-n", "shop", "-o", "json"]);
+    lab.api_flags(&mut c);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["spec"]["address"].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_signal_at_any_moment_of_run_stops_it_within_10s_leaving_nothing() {
+    let lab = Lab::start_on(bare_host());
+    let points = ["at once", "once its namespace exists", "once its Workload is registered", "once it runs the app"];
+    for (i, point) in points.into_iter().enumerate() {
+        for signal in ["INT", "TERM"] {
+            let name = format!("sig-{i}-{}", signal.to_ascii_lowercase());
+            let mut run = run_echo(&lab, &name, "sig:8080", &[]).spawn().unwrap();
+            let mut err = run.stderr.take().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let reached = || match point {
+                "at once" => true,
+                "once its namespace exists" => !meshgate_intercept::pod_namespaces().is_empty(),
+                "once its Workload is registered" => workload_registered(&lab, &name),
+                _ => false,
+            };
+            if point == "once it runs the app" {
+                wait_plain_ok_from_run(&lab, &name);
+            } else {
+                while !reached() {
+                    assert!(run.try_wait().unwrap().is_none(), "{name}: exited before {point}");
+                    assert!(Instant::now() < deadline, "{name}: never {point}");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            send_signal(run.id(), signal);
+            let status = wait_exit(&mut run, Duration::from_secs(10), &format!("SIG{signal} {point}"));
+            let mut out = String::new();
+            let _ = err.read_to_string(&mut out);
+            let what = format!("SIG{signal} {point} ({status})");
+            assert!(!status.success(), "{what}: a run stopped by a signal exits non-zero:\n{out}");
+            assert_host_bare_within(Duration::from_secs(2), &what);
+            let left = processes_with(&format!("--name {name}"));
+            assert!(left.is_empty(), "{what}: processes left: {left:?}\n{out}");
+            assert!(!workload_registered(&lab, &name), "{what}: Workload {name} still registered\n{out}");
+        }
+    }
+}
+
+/// Waits until the run's app answers on its address.
+fn wait_plain_ok_from_run(lab: &Lab, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !workload_registered(lab, name) {
+        assert!(Instant::now() < deadline, "{name} never registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ip = address_of(lab, name);
+    wait_plain_ok(SocketAddr::from((ip, 8080)));
+}
+
+#[test]
+fn bad_run_input_is_refused_clearly_and_leaves_nothing() {
+    let mut lab = Lab::start_on(bare_host());
+    lab.spawn(
+        &["-n", "shop", "--name", "first", "--service", "first:8080"],
+        &["python3", ECHO, "--name", "first", "--port", "8080"],
+    );
+    let ip = lab.workload_ip("shop", "first");
+    let ip_text = ip.to_string();
+    let cases: [(&str, Vec<&str>, Vec<&str>, &str); 5] = [
+        ("an address in use", vec!["--ip", &ip_text], vec!["true"], "already in use"),
+        ("a bad --service", vec!["--service", "web:http"], vec!["true"], "is not a port"),
+        ("a command that does not exist", vec![], vec!["/no/such/program"], "command not found"),
+        ("a wrong API token", vec!["--token", "not-the-token"], vec!["true"], "did not start"),
+        ("a sidecar that cannot join", vec!["--trust-domain", "other.example"], vec!["true"], "did not start"),
+    ];
+    for (what, flags, command, expect) in cases {
+        let before = meshgate_intercept::pod_namespaces();
+        let mut all = vec!["-n", "shop", "--name", "bad"];
+        all.extend(flags);
+        let out = lab.run(&all, &command).output().unwrap();
+        let text = text(&out);
+        assert!(!out.status.success(), "{what}: {text}");
+        assert!(text.contains(expect), "{what}: expected {expect:?} in:\n{text}");
+        assert_eq!(meshgate_intercept::pod_namespaces(), before, "{what}: a namespace was left:\n{text}");
+        assert_eq!(meshgate_intercept::leases().len(), 1, "{what}: a lease was left:\n{text}");
+        assert!(!workload_registered(&lab, "bad"), "{what}: Workload left:\n{text}");
+        assert!(processes_with("--name bad").is_empty(), "{what}: processes left");
+    }
+    drop(lab);
+    assert_host_bare_within(Duration::from_secs(5), "after the last workload");
+}

@@ -1,0 +1,218 @@
+//! Workloads of `meshgate run`: mTLS between sidecars, interception, policies, exit status.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+#[test]
+fn http_between_sidecars_is_mutual_tls_and_the_namespace_goes_away() {
+    let mut lab = Lab::start();
+    lab.inventory();
+    let out = lab
+        .run(
+            &["-n", "shop", "--service-account", "order", "--name", "order-1"],
+            &["python3", "-c", HTTP_CLIENT, "http://inventory:8080/items"],
+        )
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let body: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(body["backend"], "inventory");
+    assert_eq!(body["path"], "/items");
+    // The server side saw the caller's identity: the hop between the namespaces was mTLS,
+    // verified against the mesh CA, with the SPIFFE ID of the client's service account.
+    let xfcc = body["headers"]["x-forwarded-client-cert"].as_str().expect("no XFCC: the hop was not mTLS");
+    assert!(xfcc.starts_with("By=spiffe://cluster.local/ns/shop/sa/inventory;"), "{xfcc}");
+    assert!(xfcc.ends_with(";URI=spiffe://cluster.local/ns/shop/sa/order"), "{xfcc}");
+    // Every name resolves, as in Kubernetes.
+    for host in ["inventory.shop", "inventory.shop.svc.cluster.local"] {
+        let out = lab
+            .run(&["-n", "shop", "--name", "order-2"], &["python3", "-c", HTTP_CLIENT, &format!("http://{host}:8080/")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", text(&out));
+    }
+    // The batch command's exit took its sidecar, namespace and Workload with it.
+    let netns = reported_netns(&all);
+    assert!(!netns_exists(&netns), "{netns} left behind");
+    let mut c = meshgate();
+    c.args(["get", "workload", "order-1", "-n", "shop"]);
+    lab.api_flags(&mut c);
+    assert!(!c.output().unwrap().status.success(), "Workload order-1 still registered");
+}
+
+#[test]
+fn exit_status_is_the_commands_and_the_app_starts_after_the_sidecar() {
+    let lab = Lab::start();
+    // The sidecar is ready (certificate and configuration) before the command runs: the very
+    // first connection the command makes is already intercepted and answered by it.
+    let out = lab
+        .run(
+            &["--name", "batch"],
+            &["sh", "-c", "test -s /etc/hosts && grep -q 'written by meshgate' /etc/hosts && exit 7"],
+        )
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{all}");
+    let netns = reported_netns(&all);
+    assert!(!netns_exists(&netns), "{netns} left behind");
+}
+
+#[test]
+fn strict_mtls_refuses_a_plaintext_client_without_a_sidecar() {
+    let mut lab = Lab::start();
+    let ip = lab.inventory();
+    let outside = bare_pod();
+    let url = format!("http://{ip}:8080/");
+    // PERMISSIVE (the default): a client without a sidecar gets through, in plaintext.
+    let out = outside.exec("python3").args(["-c", HTTP_CLIENT, &url]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("x-forwarded-client-cert"));
+    lab.apply(
+        "apiVersion: meshgate.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    // STRICT: the same client is refused (once the sidecar has the new policy).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = plain_get_from(&outside, &url);
+        if !r.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "plaintext still accepted under STRICT: {}", r.1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A meshed client still gets through.
+    let out = lab
+        .run(&["-n", "shop", "--service-account", "order", "--name", "order-1"], &["python3", "-c", HTTP_CLIENT, &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://cluster.local/ns/shop/sa/order"));
+}
+
+/// One GET from a bare namespace: (answered 200, what happened).
+fn plain_get_from(pod: &meshgate_intercept::Pod, url: &str) -> (bool, String) {
+    let once = r#"
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+        print(r.status)
+except Exception as e:
+    print("error:", e)
+"#;
+    let out = pod.exec("python3").args(["-c", once, url]).output().unwrap();
+    let s = text(&out);
+    (s.trim() == "200", s)
+}
+
+#[test]
+fn opaque_tcp_goes_over_mtls_and_is_authorized_by_identity() {
+    let mut lab = Lab::start();
+    lab.spawn(
+        &["-n", "db", "--service-account", "lines", "--name", "lines-1", "--service", "lines:7000/tcp"],
+        &["python3", "-c", LINE_ECHO, "7000"],
+    );
+    lab.workload_ip("db", "lines-1");
+    let out = lab
+        .run(
+            &["-n", "db", "--service-account", "client", "--name", "c1"],
+            &["python3", "-c", LINE_CLIENT, "lines", "7000"],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "echo: hello");
+    // The server's sidecar knows who is calling even for opaque TCP: allow only another
+    // identity and the same client is cut off.
+    lab.apply(
+        r#"apiVersion: meshgate.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: only-reporting, namespace: db}
+spec:
+  selector: {matchLabels: {app: lines}}
+  rules: [{from: [{source: {principals: ["cluster.local/ns/db/sa/reporting"]}}]}]
+"#,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let out = lab
+        .run(
+            &["-n", "db", "--service-account", "client", "--name", "c2"],
+            &["python3", "-c", LINE_CLIENT, "lines", "7000"],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "denied identity still got through: {}", text(&out));
+    let out = lab
+        .run(
+            &["-n", "db", "--service-account", "reporting", "--name", "c3"],
+            &["python3", "-c", LINE_CLIENT, "lines.db.svc.cluster.local", "7000"],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "echo: hello");
+}
+
+#[test]
+fn unknown_destinations_pass_through_unless_registry_only() {
+    let lab = Lab::start();
+    // A server outside the mesh, in a namespace of its own.
+    let outside = bare_pod();
+    let mut server = outside
+        .exec("python3")
+        .args([ECHO, "--name", "outside", "--port", "9000", "--host", "0.0.0.0"])
+        .spawn()
+        .unwrap();
+    let url = format!("http://{}:9000/", outside.ip);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while plain_get(SocketAddr::from((outside.ip, 9000)), "/").is_err() {
+        assert!(Instant::now() < deadline, "outside server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = lab.run(&["--name", "c1"], &["python3", "-c", HTTP_CLIENT, &url]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let body: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(body["backend"], "outside");
+    // Passed through untouched: no mesh headers added.
+    assert!(body["headers"].get("x-request-id").is_none(), "{body}");
+    lab.apply(
+        "apiVersion: meshgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: default, namespace: meshgate-system}\nspec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}\n",
+    );
+    let once = r#"
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+        print(r.status)
+except Exception as e:
+    print("refused:", type(e).__name__)
+"#;
+    let out = lab.run(&["--name", "c2", "--access-log"], &["python3", "-c", once, &url]).output().unwrap();
+    let all = text(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("refused:"), "{all}");
+    assert!(all.contains("REGISTRY_ONLY"), "the sidecar did not say why: {all}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn both_rule_back_ends_intercept() {
+    let mut lab = Lab::start();
+    lab.spawn(
+        &["--name", "web-1", "--service", "web:8080", "--intercept", "iptables"],
+        &["python3", ECHO, "--name", "web", "--port", "8080"],
+    );
+    lab.workload_ip("default", "web-1");
+    for (backend, name) in [("iptables", "c-ipt"), ("nftables", "c-nft")] {
+        let out = lab
+            .run(&["--name", name, "--intercept", backend], &["python3", "-c", HTTP_CLIENT, "http://web:8080/"])
+            .output()
+            .unwrap();
+        let all = text(&out);
+        assert!(out.status.success(), "{backend}: {all}");
+        assert!(all.contains(&format!("{backend} rules")), "{all}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("x-forwarded-client-cert"), "{backend}: {all}");
+    }
+}
