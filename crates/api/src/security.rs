@@ -237,6 +237,19 @@ pub struct MeshConfigSpec {
     /// What sidecars do with destinations outside the mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// How every proxy treats its clients' connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<DownstreamSettings>,
+}
+
+/// How proxies treat their clients' (downstream) connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownstreamSettings {
+    /// Time an HTTP/1.1 client has to send a complete request head (default `10s`; `0s`:
+    /// unbounded): slow or stalled clients get 408 and are closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
 }
 
 /// Certificate lifetimes.

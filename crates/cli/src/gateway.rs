@@ -15,6 +15,7 @@ pub(crate) struct Options {
     pub(crate) drain_timeout: Duration,
     pub(crate) access_log: bool,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) header_timeout: Option<Duration>,
 }
 
 pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
@@ -24,6 +25,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         access_log: opts.access_log,
         server: meshgate_proxy::server::ServerSettings {
             idle_timeout: opts.idle_timeout,
+            header_timeout: opts.header_timeout,
             ..meshgate_proxy::server::ServerSettings::default()
         },
         ..GatewayOptions::default()

@@ -76,6 +76,10 @@ enum Command {
         /// Close client connections that move no byte for this long ("0s": never).
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         idle_timeout: Duration,
+        /// Time an HTTP/1.1 client has to send a complete request head, else 408 and close
+        /// (default: MeshConfig spec.downstream.headerTimeout, else 10s; "0s": unbounded).
+        #[arg(long, value_parser = parse_duration)]
+        header_timeout: Option<Duration>,
     },
     /// Run the control plane: resources from a store, config pushed to proxies, the CA.
     ControlPlane(control::Args),
@@ -301,11 +305,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { paths, strict } => validate::run(&paths, strict),
-        Command::Gateway { paths, bind, admin, drain_timeout, access_log, idle_timeout } => serve(async move {
-            let admin = parse_admin(&admin)?;
-            let idle_timeout = (!idle_timeout.is_zero()).then_some(idle_timeout);
-            gateway::run(gateway::Options { paths, bind, admin, drain_timeout, access_log, idle_timeout }).await
-        }),
+        Command::Gateway { paths, bind, admin, drain_timeout, access_log, idle_timeout, header_timeout } => {
+            serve(async move {
+                let admin = parse_admin(&admin)?;
+                let idle_timeout = (!idle_timeout.is_zero()).then_some(idle_timeout);
+                let opts =
+                    gateway::Options { paths, bind, admin, drain_timeout, access_log, idle_timeout, header_timeout };
+                gateway::run(opts).await
+            })
+        }
         Command::ControlPlane(args) => serve(control::main(args)),
         Command::Proxy(args) => serve(proxy::main(args)),
         Command::Apply { paths, api: flags } => block(async move { client::apply(&api(&flags)?, &paths).await }),

@@ -56,6 +56,10 @@ pub(crate) struct Args {
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     pub(crate) drain_timeout: Duration,
+    /// Gateway: time an HTTP/1.1 client has to send a complete request head (default: the
+    /// MeshConfig's spec.downstream.headerTimeout, else 10s; "0s": unbounded).
+    #[arg(long, value_parser = crate::parse_duration)]
+    pub(crate) header_timeout: Option<Duration>,
 }
 
 pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
@@ -86,6 +90,10 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         bind: args.bind,
         drain_timeout: args.drain_timeout,
         access_log: args.access_log,
+        server: meshgate_proxy::server::ServerSettings {
+            header_timeout: args.header_timeout,
+            ..meshgate_proxy::server::ServerSettings::default()
+        },
         ..GatewayOptions::default()
     };
     let managed = ManagedGateway::start(target, id.clone(), args.token.clone(), options, node).await?;

@@ -511,6 +511,7 @@ pub(crate) async fn gateway_demo(dir: PathBuf) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(5),
         access_log: true,
         idle_timeout: meshgate_proxy::server::ServerSettings::default().idle_timeout,
+        header_timeout: None,
     };
     let result = crate::gateway::run(opts).await;
     for mut c in children {

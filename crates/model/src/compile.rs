@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     /// For sidecars: the mesh as seen from this workload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh: Option<crate::mesh::MeshOutbound>,
+    /// How clients' connections are treated (MeshConfig `spec.downstream`).
+    pub downstream: crate::security::Downstream,
 }
 
 /// The compiler's output.
@@ -325,6 +327,7 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
         ports: ports.into_iter().map(|(k, v)| (k, ListenerSet::new(v))).collect(),
         backends: disc.into_backends(),
         mesh: None,
+        downstream: crate::security::mesh_settings(set).downstream,
     };
     Compiled { config, conditions }
 }

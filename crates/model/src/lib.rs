@@ -13,6 +13,7 @@ mod status;
 pub mod table;
 
 pub use compile::{CONTROLLER_NAME, Compiled, DEFAULT_CLASS, GatewayConfig, compile_gateway};
+pub use security::Downstream;
 pub use status::{Condition, Severity};
 
 /// A reference to a backend of [`GatewayConfig::backends`] by slot.

@@ -241,5 +241,6 @@ pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> Gatew
         ports: BTreeMap::new(),
         backends,
         mesh: Some(MeshOutbound { services, endpoints, registry_only: settings.registry_only, inbound, identity }),
+        downstream: settings.downstream,
     }
 }

@@ -25,6 +25,24 @@ pub struct MeshSettings {
     pub workload_ttl_secs: u64,
     /// Refuse destinations outside the mesh.
     pub registry_only: bool,
+    /// How proxies treat their clients' connections.
+    pub downstream: Downstream,
+}
+
+/// How proxies treat their clients' connections (MeshConfig `spec.downstream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Downstream {
+    /// Time an HTTP/1.1 client has to send a complete request head; `None`: unbounded.
+    pub header_timeout: Option<Duration>,
+}
+
+impl Default for Downstream {
+    fn default() -> Self {
+        // nginx's client_header_timeout is 60 s, hyper's 30 s; a head is a few hundred bytes,
+        // and a client that needs more than 10 s for it is stalled or hostile.
+        Downstream { header_timeout: Some(Duration::from_secs(10)) }
+    }
 }
 
 /// The SPIFFE ID of service account `ns/sa` in `trust_domain`: what a workload's proxy
@@ -40,6 +58,7 @@ impl Default for MeshSettings {
             root_namespace: "meshgate-system".into(),
             workload_ttl_secs: 24 * 3600,
             registry_only: false,
+            downstream: Downstream::default(),
         }
     }
 }
@@ -60,6 +79,11 @@ pub fn mesh_settings(set: &ResourceSet) -> MeshSettings {
             s.workload_ttl_secs = d.as_secs();
         }
         s.registry_only = m.spec.outbound_traffic_policy.as_ref().is_some_and(|p| p.mode == "REGISTRY_ONLY");
+        if let Some(t) = m.spec.downstream.as_ref().and_then(|d| d.header_timeout.as_ref())
+            && let Ok(d) = gateway_duration(t)
+        {
+            s.downstream.header_timeout = (!d.is_zero()).then_some(d);
+        }
     }
     s
 }

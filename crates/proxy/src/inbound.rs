@@ -71,6 +71,8 @@ pub struct InboundOptions {
     pub sniff_timeout: Duration,
     /// An HTTP connection that moves no byte for this long is closed.
     pub idle_timeout: Option<Duration>,
+    /// Overrides the configuration's request-head timeout (zero: off).
+    pub header_timeout: Option<Duration>,
 }
 
 impl Default for InboundOptions {
@@ -80,6 +82,7 @@ impl Default for InboundOptions {
             handshake_timeout: Duration::from_secs(10),
             sniff_timeout: Duration::from_millis(200),
             idle_timeout: Some(Duration::from_secs(3600)),
+            header_timeout: None,
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct Inbound {
     opts: InboundOptions,
     target: AppTarget,
     policy: ArcSwap<InboundPolicy>,
+    /// The configuration's request-head timeout, in milliseconds (0: off).
+    header_timeout_ms: std::sync::atomic::AtomicU64,
     tls: Option<Arc<MeshTls>>,
     app_state: Arc<BackendState>,
     pools: Mutex<std::collections::HashMap<SocketAddr, Arc<EndpointPool>>>,
@@ -125,6 +130,9 @@ impl Inbound {
             opts,
             target,
             policy: ArcSwap::from_pointee(policy),
+            header_timeout_ms: std::sync::atomic::AtomicU64::new(
+                meshgate_model::Downstream::default().header_timeout.map_or(0, |d| d.as_millis() as u64),
+            ),
             tls,
             app_state,
             pools: Mutex::new(std::collections::HashMap::new()),
@@ -137,6 +145,12 @@ impl Inbound {
     /// Replaces the policy; connections and requests from now on use it.
     pub fn set_policy(&self, policy: InboundPolicy) {
         self.policy.store(Arc::new(policy));
+    }
+
+    /// Sets the configuration's request-head timeout (`None`: off) for connections from now on.
+    pub fn set_header_timeout(&self, timeout: Option<Duration>) {
+        let ms = timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.header_timeout_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Accepts connections until [`Inbound::drain`] (or until the task is dropped).
@@ -320,7 +334,12 @@ impl Inbound {
         let me = self.clone();
         let handler = move |req| me.clone().request(req, caller.clone());
         let stop = Some(self.stop.subscribe());
-        crate::server::serve(stream, peer, handler, &self.builder, stop, self.opts.idle_timeout).await;
+        let configured = match self.header_timeout_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        let settings = crate::server::ConnSettings { idle: self.opts.idle_timeout, header: self.opts.header_timeout };
+        crate::server::serve(stream, peer, handler, &self.builder, stop, settings.timeouts(configured)).await;
     }
 
     async fn request(self: Arc<Self>, req: Request<Incoming>, caller: Arc<Caller>) -> Response<ResponseBody> {

@@ -12,7 +12,6 @@ pub mod gateway;
 pub mod headers;
 pub mod http;
 pub mod identity;
-pub mod idle;
 pub mod inbound;
 pub mod managed;
 pub mod pool;
@@ -20,5 +19,6 @@ pub mod replay;
 pub mod server;
 pub mod sidecar;
 pub mod source;
+pub mod timeouts;
 
 pub use gateway::{Gateway, GatewayOptions, Snapshot};

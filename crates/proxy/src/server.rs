@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use crate::body::ResponseBody;
 use crate::gateway::Snapshot;
 use crate::http::{ConnInfo, handle};
-use http::{Request, Response};
+use crate::timeouts::{Activity, ConnIo, Expired, watch};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 /// Limits on downstream connections.
@@ -29,9 +30,10 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Most header fields in one request; more gets 431.
     pub max_headers: usize,
-    /// Time a client has to send a complete request head; off by default (as in Envoy): it
-    /// arms a timer for every request.
-    pub header_read_timeout: Option<Duration>,
+    /// Time an HTTP/1.1 client has to send a complete request head (`--header-timeout`):
+    /// when set, it overrides the configuration's (MeshConfig `spec.downstream.headerTimeout`,
+    /// default 10 s); zero turns the timeout off. See [`crate::timeouts`].
+    pub header_timeout: Option<Duration>,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// A client connection that moves no byte for this long is closed (after the request in
@@ -44,7 +46,7 @@ impl Default for ServerSettings {
         ServerSettings {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
-            header_read_timeout: None,
+            header_timeout: None,
             max_concurrent_streams: 1024,
             idle_timeout: Some(Duration::from_secs(3600)),
         }
@@ -89,12 +91,11 @@ impl Drop for Guard {
 pub(crate) fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();
+    // Not hyper's header_read_timeout: it arms a timer per request and also runs while a
+    // keep-alive connection is quiet (closing it like an idle timeout would); the request-head
+    // timeout is `crate::timeouts`'.
     http1.max_buf_size(settings.max_header_bytes.max(8192)).max_headers(settings.max_headers).keep_alive(true);
-    if let Some(t) = settings.header_read_timeout {
-        http1.timer(TokioTimer::new()).header_read_timeout(t);
-    } else {
-        http1.header_read_timeout(None);
-    }
+    http1.header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -104,40 +105,148 @@ pub(crate) fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExec
 }
 
 pin_project_lite::pin_project! {
-    /// The handler's response as the `Result` hyper's service wants. Not an `async` block: one
-    /// of those would hold the handler's future twice (as captured value and as awaited
-    /// state), and hyper moves the service future once per request.
-    struct NeverFails<F> {
-        #[pin]
-        inner: F,
+    /// The handler's response as the `Result` hyper's service wants, or the proxy's own answer
+    /// to a request it refuses before routing. Not an `async` block: one of those would hold
+    /// the handler's future twice (as captured value and as awaited state), and hyper moves
+    /// the service future once per request.
+    #[project = AnswerProj]
+    enum Answer<F> {
+        Handler {
+            #[pin]
+            inner: F,
+            io: Option<Arc<ConnIo>>,
+        },
+        Refused {
+            resp: Option<Response<ResponseBody>>,
+        },
     }
 }
 
-impl<F: Future> Future for NeverFails<F> {
-    type Output = Result<F::Output, Infallible>;
+impl<F: Future<Output = Response<ResponseBody>>> Future for Answer<F> {
+    type Output = Result<Response<Ended>, Infallible>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        self.project().inner.poll(cx).map(Ok)
+        match self.project() {
+            AnswerProj::Handler { inner, io } => inner.poll(cx).map(|resp| {
+                let io = io.take();
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(io) = &io
+                {
+                    io.exempt();
+                }
+                Ok(resp.map(|body| Ended { body, io }))
+            }),
+            AnswerProj::Refused { resp } => {
+                let resp = resp.take().unwrap_or_else(|| bad_request("request refused"));
+                std::task::Poll::Ready(Ok(resp.map(|body| Ended { body, io: None })))
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that tells the connection's timeouts when the response has ended (or
+    /// was abandoned): after it, the client's next bytes are a new request head.
+    pub(crate) struct Ended {
+        #[pin]
+        body: ResponseBody,
+        io: Option<Arc<ConnIo>>,
+    }
+
+    impl PinnedDrop for Ended {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(io) = this.project().io.take() {
+                io.request_ended();
+            }
+        }
+    }
+}
+
+impl http_body::Body for Ended {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn bad_request(why: &str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(format!("bad request: {why}\n")));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one `Host`, with a valid value; with an
+/// absolute-form target the target's authority is the host (§3.2.2) and `Host` is ignored, but
+/// more than one is still an error. HTTP/1.0 may omit it; HTTP/2 has `:authority`.
+fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    if req.version() >= http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if req.uri().authority().is_some() {
+        return Ok(());
+    }
+    match first {
+        None if req.version() == http::Version::HTTP_11 => Err("HTTP/1.1 request without a Host header"),
+        None => Ok(()),
+        Some(v) => match http::uri::Authority::try_from(v.as_bytes()) {
+            Ok(a) if !a.as_str().contains('@') => Ok(()),
+            _ => Err("invalid Host header"),
+        },
     }
 }
 
 /// Serves one downstream HTTP connection with `handler` until it closes, until `stop` (if any)
-/// asks it to finish its requests and go, or until it has been idle for `idle_timeout`. The one
-/// way every role serves HTTP: gateway listeners, sidecar outbound, inbound.
+/// asks it to finish its requests and go, until it has been idle for `idle_timeout`, or until
+/// an HTTP/1.1 request head has taken longer than `header_timeout`. The one way every role
+/// serves HTTP: gateway listeners, sidecar outbound, inbound. Requests without a valid `Host`
+/// are answered 400 here, before any role sees them.
 pub(crate) async fn serve<S, F, Fut>(
     stream: S,
     peer: SocketAddr,
     handler: F,
     builder: &auto::Builder<TokioExecutor>,
     stop: Option<watch::Receiver<bool>>,
-    idle_timeout: Option<Duration>,
+    timeouts: Timeouts,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    let (stream, ops) = crate::idle::Activity::new(stream);
-    let service = service_fn(move |req| NeverFails { inner: handler(req) });
+    let (stream, io) = Activity::new(stream);
+    let conn_io = io.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        if let Err(why) = check_host(&req) {
+            return Answer::Refused { resp: Some(bad_request(why)) };
+        }
+        let io = if req.version() >= http::Version::HTTP_2 {
+            conn_io.exempt();
+            None
+        } else {
+            conn_io.request_started();
+            Some(conn_io.clone())
+        };
+        Answer::Handler { inner: handler(req), io }
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let stopped = async {
@@ -157,15 +266,33 @@ pub(crate) async fn serve<S, F, Fut>(
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-        () = crate::idle::idle(&ops, idle_timeout) => {
-            tracing::debug!(%peer, "idle timeout: closing the connection");
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+        expired = watch(&io, timeouts.idle, timeouts.header) => match expired {
+            Expired::Idle => {
+                tracing::debug!(%peer, "idle timeout: closing the connection");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            Expired::Header => {
+                tracing::debug!(%peer, "request header timeout: closing the connection");
+                // The stream now ends (after a 408 if part of a head came): the connection
+                // sees it at once; it is not waited for longer than a moment.
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+                return;
+            }
+        },
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "downstream connection ended with error");
     }
+}
+
+/// The timeouts of one downstream connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Timeouts {
+    /// Closed after this long without a byte moving.
+    pub(crate) idle: Option<Duration>,
+    /// An HTTP/1.1 request head must arrive within this.
+    pub(crate) header: Option<Duration>,
 }
 
 /// Serves one downstream connection with the request path: each request is routed with the
@@ -176,13 +303,40 @@ pub(crate) async fn serve_connection<S>(
     snapshot: Arc<ArcSwap<Snapshot>>,
     builder: &auto::Builder<TokioExecutor>,
     stop: watch::Receiver<bool>,
-    idle_timeout: Option<Duration>,
+    settings: ConnSettings,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    let timeouts = settings.timeouts(snapshot.load().config.downstream.header_timeout);
     let handler = move |req| handle(snapshot.load_full(), info, req);
-    serve(stream, peer, handler, builder, Some(stop), idle_timeout).await;
+    serve(stream, peer, handler, builder, Some(stop), timeouts).await;
+}
+
+/// A server's own connection settings (flags), fixed when it starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnSettings {
+    /// Idle timeout.
+    pub(crate) idle: Option<Duration>,
+    /// Request-head timeout override (zero: off; `None`: the configuration's).
+    pub(crate) header: Option<Duration>,
+}
+
+impl ConnSettings {
+    pub(crate) fn new(settings: &ServerSettings) -> Self {
+        ConnSettings { idle: settings.idle_timeout, header: settings.header_timeout }
+    }
+
+    /// A new connection's timeouts: the header timeout is the flag's, else `configured` (the
+    /// configuration in force when the connection arrives).
+    pub(crate) fn timeouts(self, configured: Option<Duration>) -> Timeouts {
+        let header = match self.header {
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+            None => configured,
+        };
+        Timeouts { idle: self.idle, header }
+    }
 }
 
 /// The accept loop of one port and the connections it accepted.
@@ -208,7 +362,7 @@ impl PortServer {
         let (stop, stop_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
         let builder = Arc::new(http_builder(&settings));
-        let per_conn = PerConnection { access_log, idle_timeout: settings.idle_timeout };
+        let per_conn = PerConnection { access_log, settings: ConnSettings::new(&settings) };
         let task = tokio::spawn(accept_loop(listener, port, snapshot, builder, stop_rx, tracker.clone(), per_conn));
         PortServer { addr, stop, tracker, task }
     }
@@ -237,7 +391,7 @@ impl PortServer {
 #[derive(Debug, Clone, Copy)]
 struct PerConnection {
     access_log: bool,
-    idle_timeout: Option<Duration>,
+    settings: ConnSettings,
 }
 
 async fn accept_loop(
@@ -249,12 +403,12 @@ async fn accept_loop(
     tracker: Arc<Tracker>,
     per_conn: PerConnection,
 ) {
-    let PerConnection { access_log, idle_timeout } = per_conn;
+    let PerConnection { access_log, settings } = per_conn;
     let conn_stop = stop.clone();
     accept_until_stopped(listener, stop, &tracker, |stream, peer| {
         let info = ConnInfo { port, peer, scheme: "http", access_log, dest: None };
         let (snapshot, builder, stop) = (snapshot.clone(), builder.clone(), conn_stop.clone());
-        async move { serve_connection(stream, info, snapshot, &builder, stop, idle_timeout).await }
+        async move { serve_connection(stream, info, snapshot, &builder, stop, settings).await }
     })
     .await;
 }

@@ -31,7 +31,7 @@ use crate::identity::IdentityError;
 use crate::inbound::{AppTarget, Inbound, InboundOptions, looks_like_http};
 use crate::managed::{Tasks, join};
 use crate::pool::UpstreamError;
-use crate::server::{ServerSettings, Tracker, accept_until_stopped, http_builder, serve_connection};
+use crate::server::{ConnSettings, ServerSettings, Tracker, accept_until_stopped, http_builder, serve_connection};
 
 /// Settings of a sidecar.
 #[derive(Debug)]
@@ -146,6 +146,7 @@ impl Sidecar {
             return Err("not a sidecar configuration (no mesh section)".into());
         };
         self.inbound.set_policy(mesh.inbound.clone());
+        self.inbound.set_header_timeout(config.downstream.header_timeout);
         if let Some(file) = &self.hosts {
             let text = hosts_text(mesh);
             let file = file.clone();
@@ -197,8 +198,8 @@ impl Sidecar {
     async fn serve_http(&self, stream: TcpStream, peer: SocketAddr, dst: SocketAddr) {
         let info = ConnInfo { port: dst.port(), peer, scheme: "http", access_log: self.access_log, dest: Some(dst) };
         let cell = self.gateway.snapshot_cell();
-        let idle = self.settings.idle_timeout;
-        serve_connection(stream, info, cell, &self.builder, self.stop.subscribe(), idle).await;
+        let settings = ConnSettings::new(&self.settings);
+        serve_connection(stream, info, cell, &self.builder, self.stop.subscribe(), settings).await;
     }
 
     async fn outbound(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {

@@ -119,4 +119,9 @@ pub(super) fn mesh_config(o: &Object, m: &MeshConfig, r: &mut Report) {
     {
         r.add("spec.outboundTrafficPolicy.mode", format!("{:?}: ALLOW_ANY or REGISTRY_ONLY", p.mode));
     }
+    if let Some(t) = m.spec.downstream.as_ref().and_then(|d| d.header_timeout.as_ref())
+        && let Err(msg) = syntax::gateway_duration(t)
+    {
+        r.add("spec.downstream.headerTimeout", msg);
+    }
 }

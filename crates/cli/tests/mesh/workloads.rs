@@ -216,3 +216,37 @@ fn both_rule_back_ends_intercept() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("x-forwarded-client-cert"), "{backend}: {all}");
     }
 }
+
+/// Sends part of a request head to HOST:PORT and waits: prints the seconds until the close and
+/// what came back.
+const PARTIAL_HEAD: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+start = time.time()
+s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: ")
+data = b""
+while True:
+    d = s.recv(4096)
+    if not d:
+        break
+    data += d
+print("%.2f %s" % (time.time() - start, data.split(b"\r\n")[0].decode()))
+"#;
+
+#[test]
+fn the_sidecar_outbound_side_answers_408_to_a_head_that_stalls() {
+    let mut lab = Lab::start();
+    lab.apply(
+        "apiVersion: meshgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: default, namespace: meshgate-system}\nspec: {downstream: {headerTimeout: 1s}}\n",
+    );
+    lab.spawn(&["--name", "web-1", "--service", "web:8080"], &["python3", ECHO, "--name", "web", "--port", "8080"]);
+    lab.workload_ip("default", "web-1");
+    let out = lab.run(&["--name", "slow-client"], &["python3", "-c", PARTIAL_HEAD, "web", "8080"]).output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (secs, status) = line.split_once(' ').unwrap();
+    let secs: f64 = secs.parse().unwrap();
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout", "{all}");
+    assert!((1.0..2.5).contains(&secs), "closed after {secs} s with headerTimeout 1s: {all}");
+}
