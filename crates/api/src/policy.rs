@@ -142,15 +142,22 @@ pub struct Retry {
     pub budget: Option<RetryBudget>,
 }
 
-/// Retries in flight may not exceed `percent` of the requests in flight, plus
-/// `minRetriesPerSecond` granted regardless.
+/// A retry is granted while the retries in flight stay within `percent` of the requests in
+/// flight, or below `minRetryConcurrency` (as Envoy's `retry_budget`), or from an allowance of
+/// `minRetriesPerSecond`. A budget exists to stop retry storms under load, which need many
+/// requests in flight; a caller with a few requests in flight retries freely (each of its
+/// requests is still bounded by `attempts`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryBudget {
     /// Percent of active requests (default 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
-    /// Retries per second always allowed (default 10).
+    /// Retries in flight always allowed, whatever the share (default 3, as Envoy's
+    /// `min_retry_concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<i64>,
+    /// Retries per second allowed beyond the share (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_retries_per_second: Option<i64>,
 }

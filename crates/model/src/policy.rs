@@ -81,7 +81,9 @@ pub struct RetryPolicy {
     pub max_body_bytes: usize,
     /// Retries in flight ≤ this fraction of requests in flight…
     pub budget_ratio: f64,
-    /// …plus this many retries per second.
+    /// …or below this many…
+    pub budget_min_concurrency: u32,
+    /// …or this many retries per second.
     pub budget_min_per_second: u32,
 }
 
@@ -161,6 +163,7 @@ impl Default for BackendPolicy {
                 max_backoff: Duration::from_millis(250),
                 max_body_bytes: 64 * 1024,
                 budget_ratio: 0.2,
+                budget_min_concurrency: 3,
                 budget_min_per_second: 10,
             },
             limits: Limits { max_connections: 1024, max_pending: 1024, max_requests: 1024 },
@@ -236,6 +239,9 @@ impl BackendPolicy {
                 }
                 if let Some(n) = b.min_retries_per_second.and_then(|n| u32::try_from(n).ok()) {
                     self.retry.budget_min_per_second = n;
+                }
+                if let Some(n) = b.min_retry_concurrency.and_then(|n| u32::try_from(n).ok()) {
+                    self.retry.budget_min_concurrency = n;
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use meshgate_model::policy::{BackendPolicy, HashKey, Lb, Outlier};
+use meshgate_model::policy::{BackendPolicy, HashKey, Lb, Outlier, RetryPolicy};
 use meshgate_model::rule::ServiceBackend;
 use tokio::sync::Notify;
 
@@ -82,13 +82,16 @@ impl BackendState {
     }
 
     /// Asks the retry budget for one retry: granted while retries in flight stay within
-    /// `ratio` of requests in flight, or from the per-second allowance.
-    pub fn try_retry(self: &Arc<Self>, ratio: f64, min_per_second: u32) -> Option<RetryGuard> {
+    /// `budget.ratio` of requests in flight or below `budget.min_concurrency` (Envoy's
+    /// `min_retry_concurrency`: a caller with few requests in flight cannot cause a storm, and
+    /// a share of one request would never allow a retry), or from the per-second allowance.
+    pub fn try_retry(self: &Arc<Self>, budget: &RetryPolicy) -> Option<RetryGuard> {
         let active = self.active.load(Ordering::Relaxed);
         let retries = self.retries.fetch_add(1, Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss)]
-        let within_ratio = (retries + 1) as f64 <= ratio * active as f64;
-        if within_ratio || self.take_per_second(min_per_second) {
+        let within =
+            (retries + 1) as f64 <= (budget.budget_ratio * active as f64).max(f64::from(budget.budget_min_concurrency));
+        if within || self.take_per_second(budget.budget_min_per_second) {
             return Some(RetryGuard(self.clone()));
         }
         self.retries.fetch_sub(1, Ordering::Relaxed);

@@ -393,7 +393,7 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
         // failures do not draw on the budget (the attempt count still bounds them).
         if !matches!(failure, Failure::Connect(_)) {
             let retry = &backend.policy().retry;
-            let Some(guard) = backend.state.try_retry(retry.budget_ratio, retry.budget_min_per_second) else {
+            let Some(guard) = backend.state.try_retry(retry) else {
                 flags.insert(Flags::RETRY_LIMIT);
                 tracing::debug!(backend = %backend.model.id, "retry budget exhausted");
                 return failure.into_outcome(&backend.model.id, addr, Some(rule), flags, attempt + 1);

@@ -105,6 +105,9 @@ pub(super) fn traffic_policy(t: &TrafficPolicy, r: &mut Report) {
             if let Some(n) = b.min_retries_per_second {
                 r.range("spec.retry.budget.minRetriesPerSecond", n, 0, 100_000);
             }
+            if let Some(n) = b.min_retry_concurrency {
+                r.range("spec.retry.budget.minRetryConcurrency", n, 0, 100_000);
+            }
         }
     }
     if let Some(l) = &spec.connection_limits {

@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
 
-use meshgate_model::policy::{BackendPolicy, HashKey, Lb, Outlier};
+use meshgate_model::policy::{BackendPolicy, HashKey, Lb, Outlier, RetryPolicy};
 use meshgate_model::rule::{Endpoint, ServiceBackend, UpstreamProtocol};
 
 use super::*;
@@ -154,12 +154,23 @@ async fn least_request_prefers_the_fast_endpoint() {
     assert!(to_fast > 1800, "{to_fast}/2000 to the fast endpoint");
 }
 
+/// A budget of `percent` of requests in flight, a floor of `floor` retries in flight and
+/// `per_second` more each second.
+fn budget(percent: f64, floor: u32, per_second: u32) -> RetryPolicy {
+    RetryPolicy {
+        budget_ratio: percent / 100.0,
+        budget_min_concurrency: floor,
+        budget_min_per_second: per_second,
+        ..BackendPolicy::default().retry
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_budget_limits_retries_to_a_share_of_requests() {
     let state = Arc::new(BackendState::default());
     let active: Vec<_> = (0..100).map(|_| state.try_start(1000).unwrap()).collect();
     let mut granted = Vec::new();
-    while let Some(g) = state.try_retry(0.2, 0) {
+    while let Some(g) = state.try_retry(&budget(20.0, 0, 0)) {
         granted.push(g);
         assert!(granted.len() <= 100);
     }
@@ -169,17 +180,56 @@ async fn retry_budget_limits_retries_to_a_share_of_requests() {
     let _a = active;
     let mut extra = Vec::new();
     for _ in 0..20 {
-        extra.push(state.try_retry(0.2, 0).unwrap());
+        extra.push(state.try_retry(&budget(20.0, 0, 0)).unwrap());
     }
     let mut per_second = 0;
-    while let Some(g) = state.try_retry(0.2, 5) {
+    while let Some(g) = state.try_retry(&budget(20.0, 0, 5)) {
         extra.push(g);
         per_second += 1;
         assert!(per_second <= 5);
     }
     assert_eq!(per_second, 5);
     tokio::time::advance(Duration::from_secs(1)).await;
-    assert!(state.try_retry(0.2, 5).is_some(), "a new second, a new allowance");
+    assert!(state.try_retry(&budget(20.0, 0, 5)).is_some(), "a new second, a new allowance");
+}
+
+/// One request at a time, 30 a second, each needing one or two retries: the floor of three
+/// retries in flight grants every one of them, second after second, whatever the share of one
+/// request in flight and with no per-second allowance at all.
+#[tokio::test(start_paused = true)]
+async fn a_sequential_caller_gets_every_retry() {
+    let state = Arc::new(BackendState::default());
+    let policy = budget(20.0, 3, 0);
+    for i in 0..300 {
+        let _active = state.try_start(1000).unwrap();
+        let first = state.try_retry(&policy).expect("first retry refused to a sequential caller");
+        if i % 3 == 0 {
+            let _second = state.try_retry(&policy).expect("second retry refused to a sequential caller");
+        }
+        drop(first);
+        tokio::time::advance(Duration::from_millis(33)).await;
+    }
+}
+
+/// 64 requests in flight, every one wanting a retry at once: the share (20% of 64: 12), then
+/// the per-second allowance (10), then nothing until the next second; the floor changes
+/// nothing at this concurrency.
+#[tokio::test(start_paused = true)]
+async fn many_concurrent_callers_are_capped_near_the_budget() {
+    let state = Arc::new(BackendState::default());
+    let policy = budget(20.0, 3, 10);
+    let _active: Vec<_> = (0..64).map(|_| state.try_start(1000).unwrap()).collect();
+    let mut granted = Vec::new();
+    for _ in 0..64 {
+        if let Some(g) = state.try_retry(&policy) {
+            granted.push(g);
+        }
+    }
+    assert_eq!(granted.len(), 12 + 10, "the share of 64 in flight plus one second's allowance");
+    assert!(state.try_retry(&policy).is_none(), "the same second: nothing more");
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    let more: Vec<_> = (0..64).filter_map(|_| state.try_retry(&policy)).collect();
+    assert_eq!(more.len(), 10, "the next second's allowance only: the share is still taken");
 }
 
 #[tokio::test]
