@@ -6,6 +6,8 @@
 pub mod ca;
 pub mod config;
 pub mod svid;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod verify;
 
 use std::sync::{Arc, OnceLock};

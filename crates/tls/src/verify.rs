@@ -48,6 +48,18 @@ pub enum SvidError {
     /// No digitalSignature key usage.
     #[error("leaf SVID lacks the digitalSignature key usage")]
     NoDigitalSignature,
+    /// No key usage extension at all.
+    #[error("leaf SVID has no key usage extension (X509-SVID 4.3: it must be present and critical)")]
+    NoKeyUsage,
+    /// The key usage extension is not marked critical.
+    #[error("leaf SVID's key usage extension is not critical (X509-SVID 4.3)")]
+    KeyUsageNotCritical,
+    /// An extended key usage without both TLS purposes.
+    #[error("leaf SVID's extended key usage lacks {0} (X509-SVID 4.4: serverAuth and clientAuth when present)")]
+    ExtendedKeyUsage(&'static str),
+    /// The SPIFFE ID is the trust domain's own, with no path.
+    #[error("SPIFFE ID {0} has no path: a leaf SVID names a workload, not the trust domain (X509-SVID 5.2)")]
+    NoPath(String),
     /// Past notAfter.
     #[error("certificate expired {0} s ago")]
     Expired(u64),
@@ -98,6 +110,9 @@ pub(crate) fn leaf_facts(der: &CertificateDer<'_>) -> Result<LeafFacts, SvidErro
     }
     match cert.key_usage() {
         Ok(Some(ku)) => {
+            if !ku.critical {
+                return Err(SvidError::KeyUsageNotCritical);
+            }
             if ku.value.key_cert_sign() {
                 return Err(SvidError::SigningKeyUsage("keyCertSign"));
             }
@@ -108,7 +123,13 @@ pub(crate) fn leaf_facts(der: &CertificateDer<'_>) -> Result<LeafFacts, SvidErro
                 return Err(SvidError::NoDigitalSignature);
             }
         }
-        Ok(None) => return Err(SvidError::NoDigitalSignature),
+        Ok(None) => return Err(SvidError::NoKeyUsage),
+        Err(e) => return Err(SvidError::BadEncoding(e.to_string())),
+    }
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) if !eku.value.server_auth => return Err(SvidError::ExtendedKeyUsage("serverAuth")),
+        Ok(Some(eku)) if !eku.value.client_auth => return Err(SvidError::ExtendedKeyUsage("clientAuth")),
+        Ok(_) => {}
         Err(e) => return Err(SvidError::BadEncoding(e.to_string())),
     }
     let uris: Vec<&str> = match cert.subject_alternative_name() {
@@ -130,6 +151,9 @@ pub(crate) fn leaf_facts(der: &CertificateDer<'_>) -> Result<LeafFacts, SvidErro
         many => return Err(SvidError::MultipleUriSans(many.len())),
     };
     let id = SpiffeId::parse(uri).map_err(|e| SvidError::NotSpiffe(e.to_string()))?;
+    if id.path().is_empty() {
+        return Err(SvidError::NoPath(id.to_string()));
+    }
     Ok(LeafFacts {
         id,
         public_key: cert.public_key().subject_public_key.data.to_vec(),
@@ -184,7 +208,10 @@ fn verify_chain(
     let usage = if server { webpki::KeyUsage::server_auth() } else { webpki::KeyUsage::client_auth() };
     let algs = crate::provider().signature_verification_algorithms.all;
     ee.verify_for_usage(algs, anchors, intermediates, time, usage, None, None).map_err(|e| match e {
-        webpki::Error::UnknownIssuer => SvidError::UnknownIssuer(bundle.trust_domain.to_string()),
+        // A root of the same name whose key did not sign it is no issuer of it either.
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            SvidError::UnknownIssuer(bundle.trust_domain.to_string())
+        }
         webpki::Error::CaUsedAsEndEntity => SvidError::CaAsLeaf,
         other => SvidError::Invalid(format!("{other:?}")),
     })?;

@@ -9,3 +9,4 @@ mod harness;
 mod mtls;
 mod policy;
 mod reload;
+mod svid;
