@@ -113,7 +113,9 @@ pub(crate) async fn run(
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();
     let subscribed = Arc::new(tokio::sync::Semaphore::new(0));
     for (p, mesh) in meshes.iter().enumerate() {
-        let ch = meshgate_proxy::cp::channel(&target, Some(&mesh.material().svid)).map_err(|e| anyhow::anyhow!(e))?;
+        let m = mesh.material();
+        let ch =
+            meshgate_proxy::cp::channel(&target, m.bundle.clone(), Some(&m.svid)).map_err(|e| anyhow::anyhow!(e))?;
         let (tx, rx) = mpsc::channel(8);
         tx.send(DiscoveryRequest {
             kind: Some(Kind::Hello(Hello {
@@ -121,6 +123,7 @@ pub(crate) async fn run(
                 role: "sidecar".into(),
                 workload: String::new(),
                 version: String::new(),
+                credentials: None,
             })),
         })
         .await?;

@@ -280,7 +280,65 @@ pub(crate) async fn ca_rotate(api: &Api, step: &str) -> anyhow::Result<bool> {
         return Ok(false);
     }
     println!("{step}: the trust bundle now holds {} root(s)", v["roots"]);
+    match step {
+        "add-root" => println!("next: once every proxy has the new bundle (seconds), `meshgate ca rotate use-root`"),
+        "use-root" => println!(
+            "next: proxies renew their leaves from the new root now; when `meshgate ca status` shows none left on the old root, `meshgate ca rotate withdraw-old-roots`"
+        ),
+        _ => {}
+    }
     Ok(true)
+}
+
+pub(crate) async fn ca_status(api: &Api) -> anyhow::Result<bool> {
+    let (status, v) = api.call(Method::GET, "/api/v1/ca", None).await?;
+    if !status.is_success() {
+        println!("error: {}", error_text(&v));
+        return Ok(false);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    println!("trust domain {}", v["trustDomain"].as_str().unwrap_or("?"));
+    println!("{:<18} {:<9} {:>7} {:<22} SUBJECT", "ROOT (SHA-256)", "STATE", "PROXIES", "EXPIRES");
+    for r in v["roots"].as_array().into_iter().flatten() {
+        let fp = r["fingerprint"].as_str().unwrap_or("");
+        let state = if r["signing"] == true {
+            "signing"
+        } else if r["pending"] == true {
+            "pending"
+        } else {
+            "trusted"
+        };
+        let not_after = r["notAfter"].as_i64().unwrap_or(0);
+        let expires = format!("{} ({} days)", unix_date(not_after), (not_after - now) / 86_400);
+        println!(
+            "{:<18} {:<9} {:>7} {:<22} {}",
+            fp.get(..16).unwrap_or(fp),
+            state,
+            r["proxies"],
+            expires,
+            r["subject"].as_str().unwrap_or("")
+        );
+    }
+    let unreported = v["unreported"].as_u64().unwrap_or(0);
+    if unreported > 0 {
+        println!("{unreported} connected proxy(ies) have not reported which root their leaf is from");
+    }
+    Ok(true)
+}
+
+/// `YYYY-MM-DD` of Unix seconds (UTC), without a date library.
+fn unix_date(secs: i64) -> String {
+    // Howard Hinnant's days-from-civil, inverted.
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 pub(crate) async fn certs(admin: &str) -> anyhow::Result<bool> {

@@ -202,6 +202,12 @@ enum CaAction {
         #[command(flatten)]
         api: ApiFlags,
     },
+    /// The roots of the trust bundle: fingerprints, expiry, which signs, and how many connected
+    /// proxies hold a leaf from each.
+    Status {
+        #[command(flatten)]
+        api: ApiFlags,
+    },
 }
 
 /// Parses `10s`, `500ms`, `2m`.
@@ -330,6 +336,9 @@ fn main() -> ExitCode {
         }
         Command::Ca { action: CaAction::Rotate { step, api: flags } } => {
             block(async move { client::ca_rotate(&api(&flags)?, &step).await })
+        }
+        Command::Ca { action: CaAction::Status { api: flags } } => {
+            block(async move { client::ca_status(&api(&flags)?).await })
         }
         Command::Certs { admin } => block(async move { client::certs(&admin).await }),
         Command::Up { dir, state_dir, gateway_demo } => {

@@ -129,6 +129,7 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
                 &json!({ "version": snap.version, "store": cp.store.describe(), "resources": snap.entries.len(), "errors": errors, "conditions": snap.conditions }),
             )
         }
+        (&Method::GET, ["api", "v1", "ca"]) => ca_status(cp).await,
         (&Method::POST, ["api", "v1", "ca", step]) => rotate(cp, step).await,
         _ => error(StatusCode::NOT_FOUND, format!("no route for {method} {path}")),
     }
@@ -284,11 +285,48 @@ async fn create_token<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) ->
 
 async fn rotate<S: Store>(cp: &ControlPlane<S>, step: &str) -> Reply {
     let root_lifetime = cp.options.root_lifetime;
+    // Which proxies hold leaves from which root, across replicas: read before the step, which
+    // runs on a copy of the CA and is put in force only once it is saved.
+    let proxies = if step == "withdraw-old-roots" {
+        match cp.all_proxies().await {
+            Ok(p) => p,
+            Err(e) => {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the connected proxies: {e}"));
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let result = cp
         .update_ca(|ca| match step {
             "add-root" => ca.add_next_root(root_lifetime).map_err(|e| e.to_string()),
             "use-root" => ca.use_next_root().map_err(|e| e.to_string()),
             "withdraw-old-roots" => {
+                let gone = ca.withdrawable_roots();
+                if gone.is_empty() {
+                    return Err(
+                        "nothing to withdraw: the trust bundle holds only the root that signs (and a pending one)"
+                            .into(),
+                    );
+                }
+                let gone: Vec<String> = gone.iter().map(|r| meshgate_tls::fingerprint(r)).collect();
+                let holding: Vec<String> = proxies
+                    .iter()
+                    .filter(|p| p.leaf_root.is_empty() || gone.contains(&p.leaf_root))
+                    .map(|p| {
+                        let root = if p.leaf_root.is_empty() { "not reported".into() } else { short(&p.leaf_root) };
+                        format!("{} ({}, replica {}, leaf from root {root})", p.identity, p.role, p.replica)
+                    })
+                    .collect();
+                if !holding.is_empty() {
+                    return Err(format!(
+                        "refused: {} connected proxy(ies) still hold a leaf from a root this would withdraw, and \
+                         would lose their mTLS peers: {}. Proxies renew within seconds of use-root; `meshgate ca \
+                         status` shows when none is left, then run withdraw-old-roots again",
+                        holding.len(),
+                        holding.join("; ")
+                    ));
+                }
                 ca.withdraw_old_roots();
                 Ok(())
             }
@@ -297,7 +335,56 @@ async fn rotate<S: Store>(cp: &ControlPlane<S>, step: &str) -> Reply {
         .await;
     match result {
         Ok(roots) => json_reply(StatusCode::OK, &json!({ "step": step, "roots": roots })),
-        Err(CaUpdateError::Refused(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(CaUpdateError::Refused(e)) => error(StatusCode::CONFLICT, e),
         Err(e @ CaUpdateError::Store(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// The first 16 hex digits of a fingerprint, as shown to people.
+fn short(fingerprint: &str) -> String {
+    fingerprint.get(..16).unwrap_or(fingerprint).to_string()
+}
+
+/// `GET /api/v1/ca`: the roots of the trust bundle (which signs, which is pending) and, for
+/// each, how many connected proxies (of every replica) hold a leaf from it.
+async fn ca_status<S: Store>(cp: &ControlPlane<S>) -> Reply {
+    let proxies = match cp.all_proxies().await {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the connected proxies: {e}")),
+    };
+    let (roots, signing, pending) = match cp.ca.lock() {
+        Ok(ca) => (
+            ca.bundle().roots,
+            ca.signing_root().map(|r| meshgate_tls::fingerprint(r)),
+            ca.pending_root().map(|r| meshgate_tls::fingerprint(r)),
+        ),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "CA unavailable"),
+    };
+    let roots: Vec<serde_json::Value> = roots
+        .iter()
+        .map(|r| {
+            let fp = meshgate_tls::fingerprint(r);
+            let d = meshgate_tls::svid::describe(r);
+            json!({
+                "fingerprint": fp,
+                "subject": d.subject,
+                "notBefore": d.not_before,
+                "notAfter": d.not_after,
+                "signing": signing.as_deref() == Some(fp.as_str()),
+                "pending": pending.as_deref() == Some(fp.as_str()),
+                "proxies": proxies.iter().filter(|p| p.leaf_root == fp).count(),
+            })
+        })
+        .collect();
+    let listed: Vec<serde_json::Value> = proxies
+        .iter()
+        .map(|p| {
+            json!({ "identity": p.identity, "role": p.role, "replica": p.replica, "leafRoot": p.leaf_root, "leafNotAfter": p.leaf_not_after })
+        })
+        .collect();
+    let unreported = proxies.iter().filter(|p| p.leaf_root.is_empty()).count();
+    json_reply(
+        StatusCode::OK,
+        &json!({ "trustDomain": cp.options.trust_domain.to_string(), "roots": roots, "proxies": listed, "unreported": unreported }),
+    )
 }

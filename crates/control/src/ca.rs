@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use meshgate_identity::TrustDomain;
-use meshgate_tls::CertificateAuthority;
+use meshgate_tls::{CaPem, CertificateAuthority};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
@@ -18,6 +18,12 @@ struct Material {
     cert: String,
     key: String,
     chain: String,
+    /// A root added for rotation and not yet signing (its certificate and key): kept in the
+    /// store, so that the step after `add-root` finds it on any replica and after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_key: Option<String>,
 }
 
 /// User-provided CA material (PEM).
@@ -63,13 +69,21 @@ pub fn decode(trust_domain: &TrustDomain, raw: &[u8]) -> Result<CertificateAutho
             m.trust_domain
         )));
     }
-    CertificateAuthority::from_pem(trust_domain.clone(), &m.cert, &m.key, Some(&m.chain))
-        .map_err(|e| StoreError::Refused(e.to_string()))
+    let next = match (m.next_cert, m.next_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(StoreError::Refused("CA material: a pending root without its key, or a key without it".into()));
+        }
+    };
+    let pem = CaPem { cert: m.cert, key: m.key, chain: m.chain, next };
+    CertificateAuthority::from_stored(trust_domain.clone(), &pem).map_err(|e| StoreError::Refused(e.to_string()))
 }
 
 /// The CA's stored form.
 pub fn encode(ca: &CertificateAuthority) -> Result<Vec<u8>, StoreError> {
-    let (cert, key, chain) = ca.to_pem();
-    let m = Material { trust_domain: ca.trust_domain().to_string(), cert, key, chain };
+    let CaPem { cert, key, chain, next } = ca.to_pem();
+    let (next_cert, next_key) = next.unzip();
+    let m = Material { trust_domain: ca.trust_domain().to_string(), cert, key, chain, next_cert, next_key };
     serde_json::to_vec(&m).map_err(|e| StoreError::Refused(e.to_string()))
 }

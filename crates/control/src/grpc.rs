@@ -213,7 +213,13 @@ fn delta<'a>(
             }
         }
     }
-    DiscoveryResponse { version: snap.version.to_string(), full: false, upserts, removals, roots: Vec::new() }
+    DiscoveryResponse {
+        version: snap.version.to_string(),
+        full: false,
+        upserts,
+        removals,
+        ..DiscoveryResponse::default()
+    }
 }
 
 #[tonic::async_trait]
@@ -249,6 +255,8 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 nack: None,
                 sent_at: unix_now(),
                 replica: cp.options.replica.clone(),
+                leaf_root: hello.credentials.as_ref().map(|c| c.root.clone()).unwrap_or_default(),
+                leaf_not_after: hello.credentials.as_ref().map_or(0, |c| c.not_after),
             });
             tracing::info!(%identity, role, node = %hello.node, "proxy subscribed");
             let mut stopping = cp.stopping.subscribe();
@@ -259,7 +267,9 @@ impl<S: Store> Discovery for DiscoveryService<S> {
             loop {
                 let bv = *bundle.borrow_and_update();
                 if bv != bundle_sent {
-                    next.roots = cp.bundle().roots.iter().map(|r| r.to_vec()).collect();
+                    let (bundle, signer) = cp.bundle_and_signer();
+                    next.roots = bundle.roots.iter().map(|r| r.to_vec()).collect();
+                    next.signer = signer;
                     bundle_sent = bv;
                 }
                 if next.full || !next.upserts.is_empty() || !next.removals.is_empty() || !next.roots.is_empty() {
@@ -282,6 +292,10 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                             Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Ack(a)) })) => {
                                 let v = a.version.parse().unwrap_or(0);
                                 cp.update_proxy(conn, |r| { r.acked = r.acked.max(v); if v >= r.sent { r.nack = None; } });
+                            }
+                            Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Credentials(c)) })) => {
+                                tracing::info!(%identity, root = %c.root.get(..16).unwrap_or_default(), "proxy renewed its certificate");
+                                cp.update_proxy(conn, |r| { r.leaf_root = c.root; r.leaf_not_after = c.not_after; });
                             }
                             Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Nack(n)) })) => {
                                 tracing::warn!(%identity, version = %n.version, "proxy refused configuration: {}", n.error);

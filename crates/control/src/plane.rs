@@ -39,7 +39,7 @@ impl Options {
 }
 
 /// One connected proxy, as `meshgate proxy-status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyRecord {
     /// Its SPIFFE ID.
@@ -60,6 +60,12 @@ pub struct ProxyRecord {
     pub sent_at: u64,
     /// Which control-plane replica serves it.
     pub replica: String,
+    /// SHA-256 (hex) of the root its leaf chains to, as it reported (empty: not reported).
+    #[serde(default)]
+    pub leaf_root: String,
+    /// Its leaf's notAfter, Unix seconds (0: not reported).
+    #[serde(default)]
+    pub leaf_not_after: u64,
 }
 
 impl ProxyRecord {
@@ -222,6 +228,16 @@ impl<S: Store> ControlPlane<S> {
         Ok(self.install_ca(ca, raw))
     }
 
+    /// The trust bundle, and the fingerprint of the root that signs now.
+    pub fn bundle_and_signer(&self) -> (TrustBundle, String) {
+        match self.ca.lock() {
+            Ok(ca) => (ca.bundle(), ca.signing_root().map(|r| meshgate_tls::fingerprint(r)).unwrap_or_default()),
+            Err(_) => {
+                (TrustBundle { trust_domain: self.options.trust_domain.clone(), roots: Vec::new() }, String::new())
+            }
+        }
+    }
+
     /// The trust bundle.
     pub fn bundle(&self) -> TrustBundle {
         self.ca
@@ -270,4 +286,64 @@ impl<S: Store> ControlPlane<S> {
             p.remove(&conn);
         }
     }
+
+    fn local_proxies(&self) -> Vec<ProxyRecord> {
+        self.proxies.lock().map(|p| p.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Publishes this replica's connected proxies to the store every two seconds, until the task
+    /// is dropped: every replica then sees every proxy (a root is withdrawn only when no proxy
+    /// of any replica still holds a leaf from it).
+    pub async fn publish_proxies(self: Arc<Self>) {
+        let key = format!("{REGISTRY}/{}", self.options.replica);
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let published = Published { at: unix_now(), proxies: self.local_proxies() };
+            match serde_json::to_vec(&published) {
+                Ok(bytes) => {
+                    if let Err(e) = self.store.put_blob(&key, &bytes).await {
+                        tracing::debug!(error = %e, "cannot publish the connected proxies");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot encode the connected proxies"),
+            }
+        }
+    }
+
+    /// Withdraws this replica's published proxies (it is stopping).
+    pub async fn unpublish_proxies(&self) {
+        let _ = self.store.take_blob(&format!("{REGISTRY}/{}", self.options.replica)).await;
+    }
+
+    /// Every proxy connected to a live replica: this replica's as they are now, the others' as
+    /// they last published them (a replica silent for [`REGISTRY_FRESH`] is gone). Errors reading
+    /// the store are errors: a decision to withdraw a root cannot be made on half a view.
+    pub async fn all_proxies(&self) -> Result<Vec<ProxyRecord>, StoreError> {
+        let mut all = self.local_proxies();
+        let now = unix_now();
+        for (replica, bytes) in self.store.list_blobs(REGISTRY).await? {
+            if replica == self.options.replica {
+                continue;
+            }
+            match serde_json::from_slice::<Published>(&bytes) {
+                Ok(p) if now.saturating_sub(p.at) <= REGISTRY_FRESH.as_secs() => all.extend(p.proxies),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%replica, error = %e, "unreadable published proxies"),
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Where each replica publishes its connected proxies (`proxies/REPLICA`).
+const REGISTRY: &str = "proxies";
+/// How long a replica's published proxies count without a newer publication.
+pub const REGISTRY_FRESH: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct Published {
+    at: u64,
+    proxies: Vec<ProxyRecord>,
 }

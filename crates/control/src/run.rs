@@ -129,6 +129,7 @@ pub async fn run(
             }
         }),
         tokio::spawn(renew_own(cp.clone(), tls, bundle_path(&opts.state_dir))),
+        tokio::spawn(cp.clone().publish_proxies()),
     ];
     started(running);
     shutdown.await;
@@ -136,6 +137,7 @@ pub async fn run(
     for t in tasks {
         t.abort();
     }
+    cp.unpublish_proxies().await;
     tracing::info!("control plane stopped");
     Ok(())
 }

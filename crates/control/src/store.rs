@@ -43,6 +43,8 @@ pub trait Store: Send + Sync + 'static {
     fn create_blob(&self, key: &str, value: &[u8]) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Deletes a blob; true when this call deleted it (so a one-time token is used once).
     fn take_blob(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// Every blob under `dir` (one level: `dir/NAME`), as (NAME, value).
+    fn list_blobs(&self, dir: &str) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
     /// A counter that moves whenever the resources may have changed (here or elsewhere).
     fn changes(&self) -> watch::Receiver<u64>;
     /// Where it is, for logs.
@@ -102,6 +104,9 @@ impl Store for AnyStore {
     }
     async fn take_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         delegate!(self, s => s.take_blob(key).await)
+    }
+    async fn list_blobs(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        delegate!(self, s => s.list_blobs(dir).await)
     }
     fn changes(&self) -> watch::Receiver<u64> {
         delegate!(self, s => s.changes())

@@ -16,7 +16,7 @@ use meshgate_identity::{SpiffeId, TrustDomain};
 use meshgate_proto::meshgate::discovery_client::DiscoveryClient;
 use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
 use meshgate_proto::meshgate::identity_client::IdentityClient;
-use meshgate_proto::meshgate::{Ack, CertifyRequest, DiscoveryRequest, Hello, Nack};
+use meshgate_proto::meshgate::{Ack, CertifyRequest, Credentials, DiscoveryRequest, Hello, Nack};
 use meshgate_tls::{MeshTls, TrustBundle};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -95,9 +95,15 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-/// A gRPC channel to the control plane over TLS that checks its identity (and presents `svid`).
-pub fn channel(target: &ControlPlaneAddr, svid: Option<&meshgate_tls::Svid>) -> Result<Channel, String> {
-    let config = meshgate_tls::config::control_plane_client(target.bundle.clone(), svid).map_err(|e| e.to_string())?;
+/// A gRPC channel to the control plane over TLS that checks its identity against `bundle` (the
+/// bootstrap bundle until the proxy has its own, then the bundle it keeps up to date: after a
+/// root rotation the control plane's certificate comes from the new root) and presents `svid`.
+pub fn channel(
+    target: &ControlPlaneAddr,
+    bundle: Arc<TrustBundle>,
+    svid: Option<&meshgate_tls::Svid>,
+) -> Result<Channel, String> {
+    let config = meshgate_tls::config::control_plane_client(bundle, svid).map_err(|e| e.to_string())?;
     let endpoint = Endpoint::from_static("http://control-plane.meshgate")
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -135,13 +141,15 @@ impl Certifier for CpCertifier {
     ) -> Pin<Box<dyn Future<Output = Result<Certified, String>> + Send + 'a>> {
         Box::pin(async move {
             let mesh = self.mesh.lock().ok().and_then(|m| m.clone());
-            let svid = mesh.as_ref().map(|m| m.material().svid.clone());
+            let material = mesh.as_ref().map(|m| m.material());
+            let svid = material.as_ref().map(|m| m.svid.clone());
+            let bundle = material.as_ref().map_or_else(|| self.target.bundle.clone(), |m| m.bundle.clone());
             let token = if svid.is_some() {
                 String::new()
             } else {
                 self.token.lock().ok().and_then(|t| t.clone()).unwrap_or_default()
             };
-            let ch = channel(&self.target, svid.as_deref())?;
+            let ch = channel(&self.target, bundle, svid.as_deref())?;
             let resp = IdentityClient::new(ch)
                 .certify(CertifyRequest { csr, token })
                 .await
@@ -165,21 +173,30 @@ impl Certifier for CpCertifier {
 /// What the proxy does with each configuration: `Err` is sent back as a NACK.
 pub type Apply = Arc<dyn Fn(ResourceSet) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Who subscribes, and how it is known to the control plane.
+pub struct Subscriber {
+    /// The control plane.
+    pub target: ControlPlaneAddr,
+    /// The proxy's TLS state (its SVID authenticates the stream; pushed bundles update it).
+    pub mesh: Arc<MeshTls>,
+    /// Told which root signs now; tells when the SVID was renewed.
+    pub renewal: Arc<crate::identity::Renewal>,
+    /// `gateway` or `sidecar`.
+    pub role: String,
+    /// Node name.
+    pub node: String,
+    /// `namespace/name` of a sidecar's Workload.
+    pub workload: String,
+}
+
 /// Subscribes for as long as the task runs, resubscribing with backoff when the control plane
 /// goes away; the last good configuration stays in force meanwhile.
-pub async fn subscribe(
-    target: ControlPlaneAddr,
-    mesh: Arc<MeshTls>,
-    role: String,
-    node: String,
-    workload: String,
-    apply: Apply,
-) {
+pub async fn subscribe(sub: Subscriber, apply: Apply) {
     let mut objects: BTreeMap<String, Object> = BTreeMap::new();
     let mut version = String::new();
     let mut backoff = Duration::from_millis(200);
     loop {
-        match session(&target, &mesh, &role, &node, &workload, &apply, &mut objects, &mut version).await {
+        match session(&sub, &apply, &mut objects, &mut version).await {
             Ok(()) => tracing::warn!("control plane closed the stream; resubscribing"),
             Err(e) => {
                 tracing::warn!(error = %e, "control plane unreachable; serving the last configuration (version {version})")
@@ -193,26 +210,30 @@ pub async fn subscribe(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+fn credentials(mesh: &MeshTls) -> Credentials {
+    let (root, not_after) = crate::identity::credentials(mesh);
+    Credentials { root, not_after }
+}
+
 async fn session(
-    target: &ControlPlaneAddr,
-    mesh: &Arc<MeshTls>,
-    role: &str,
-    node: &str,
-    workload: &str,
+    sub: &Subscriber,
     apply: &Apply,
     objects: &mut BTreeMap<String, Object>,
     version: &mut String,
 ) -> Result<(), String> {
-    let svid = mesh.material().svid.clone();
-    let ch = channel(target, Some(&svid))?;
+    let (target, mesh) = (&sub.target, &sub.mesh);
+    let material = mesh.material();
+    let ch = channel(target, material.bundle.clone(), Some(&material.svid))?;
+    let mut renewals = sub.renewal.renewals();
+    renewals.borrow_and_update();
     let (tx, rx) = mpsc::channel(16);
     let hello = DiscoveryRequest {
         kind: Some(ReqKind::Hello(Hello {
-            node: node.to_string(),
-            role: role.to_string(),
-            workload: workload.to_string(),
+            node: sub.node.clone(),
+            role: sub.role.clone(),
+            workload: sub.workload.clone(),
             version: version.clone(),
+            credentials: Some(credentials(mesh)),
         })),
     };
     tx.send(hello).await.map_err(|e| e.to_string())?;
@@ -222,7 +243,22 @@ async fn session(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     tracing::info!(addr = %target.addr, "subscribed to the control plane");
-    while let Some(resp) = stream.message().await.map_err(|s| format!("{}: {}", s.code(), s.message()))? {
+    loop {
+        let resp = tokio::select! {
+            resp = stream.message() => match resp.map_err(|s| format!("{}: {}", s.code(), s.message()))? {
+                Some(resp) => resp,
+                None => break,
+            },
+            changed = renewals.changed() => {
+                if changed.is_ok() {
+                    let c = DiscoveryRequest { kind: Some(ReqKind::Credentials(credentials(mesh))) };
+                    if tx.send(c).await.is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
+        };
         if !resp.roots.is_empty() {
             let bundle = TrustBundle {
                 trust_domain: mesh.material().bundle.trust_domain.clone(),
@@ -232,6 +268,9 @@ async fn session(
                 tracing::warn!(error = %e, "trust bundle update refused");
             } else {
                 tracing::info!(roots = resp.roots.len(), "trust bundle updated");
+            }
+            if !resp.signer.is_empty() {
+                sub.renewal.set_signer(&resp.signer);
             }
         }
         let mut decoded = Vec::with_capacity(resp.upserts.len());

@@ -92,23 +92,95 @@ pub async fn bootstrap(certifier: &dyn Certifier, id: &SpiffeId) -> Result<Arc<M
         .map_err(|e| IdentityError::Unusable { id: id.clone(), reason: e.to_string() })
 }
 
-/// Renews the SVID at its rotation time for as long as the task runs; on failure, retries
-/// with backoff (the current SVID stays in use until it expires).
-pub async fn rotate(mesh: Arc<MeshTls>, certifier: Arc<dyn Certifier>, id: SpiffeId) {
+/// What the control plane and the rotation task tell each other about the proxy's SVID: which
+/// root signs now (a leaf from another root is renewed at once, not at its half-life: the
+/// second step of a root rotation reaches every proxy in seconds), and that a renewal happened
+/// (so the control plane learns which root the new leaf chains to).
+#[derive(Debug)]
+pub struct Renewal {
+    /// SHA-256 (hex) of the root that signs now, as the control plane last said; empty: unknown.
+    signer: Mutex<String>,
+    signer_changed: tokio::sync::Notify,
+    renewed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Renewal {
+    fn default() -> Self {
+        Renewal {
+            signer: Mutex::new(String::new()),
+            signer_changed: tokio::sync::Notify::new(),
+            renewed: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Renewal {
+    /// The control plane says `fingerprint` signs now.
+    pub fn set_signer(&self, fingerprint: &str) {
+        let Ok(mut s) = self.signer.lock() else { return };
+        if *s != fingerprint {
+            fingerprint.clone_into(&mut s);
+            self.signer_changed.notify_one();
+        }
+    }
+
+    /// Whether `mesh`'s leaf chains to the root that signs now (true when that is not known).
+    pub fn leaf_from_signer(&self, mesh: &MeshTls) -> bool {
+        let signer = self.signer.lock().map(|s| s.clone()).unwrap_or_default();
+        signer.is_empty() || credentials(mesh).0 == signer
+    }
+
+    /// Counts renewals: a receiver sees each one.
+    pub fn renewals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.renewed.subscribe()
+    }
+}
+
+/// The fingerprint of the bundle root `mesh`'s leaf chains to (empty when none does), and the
+/// leaf's expiry in Unix seconds.
+pub fn credentials(mesh: &MeshTls) -> (String, u64) {
+    let m = mesh.material();
+    let root =
+        meshgate_tls::issuing_root(&m.svid.chain, &m.bundle).map(|r| meshgate_tls::fingerprint(r)).unwrap_or_default();
+    let not_after = m.svid.not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    (root, not_after)
+}
+
+/// Renews the SVID at its rotation time for as long as the task runs, and at once (within a
+/// second, spread so a fleet does not ask together) when `renewal` says another root signs now;
+/// on failure, retries with backoff (the current SVID stays in use until it expires).
+pub async fn rotate(mesh: Arc<MeshTls>, certifier: Arc<dyn Certifier>, id: SpiffeId, renewal: Arc<Renewal>) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let due = mesh.material().next_rotation;
         let wait = due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-        tokio::time::sleep(wait).await;
+        let early = tokio::select! {
+            () = tokio::time::sleep(wait) => false,
+            () = renewal.signer_changed.notified() => true,
+        };
+        if early {
+            if renewal.leaf_from_signer(&mesh) {
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+        }
         match obtain(certifier.as_ref(), &id).await {
             Ok((svid, bundle)) => {
                 let not_after = svid.not_after;
                 match mesh.update(Some(svid), Some(bundle)) {
                     Ok(()) => {
-                        tracing::info!(%id, ?not_after, "identity rotated");
+                        tracing::info!(%id, ?not_after, early, "identity rotated");
+                        renewal.renewed.send_modify(|n| *n += 1);
                         backoff = Duration::from_millis(500);
                     }
                     Err(e) => tracing::error!(%id, error = %e, "rotated certificate unusable"),
+                }
+                if !renewal.leaf_from_signer(&mesh) {
+                    // The replica that signed had not switched roots yet: ask again shortly.
+                    tracing::info!(%id, "renewed leaf is not from the root that signs now; renewing again in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    renewal.signer_changed.notify_one();
                 }
             }
             Err(e) => {
@@ -116,6 +188,9 @@ pub async fn rotate(mesh: Arc<MeshTls>, certifier: Arc<dyn Certifier>, id: Spiff
                 tracing::warn!(error = %e, ?expires, "certificate renewal failed; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+                if early {
+                    renewal.signer_changed.notify_one();
+                }
             }
         }
     }

@@ -8,9 +8,9 @@ use meshgate_identity::SpiffeId;
 use meshgate_tls::MeshTls;
 use tokio::task::JoinHandle;
 
-use crate::cp::{Apply, ControlPlaneAddr, CpCertifier, subscribe};
+use crate::cp::{Apply, ControlPlaneAddr, CpCertifier, Subscriber, subscribe};
 use crate::gateway::{Gateway, GatewayOptions};
-use crate::identity::{self, Certifier, IdentityError};
+use crate::identity::{self, Certifier, IdentityError, Renewal};
 
 /// Background tasks of a managed proxy, aborted when dropped.
 #[derive(Debug, Default)]
@@ -36,19 +36,29 @@ impl Drop for Tasks {
     }
 }
 
+/// A proxy that has joined the mesh: its TLS state, what its rotation task and its control-plane
+/// subscription tell each other, and its background tasks.
+pub(crate) struct Joined {
+    pub(crate) mesh: Arc<MeshTls>,
+    pub(crate) renewal: Arc<Renewal>,
+    pub(crate) tasks: Tasks,
+}
+
 /// Joins the mesh as `id`: the first certificate through the control plane (presenting the
 /// join token), then a task that keeps it rotated.
 pub(crate) async fn join(
     target: &ControlPlaneAddr,
     id: &SpiffeId,
     token: Option<String>,
-) -> Result<(Arc<MeshTls>, Tasks), IdentityError> {
+) -> Result<Joined, IdentityError> {
     let certifier = CpCertifier::new(target.clone(), token);
     let mesh = identity::bootstrap(certifier.as_ref(), id).await?;
     certifier.set_mesh(mesh.clone());
+    let renewal = Arc::new(Renewal::default());
     let mut tasks = Tasks::default();
-    tasks.push(tokio::spawn(identity::rotate(mesh.clone(), certifier as Arc<dyn Certifier>, id.clone())));
-    Ok((mesh, tasks))
+    let rotation = identity::rotate(mesh.clone(), certifier as Arc<dyn Certifier>, id.clone(), renewal.clone());
+    tasks.push(tokio::spawn(rotation));
+    Ok(Joined { mesh, renewal, tasks })
 }
 
 /// A running managed gateway.
@@ -75,7 +85,7 @@ impl ManagedGateway {
         mut options: GatewayOptions,
         node: String,
     ) -> Result<Self, IdentityError> {
-        let (mesh, mut tasks) = join(&target, &id, token).await?;
+        let Joined { mesh, renewal, mut tasks } = join(&target, &id, token).await?;
         options.tls = Some(mesh.clone());
         let gateway = Gateway::new(options);
         let gw = gateway.clone();
@@ -95,7 +105,8 @@ impl ManagedGateway {
                     .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
             })
         });
-        tasks.push(tokio::spawn(subscribe(target, mesh, "gateway".into(), node, String::new(), apply)));
+        let sub = Subscriber { target, mesh, renewal, role: "gateway".into(), node, workload: String::new() };
+        tasks.push(tokio::spawn(subscribe(sub, apply)));
         Ok(ManagedGateway { gateway, id, tasks })
     }
 

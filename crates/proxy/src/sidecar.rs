@@ -24,12 +24,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::balance::BackendRt;
-use crate::cp::{Apply, ControlPlaneAddr, subscribe};
+use crate::cp::{Apply, ControlPlaneAddr, Subscriber, subscribe};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::http::ConnInfo;
 use crate::identity::IdentityError;
 use crate::inbound::{AppTarget, Inbound, InboundOptions, looks_like_http};
-use crate::managed::{Tasks, join};
+use crate::managed::{Joined, Tasks, join};
 use crate::pool::UpstreamError;
 use crate::server::{ConnSettings, ServerSettings, Tracker, accept_until_stopped, http_builder, serve_connection};
 
@@ -363,7 +363,7 @@ impl ManagedSidecar {
         node: String,
     ) -> Result<Self, SidecarError> {
         let workload = opts.workload.clone();
-        let (mesh, mut tasks) = join(&target, &id, token).await?;
+        let Joined { mesh, renewal, mut tasks } = join(&target, &id, token).await?;
         let sidecar = Sidecar::start(opts, Some(mesh.clone())).await?;
         let (ns, name) =
             workload.split_once('/').map_or((String::new(), workload.clone()), |(a, b)| (a.into(), b.into()));
@@ -379,7 +379,8 @@ impl ManagedSidecar {
                 sc.apply(config, vec!["control plane".to_string()]).await.map(|_| ())
             })
         });
-        tasks.push(tokio::spawn(subscribe(target, mesh, "sidecar".into(), node, workload, apply)));
+        let sub = Subscriber { target, mesh, renewal, role: "sidecar".into(), node, workload };
+        tasks.push(tokio::spawn(subscribe(sub, apply)));
         Ok(ManagedSidecar { sidecar, id, tasks })
     }
 

@@ -251,8 +251,14 @@ impl CertificateAuthority {
     }
 
     /// Root rotation, step 1: a new root joins the trust bundle (distribute it to every
-    /// proxy before step 2); the old one still signs.
+    /// proxy before step 2); the old one still signs. Refused while another root is pending.
     pub fn add_next_root(&mut self, lifetime: Duration) -> Result<(), CaError> {
+        if let Some((_, pending)) = &self.next {
+            return Err(CaError::Material(format!(
+                "root {} was added and is not signing yet: use-root first (or withdraw-old-roots after it)",
+                crate::fingerprint(pending).get(..16).unwrap_or_default()
+            )));
+        }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = root_params(&self.trust_domain, lifetime)?.self_signed(&key)?;
         self.next = Some((key, cert.der().clone()));
@@ -262,7 +268,8 @@ impl CertificateAuthority {
 
     /// Root rotation, step 2: the new root signs from now on (both stay trusted).
     pub fn use_next_root(&mut self) -> Result<(), CaError> {
-        let (key, cert) = self.next.take().ok_or_else(|| CaError::Material("no next root: add one first".into()))?;
+        let (key, cert) =
+            self.next.take().ok_or_else(|| CaError::Material("no root is pending: add-root first".into()))?;
         self.roots.retain(|r| *r != cert);
         self.roots.insert(0, cert.clone());
         self.signer_key = key;
@@ -277,22 +284,80 @@ impl CertificateAuthority {
         self.use_next_root()
     }
 
-    /// Ends a rotation: only the root in use stays trusted.
-    pub fn withdraw_old_roots(&mut self) {
-        let keep: Vec<&CertificateDer<'static>> =
-            std::iter::once(&self.signer_cert).chain(self.next.as_ref().map(|(_, c)| c)).collect();
-        let signer_root = self.roots.first().cloned();
-        self.roots.retain(|r| keep.contains(&r) || (!self.intermediates.is_empty() && Some(r) == signer_root.as_ref()));
+    /// The roots [`Self::withdraw_old_roots`] would remove: all but the one that signs and a
+    /// pending one.
+    pub fn withdrawable_roots(&self) -> Vec<CertificateDer<'static>> {
+        let signing = self.signing_root().cloned();
+        let pending = self.next.as_ref().map(|(_, c)| c);
+        self.roots.iter().filter(|r| Some(*r) != signing.as_ref() && Some(*r) != pending).cloned().collect()
     }
 
-    /// The signer certificate, its key and the trust bundle, PEM, for persistence.
-    pub fn to_pem(&self) -> (String, String, String) {
+    /// Ends a rotation: only the root that signs (and a pending one) stays trusted.
+    pub fn withdraw_old_roots(&mut self) {
+        let gone = self.withdrawable_roots();
+        self.roots.retain(|r| !gone.contains(r));
+    }
+
+    /// The root at the top of the signer's chain: the signer itself, or the root an
+    /// intermediate chains to.
+    pub fn signing_root(&self) -> Option<&CertificateDer<'static>> {
+        let Some(top) = self.intermediates.last() else {
+            return self.roots.iter().find(|r| **r == self.signer_cert).or(self.roots.first());
+        };
+        let issuer = X509Certificate::from_der(top).ok().map(|(_, c)| c.issuer().as_raw().to_vec());
+        self.roots
+            .iter()
+            .find(|r| X509Certificate::from_der(r).is_ok_and(|(_, c)| Some(c.subject().as_raw().to_vec()) == issuer))
+            .or(self.roots.first())
+    }
+
+    /// The root added by [`Self::add_next_root`] and not yet signing.
+    pub fn pending_root(&self) -> Option<&CertificateDer<'static>> {
+        self.next.as_ref().map(|(_, c)| c)
+    }
+
+    /// Everything to persist, PEM: it round-trips through [`Self::from_stored`], a pending
+    /// root included.
+    pub fn to_pem(&self) -> CaPem {
         let cert = crate::cert_pem(&self.signer_cert);
         let key = self.signer_key.serialize_pem();
-        let mut bundle: String = self.intermediates.iter().skip(1).map(|c| crate::cert_pem(c)).collect();
-        bundle.extend(self.roots.iter().map(|c| crate::cert_pem(c)));
-        (cert, key, bundle)
+        let mut chain: String = self.intermediates.iter().skip(1).map(|c| crate::cert_pem(c)).collect();
+        chain.extend(self.roots.iter().map(|c| crate::cert_pem(c)));
+        let next = self.next.as_ref().map(|(k, c)| (crate::cert_pem(c), k.serialize_pem()));
+        CaPem { cert, key, chain, next }
     }
+
+    /// The CA as [`Self::to_pem`] wrote it.
+    pub fn from_stored(trust_domain: TrustDomain, pem: &CaPem) -> Result<Self, CaError> {
+        let mut ca = CertificateAuthority::from_pem(trust_domain, &pem.cert, &pem.key, Some(&pem.chain))?;
+        if let Some((cert_pem, key_pem)) = &pem.next {
+            let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+                .map_err(|e| CaError::Material(format!("pending root: {e}")))?;
+            let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Material(format!("pending root key: {e}")))?;
+            let (_, parsed) = X509Certificate::from_der(&cert).map_err(|e| CaError::Material(e.to_string()))?;
+            if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+                return Err(CaError::Material("the pending root's key does not match its certificate".into()));
+            }
+            if !ca.roots.contains(&cert) {
+                return Err(CaError::Material("the pending root is not in the trust bundle".into()));
+            }
+            ca.next = Some((key, cert));
+        }
+        Ok(ca)
+    }
+}
+
+/// A CA's material as it is persisted (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaPem {
+    /// The signing certificate.
+    pub cert: String,
+    /// Its key.
+    pub key: String,
+    /// Intermediates above the signer, then every trusted root.
+    pub chain: String,
+    /// A root added for rotation and not yet signing: its certificate and key.
+    pub next: Option<(String, String)>,
 }
 
 #[cfg(test)]

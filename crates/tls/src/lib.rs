@@ -12,10 +12,10 @@ pub mod verify;
 
 use std::sync::{Arc, OnceLock};
 
-pub use ca::{CaError, CertificateAuthority};
+pub use ca::{CaError, CaPem, CertificateAuthority};
 pub use config::{MeshTls, PeerIdentity};
 pub use svid::{Svid, SvidRequest, TrustBundle};
-pub use verify::{SvidError, validate_svid};
+pub use verify::{SvidError, issuing_root, validate_svid};
 
 /// The workspace's crypto provider (aws-lc-rs), shared by every config.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -33,6 +33,12 @@ pub fn sha256(data: &[u8]) -> Vec<u8> {
         .find(|h| h.output_len() == 32)
         .map(|h| h.hash(data).as_ref().to_vec())
         .unwrap_or_default()
+}
+
+/// A certificate's fingerprint: hex of the SHA-256 of its DER (what `openssl x509 -fingerprint
+/// -sha256` prints, without the colons).
+pub fn fingerprint(der: &[u8]) -> String {
+    hex(&sha256(der))
 }
 
 /// Hex of bytes.

@@ -175,6 +175,17 @@ pub fn validate_svid(
     verify_chain(leaf, intermediates, bundle, &anchors(bundle), now, server)
 }
 
+/// Which root of `bundle` the SVID `chain` chains to (now), if any: the root that issued it,
+/// directly or through intermediates.
+pub fn issuing_root<'b>(chain: &[CertificateDer<'_>], bundle: &'b TrustBundle) -> Option<&'b CertificateDer<'static>> {
+    let (leaf, intermediates) = chain.split_first()?;
+    let now = SystemTime::now();
+    bundle.roots.iter().find(|root| {
+        let anchors: Vec<TrustAnchor<'_>> = webpki::anchor_from_trusted_cert(root).into_iter().collect();
+        verify_chain(leaf, intermediates, bundle, &anchors, now, false).is_ok()
+    })
+}
+
 /// The bundle's roots as trust anchors.
 fn anchors(bundle: &TrustBundle) -> Vec<TrustAnchor<'static>> {
     bundle.roots.iter().filter_map(|r| webpki::anchor_from_trusted_cert(r).ok().map(|a| a.to_owned())).collect()

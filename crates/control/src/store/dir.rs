@@ -188,6 +188,29 @@ impl Store for DirStore {
         }
     }
 
+    async fn list_blobs(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let entries = match std::fs::read_dir(self.blob_path(dir)?) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Files being written or taken are hidden until renamed into place.
+            if name.starts_with('.') {
+                continue;
+            }
+            match std::fs::read(e.path()) {
+                Ok(v) => out.push((name, v)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }

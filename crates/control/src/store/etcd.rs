@@ -217,6 +217,25 @@ impl Store for EtcdStore {
         Ok(if resp.deleted == 1 { resp.prev_kvs.into_iter().next().map(|kv| kv.value) } else { None })
     }
 
+    async fn list_blobs(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = format!("{}/", self.blob_key(dir.trim_end_matches('/'))).into_bytes();
+        let resp = self
+            .kv
+            .clone()
+            .range(RangeRequest { key: prefix.clone(), range_end: range_end(&prefix), ..Default::default() })
+            .await
+            .map_err(etcd_err)?
+            .into_inner();
+        Ok(resp
+            .kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let name = String::from_utf8_lossy(kv.key.get(prefix.len()..)?).into_owned();
+                (!name.contains('/')).then_some((name, kv.value))
+            })
+            .collect())
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }

@@ -4,5 +4,6 @@
 
 mod harness;
 mod push;
+mod rotation;
 mod stores;
 mod tokens;

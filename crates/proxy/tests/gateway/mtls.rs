@@ -80,8 +80,14 @@ async fn lab(
     let mut tasks = vec![tokio::spawn(inbound.clone().serve(listener))];
     if rotate {
         let certifier: Arc<dyn Certifier> = ca.clone();
-        tasks.push(tokio::spawn(identity::rotate(inbound_tls.clone(), certifier.clone(), inbound_id.clone())));
-        tasks.push(tokio::spawn(identity::rotate(gateway_tls.clone(), certifier, id("infra", "gateway"))));
+        let renewal = || std::sync::Arc::new(identity::Renewal::default());
+        tasks.push(tokio::spawn(identity::rotate(
+            inbound_tls.clone(),
+            certifier.clone(),
+            inbound_id.clone(),
+            renewal(),
+        )));
+        tasks.push(tokio::spawn(identity::rotate(gateway_tls.clone(), certifier, id("infra", "gateway"), renewal())));
     }
     let yaml = gateway("gw")
         + &route_to("inventory", "")

@@ -208,8 +208,8 @@ fn root_rotation_keeps_both_roots_until_withdrawn() {
 #[test]
 fn user_provided_root_and_intermediate() {
     let root = ca();
-    let (cert, key, bundle) = root.to_pem();
-    let again = CertificateAuthority::from_pem(td(), &cert, &key, Some(&bundle)).unwrap();
+    let pem = root.to_pem();
+    let again = CertificateAuthority::from_pem(td(), &pem.cert, &pem.key, Some(&pem.chain)).unwrap();
     assert_eq!(again.bundle(), root.bundle());
     // An intermediate signed by the root.
     let ikey = KeyPair::generate().unwrap();
@@ -223,15 +223,60 @@ fn user_provided_root_and_intermediate() {
         CertificateAuthority::from_pem(td(), &icert.pem(), &ikey.serialize_pem(), None).is_err(),
         "needs its chain"
     );
-    let inter = CertificateAuthority::from_pem(td(), &icert.pem(), &ikey.serialize_pem(), Some(&cert)).unwrap();
+    let inter = CertificateAuthority::from_pem(td(), &icert.pem(), &ikey.serialize_pem(), Some(&pem.cert)).unwrap();
     let req = SvidRequest::new(&id("x")).unwrap();
     let chain = inter.sign(&req.csr, &id("x"), None).unwrap();
     assert_eq!(chain.len(), 2, "leaf and intermediate");
+    assert_eq!(inter.signing_root(), Some(&root.bundle().roots[0]), "an intermediate's root is the signing root");
     let svid = req.complete(chain).unwrap();
     assert!(validate_svid(&svid.chain, &root.bundle(), SystemTime::now(), false).is_ok());
     assert!(
-        CertificateAuthority::from_pem(td(), &icert.pem(), &KeyPair::generate().unwrap().serialize_pem(), Some(&cert))
-            .is_err(),
+        CertificateAuthority::from_pem(
+            td(),
+            &icert.pem(),
+            &KeyPair::generate().unwrap().serialize_pem(),
+            Some(&pem.cert)
+        )
+        .is_err(),
         "key must match"
     );
+}
+
+#[test]
+fn a_pending_root_survives_persistence_and_steps_refuse_out_of_order() {
+    let mut ca = ca();
+    let first = ca.signing_root().cloned().unwrap();
+    assert!(ca.use_next_root().unwrap_err().to_string().contains("no root is pending"));
+    assert!(ca.withdrawable_roots().is_empty(), "nothing to withdraw with one root");
+    ca.add_next_root(Duration::from_secs(3600)).unwrap();
+    assert!(ca.add_next_root(Duration::from_secs(3600)).unwrap_err().to_string().contains("not signing yet"));
+    let pending = ca.pending_root().cloned().unwrap();
+    // Through the stored form (another replica, or a restart), the pending root and its key
+    // come back: the next step finds them.
+    let mut again = CertificateAuthority::from_stored(td(), &ca.to_pem()).unwrap();
+    assert_eq!(again.pending_root(), Some(&pending));
+    assert_eq!(again.signing_root(), Some(&first));
+    assert!(again.withdrawable_roots().is_empty(), "the signing and the pending root both stay");
+    again.use_next_root().unwrap();
+    let mut again = CertificateAuthority::from_stored(td(), &again.to_pem()).unwrap();
+    assert_eq!(again.signing_root(), Some(&pending), "the added root signs");
+    assert_eq!(again.pending_root(), None);
+    assert_eq!(again.withdrawable_roots(), vec![first.clone()]);
+    // Leaves now chain to the new root.
+    let req = SvidRequest::new(&id("a")).unwrap();
+    let svid = req.complete(again.sign(&SvidRequest::new(&id("a")).unwrap().csr, &id("a"), None).unwrap());
+    assert!(svid.is_err());
+    let req = SvidRequest::new(&id("a")).unwrap();
+    let chain = again.sign(&req.csr, &id("a"), None).unwrap();
+    let svid = req.complete(chain).unwrap();
+    assert_eq!(crate::issuing_root(&svid.chain, &again.bundle()), Some(&pending));
+    again.withdraw_old_roots();
+    assert_eq!(again.bundle().roots, vec![pending.clone()]);
+    assert_eq!(again.signing_root(), Some(&pending), "the signing root is never withdrawn");
+    // A pending root whose key is not its own is refused on load.
+    let mut pem = ca.to_pem();
+    if let Some((_, key)) = &mut pem.next {
+        *key = KeyPair::generate().unwrap().serialize_pem();
+    }
+    assert!(CertificateAuthority::from_stored(td(), &pem).unwrap_err().to_string().contains("does not match"));
 }
