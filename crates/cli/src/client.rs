@@ -281,7 +281,9 @@ pub(crate) async fn ca_rotate(api: &Api, step: &str) -> anyhow::Result<bool> {
     }
     println!("{step}: the trust bundle now holds {} root(s)", v["roots"]);
     match step {
-        "add-root" => println!("next: once every proxy has the new bundle (seconds), `meshgate ca rotate use-root`"),
+        "add-root" => println!(
+            "next: once `meshgate ca status` shows every proxy trusting the new root (seconds), `meshgate ca rotate use-root`"
+        ),
         "use-root" => println!(
             "next: proxies renew their leaves from the new root now; when `meshgate ca status` shows none left on the old root, `meshgate ca rotate withdraw-old-roots`"
         ),
@@ -298,7 +300,9 @@ pub(crate) async fn ca_status(api: &Api) -> anyhow::Result<bool> {
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     println!("trust domain {}", v["trustDomain"].as_str().unwrap_or("?"));
-    println!("{:<18} {:<9} {:>7} {:<22} SUBJECT", "ROOT (SHA-256)", "STATE", "PROXIES", "EXPIRES");
+    let total = v["proxies"].as_array().map_or(0, Vec::len);
+    println!("{total} connected proxy(ies); PROXIES: leaves from the root; TRUSTED BY: proxies whose bundle holds it");
+    println!("{:<18} {:<9} {:>7} {:>10} {:<22} SUBJECT", "ROOT (SHA-256)", "STATE", "PROXIES", "TRUSTED BY", "EXPIRES");
     for r in v["roots"].as_array().into_iter().flatten() {
         let fp = r["fingerprint"].as_str().unwrap_or("");
         let state = if r["signing"] == true {
@@ -311,10 +315,11 @@ pub(crate) async fn ca_status(api: &Api) -> anyhow::Result<bool> {
         let not_after = r["notAfter"].as_i64().unwrap_or(0);
         let expires = format!("{} ({} days)", unix_date(not_after), (not_after - now) / 86_400);
         println!(
-            "{:<18} {:<9} {:>7} {:<22} {}",
+            "{:<18} {:<9} {:>7} {:>10} {:<22} {}",
             fp.get(..16).unwrap_or(fp),
             state,
             r["proxies"],
+            r["trustedBy"],
             expires,
             r["subject"].as_str().unwrap_or("")
         );

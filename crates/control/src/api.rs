@@ -287,7 +287,7 @@ async fn rotate<S: Store>(cp: &ControlPlane<S>, step: &str) -> Reply {
     let root_lifetime = cp.options.root_lifetime;
     // Which proxies hold leaves from which root, across replicas: read before the step, which
     // runs on a copy of the CA and is put in force only once it is saved.
-    let proxies = if step == "withdraw-old-roots" {
+    let proxies = if step == "withdraw-old-roots" || step == "use-root" {
         match cp.all_proxies().await {
             Ok(p) => p,
             Err(e) => {
@@ -300,7 +300,27 @@ async fn rotate<S: Store>(cp: &ControlPlane<S>, step: &str) -> Reply {
     let result = cp
         .update_ca(|ca| match step {
             "add-root" => ca.add_next_root(root_lifetime).map_err(|e| e.to_string()),
-            "use-root" => ca.use_next_root().map_err(|e| e.to_string()),
+            "use-root" => {
+                // A leaf from the new root is refused by a proxy that does not trust it yet.
+                if let Some(pending) = ca.pending_root().map(|r| meshgate_tls::fingerprint(r)) {
+                    let lacking: Vec<String> = proxies
+                        .iter()
+                        .filter(|p| !p.trusts.contains(&pending))
+                        .map(|p| format!("{} ({}, replica {})", p.identity, p.role, p.replica))
+                        .collect();
+                    if !lacking.is_empty() {
+                        return Err(format!(
+                            "refused: {} connected proxy(ies) do not trust the added root {} yet, and would refuse \
+                             leaves from it: {}. The bundle reaches proxies within seconds of add-root; `meshgate \
+                             ca status` shows when all trust it, then run use-root again",
+                            lacking.len(),
+                            short(&pending),
+                            lacking.join("; ")
+                        ));
+                    }
+                }
+                ca.use_next_root().map_err(|e| e.to_string())
+            }
             "withdraw-old-roots" => {
                 let gone = ca.withdrawable_roots();
                 if gone.is_empty() {
@@ -373,13 +393,14 @@ async fn ca_status<S: Store>(cp: &ControlPlane<S>) -> Reply {
                 "signing": signing.as_deref() == Some(fp.as_str()),
                 "pending": pending.as_deref() == Some(fp.as_str()),
                 "proxies": proxies.iter().filter(|p| p.leaf_root == fp).count(),
+                "trustedBy": proxies.iter().filter(|p| p.trusts.contains(&fp)).count(),
             })
         })
         .collect();
     let listed: Vec<serde_json::Value> = proxies
         .iter()
         .map(|p| {
-            json!({ "identity": p.identity, "role": p.role, "replica": p.replica, "leafRoot": p.leaf_root, "leafNotAfter": p.leaf_not_after })
+            json!({ "identity": p.identity, "role": p.role, "replica": p.replica, "leafRoot": p.leaf_root, "leafNotAfter": p.leaf_not_after, "trusts": p.trusts })
         })
         .collect();
     let unreported = proxies.iter().filter(|p| p.leaf_root.is_empty()).count();

@@ -257,6 +257,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 replica: cp.options.replica.clone(),
                 leaf_root: hello.credentials.as_ref().map(|c| c.root.clone()).unwrap_or_default(),
                 leaf_not_after: hello.credentials.as_ref().map_or(0, |c| c.not_after),
+                trusts: hello.credentials.as_ref().map(|c| c.trusts.clone()).unwrap_or_default(),
             });
             tracing::info!(%identity, role, node = %hello.node, "proxy subscribed");
             let mut stopping = cp.stopping.subscribe();
@@ -294,8 +295,8 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                                 cp.update_proxy(conn, |r| { r.acked = r.acked.max(v); if v >= r.sent { r.nack = None; } });
                             }
                             Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Credentials(c)) })) => {
-                                tracing::info!(%identity, root = %c.root.get(..16).unwrap_or_default(), "proxy renewed its certificate");
-                                cp.update_proxy(conn, |r| { r.leaf_root = c.root; r.leaf_not_after = c.not_after; });
+                                tracing::debug!(%identity, root = %c.root.get(..16).unwrap_or_default(), trusts = c.trusts.len(), "proxy credentials");
+                                cp.update_proxy(conn, |r| { r.leaf_root = c.root; r.leaf_not_after = c.not_after; r.trusts = c.trusts; });
                             }
                             Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Nack(n)) })) => {
                                 tracing::warn!(%identity, version = %n.version, "proxy refused configuration: {}", n.error);

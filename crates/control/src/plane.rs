@@ -66,6 +66,9 @@ pub struct ProxyRecord {
     /// Its leaf's notAfter, Unix seconds (0: not reported).
     #[serde(default)]
     pub leaf_not_after: u64,
+    /// SHA-256 (hex) of every root it trusts, as it reported.
+    #[serde(default)]
+    pub trusts: Vec<String>,
 }
 
 impl ProxyRecord {

@@ -211,8 +211,8 @@ pub async fn subscribe(sub: Subscriber, apply: Apply) {
 }
 
 fn credentials(mesh: &MeshTls) -> Credentials {
-    let (root, not_after) = crate::identity::credentials(mesh);
-    Credentials { root, not_after }
+    let c = crate::identity::credentials(mesh);
+    Credentials { root: c.leaf_root, not_after: c.not_after, trusts: c.trusts }
 }
 
 async fn session(
@@ -271,6 +271,11 @@ async fn session(
             }
             if !resp.signer.is_empty() {
                 sub.renewal.set_signer(&resp.signer);
+            }
+            // The control plane learns which roots this proxy trusts now.
+            let c = DiscoveryRequest { kind: Some(ReqKind::Credentials(credentials(mesh))) };
+            if tx.send(c).await.is_err() {
+                break;
             }
         }
         let mut decoded = Vec::with_capacity(resp.upserts.len());

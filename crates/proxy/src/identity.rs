@@ -127,7 +127,7 @@ impl Renewal {
     /// Whether `mesh`'s leaf chains to the root that signs now (true when that is not known).
     pub fn leaf_from_signer(&self, mesh: &MeshTls) -> bool {
         let signer = self.signer.lock().map(|s| s.clone()).unwrap_or_default();
-        signer.is_empty() || credentials(mesh).0 == signer
+        signer.is_empty() || credentials(mesh).leaf_root == signer
     }
 
     /// Counts renewals: a receiver sees each one.
@@ -136,14 +136,25 @@ impl Renewal {
     }
 }
 
-/// The fingerprint of the bundle root `mesh`'s leaf chains to (empty when none does), and the
-/// leaf's expiry in Unix seconds.
-pub fn credentials(mesh: &MeshTls) -> (String, u64) {
+/// What a proxy's credentials are now, as the control plane is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialState {
+    /// Fingerprint of the bundle root the leaf chains to (empty when none does).
+    pub leaf_root: String,
+    /// The leaf's expiry, Unix seconds.
+    pub not_after: u64,
+    /// Fingerprints of every root trusted.
+    pub trusts: Vec<String>,
+}
+
+/// `mesh`'s credentials now.
+pub fn credentials(mesh: &MeshTls) -> CredentialState {
     let m = mesh.material();
-    let root =
+    let leaf_root =
         meshgate_tls::issuing_root(&m.svid.chain, &m.bundle).map(|r| meshgate_tls::fingerprint(r)).unwrap_or_default();
     let not_after = m.svid.not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    (root, not_after)
+    let trusts = m.bundle.roots.iter().map(|r| meshgate_tls::fingerprint(r)).collect();
+    CredentialState { leaf_root, not_after, trusts }
 }
 
 /// Renews the SVID at its rotation time for as long as the task runs, and at once (within a

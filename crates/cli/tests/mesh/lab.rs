@@ -404,3 +404,189 @@ fn bad_run_input_is_refused_clearly_and_leaves_nothing() {
     drop(lab);
     assert_host_bare_within(Duration::from_secs(5), "after the last workload");
 }
+
+/// `GET /api/v1/ca` of the lab's control plane.
+fn ca_status(state: &TempDir) -> serde_json::Value {
+    use std::io::Write;
+    let token = std::fs::read_to_string(state.path().join("admin-token")).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", 15014)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /api/v1/ca HTTP/1.1\r\nHost: cp\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `meshgate ca rotate STEP` as an operator runs it: the output, which must report success.
+fn rotate(state: &TempDir, step: &str) -> String {
+    let out = meshgate().args(["ca", "rotate", step]).arg("--state-dir").arg(state.path()).output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "meshgate ca rotate {step}: {all}");
+    all
+}
+
+/// Polls the lab's CA status until `ok` holds (30 s at most).
+fn wait_status(state: &TempDir, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = ca_status(state);
+        if ok(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn root_with<'a>(s: &'a serde_json::Value, flag: &str) -> &'a serde_json::Value {
+    s["roots"].as_array().unwrap().iter().find(|r| r[flag] == true).unwrap_or_else(|| panic!("no {flag} root: {s}"))
+}
+
+/// The lab's proxies: the gateway and three sidecars.
+const LAB_PROXIES: u64 = 4;
+
+/// Requests through the gateway, each on a fresh connection, until stopped: (answered 200,
+/// failures with what they got).
+fn traffic(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        let started = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let at = started.elapsed();
+            match plain_get(SocketAddr::from(([127, 0, 0, 1], 8080)), "/") {
+                Ok(r) if r.starts_with("HTTP/1.1 200") && r.contains("\"inventory\"") => ok += 1,
+                Ok(r) => failed.push(format!("at {at:?}: {}", r.replace("\r\n", " | "))),
+                Err(e) => failed.push(format!("at {at:?}: {e}")),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    })
+}
+
+/// A process of the test's own, killed (and reaped) however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rotation_in_the_lab(restart_between_add_and_use: bool) {
+    let _host = bare_host();
+    let mut up = Up::lab();
+    up.wait_line("meshgate lab is up", Duration::from_secs(90));
+    let st = &up.state;
+    let before = wait_status(st, "every proxy reporting", |s| {
+        s["proxies"].as_array().is_some_and(|p| p.len() as u64 == LAB_PROXIES) && s["unreported"] == 0
+    });
+    let old = root_with(&before, "signing")["fingerprint"].as_str().unwrap().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = traffic(stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+
+    assert!(rotate(st, "add-root").contains("2 root(s)"));
+    let mut own_cp: Option<KillOnDrop> = None;
+    if restart_between_add_and_use {
+        // The lab's control plane stops; a new one starts on the same store and addresses. The
+        // proxies keep serving meanwhile and resubscribe to it.
+        let marker = format!("control-plane --store dir:{}", st.path().join("lab-store").display());
+        let pids = processes_with(&marker);
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        let pid: u32 = pids[0].split_whitespace().next().unwrap().parse().unwrap();
+        send_signal(pid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_with(&marker).is_empty() {
+            assert!(Instant::now() < deadline, "the control plane did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cp = meshgate()
+            .arg("control-plane")
+            .arg("--store")
+            .arg(format!("dir:{}", st.path().join("lab-store").display()))
+            .args(["--grpc", "127.0.0.1:15012", "--http", "127.0.0.1:15014"])
+            .arg("--state-dir")
+            .arg(st.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        own_cp = Some(KillOnDrop(cp));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", 15014)).is_err() {
+            assert!(Instant::now() < deadline, "the new control plane did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let s = wait_status(st, "every proxy trusting the added root", |s| {
+        s["roots"].as_array().unwrap().iter().any(|r| r["pending"] == true && r["trustedBy"] == LAB_PROXIES)
+    });
+    let new = root_with(&s, "pending")["fingerprint"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+
+    let started = Instant::now();
+    rotate(st, "use-root");
+    wait_status(st, "every proxy's leaf from the new root", |s| {
+        s["proxies"].as_array().unwrap().iter().filter(|p| p["leafRoot"] == new.as_str()).count() as u64 == LAB_PROXIES
+    });
+    eprintln!("use-root: every proxy of the lab had a leaf from the new root after {:?}", started.elapsed());
+
+    assert!(rotate(st, "withdraw-old-roots").contains("1 root(s)"));
+    let s = wait_status(st, "every proxy trusting the new root alone", |s| {
+        s["proxies"].as_array().unwrap().iter().all(|p| p["trusts"] == serde_json::json!([new.as_str()]))
+    });
+    let roots = s["roots"].as_array().unwrap();
+    assert_eq!(roots.len(), 1, "{s}");
+    assert_eq!(roots[0]["fingerprint"], new.as_str());
+    assert_eq!(roots[0]["proxies"], LAB_PROXIES);
+    std::thread::sleep(Duration::from_secs(1));
+    // A workload started now has only the new root: its first mTLS handshakes with inventory
+    // (a sidecar whose leaf was renewed during the rotation) succeed.
+    let out = meshgate()
+        .args(["run", "-n", "shop", "--service-account", "order", "--name", "after-rotation"])
+        .arg("--state-dir")
+        .arg(st.path())
+        .args(["--", "python3", "-c", HTTP_CLIENT, "http://inventory:8080/"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a new workload after the rotation: {}", text(&out));
+    // Traffic goes on a little with the old root gone.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    eprintln!("traffic during the rotation: {ok} answered, {} failed", failed.len());
+    assert!(failed.is_empty(), "requests failed during the rotation: {failed:?}");
+    assert!(ok > 50, "only {ok} requests");
+
+    match own_cp {
+        None => {
+            up.stop_with("INT", "the lab after a rotation");
+        }
+        Some(cp) => {
+            send_signal(up.child.id(), "INT");
+            let status = wait_exit(&mut up.child, Duration::from_secs(15), "the lab after a rotation");
+            assert!(status.success(), "{status}: {}", up.output());
+            drop(cp);
+            let out = up.output();
+            assert_nothing_left(&up.state, "the lab after a rotation", &out);
+        }
+    }
+}
+
+#[test]
+fn root_rotation_from_the_cli_under_traffic_in_the_lab() {
+    rotation_in_the_lab(false);
+}
+
+#[test]
+fn root_rotation_with_a_control_plane_restart_between_add_root_and_use_root() {
+    rotation_in_the_lab(true);
+}

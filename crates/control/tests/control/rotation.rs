@@ -46,7 +46,7 @@ fn root_where(status: &Value, flag: &str) -> String {
 }
 
 fn leaf_root(gw: &ManagedGateway) -> String {
-    meshgate_proxy::identity::credentials(&gw.gateway.tls().unwrap()).0
+    meshgate_proxy::identity::credentials(&gw.gateway.tls().unwrap()).leaf_root
 }
 
 /// Waits until every gateway's leaf chains to `root` and the control plane (`cp`, which sees
@@ -86,7 +86,7 @@ async fn stale_proxy(cp: &Cp, target: ControlPlaneAddr, root: &str) -> StaleProx
         role: "gateway".into(),
         workload: String::new(),
         version: String::new(),
-        credentials: Some(Credentials { root: root.to_string(), not_after: 0 }),
+        credentials: Some(Credentials { root: root.to_string(), not_after: 0, trusts: vec![root.to_string()] }),
     };
     tx.send(DiscoveryRequest { kind: Some(ReqKind::Hello(hello)) }).await.unwrap();
     let stream =
@@ -128,6 +128,26 @@ async fn rotation_on_a_directory_store_survives_a_restart_between_every_two_step
     assert_eq!(root_where(&s, "pending"), pending, "{s}");
     assert_eq!(root_where(&s, "signing"), first, "{s}");
 
+    // The proxies trust the added root once the control plane has pushed it (and they say so);
+    // a proxy that does not trust it yet blocks use-root, by name.
+    eventually("both proxies trust the added root", async || {
+        status(&cp).await["roots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["fingerprint"] == pending && r["trustedBy"] == 2)
+    })
+    .await;
+    let stale = stale_proxy(&cp, cp.target(), &first).await;
+    eventually("the stale proxy is counted", async || status(&cp).await["proxies"].as_array().unwrap().len() == 3)
+        .await;
+    let (code, v) = step(&cp, "use-root").await;
+    assert_eq!(code, 409, "{v}");
+    let why = v["error"].as_str().unwrap_or_default();
+    assert!(why.contains("spiffe://cluster.local/ns/infra/sa/stale") && why.contains("do not trust"), "{why}");
+    assert_eq!(root_where(&status(&cp).await, "signing"), first, "nothing changed");
+    drop(stale);
+    eventually("the stale proxy is gone", async || status(&cp).await["proxies"].as_array().unwrap().len() == 2).await;
     step_ok(&cp, "use-root").await;
     // Every proxy's leaf is reissued from the new root promptly, not at its half-life (12 h).
     let took = wait_leaves(&cp, &[&gw1, &gw2], &pending).await;
@@ -193,6 +213,10 @@ async fn two_replicas_on_etcd_each_step_through_either_is_in_force_on_both() {
     let (code, v) = step(&b, "add-root").await;
     assert_eq!(code, 409, "a second add-root while one is pending: {v}");
     assert!(v["error"].as_str().unwrap_or_default().contains("not signing yet"), "{v}");
+    eventually("both proxies trust the added root, as B sees it", async || {
+        status(&b).await["roots"].as_array().unwrap().iter().any(|r| r["fingerprint"] == pending && r["trustedBy"] == 2)
+    })
+    .await;
     step_ok(&b, "use-root").await;
     let took = wait_leaves(&a, &[&gw_a, &gw_b], &pending).await;
     eprintln!("use-root through B reached the proxies of both replicas in {took:?}");
