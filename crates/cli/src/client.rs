@@ -318,8 +318,8 @@ pub(crate) async fn ca_status(api: &Api) -> anyhow::Result<bool> {
             "{:<18} {:<9} {:>7} {:>10} {:<22} {}",
             fp.get(..16).unwrap_or(fp),
             state,
-            r["proxies"],
-            r["trustedBy"],
+            r["proxies"].as_u64().unwrap_or(0),
+            r["trustedBy"].as_u64().unwrap_or(0),
             expires,
             r["subject"].as_str().unwrap_or("")
         );
