@@ -23,10 +23,10 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         bind: opts.bind,
         drain_timeout: opts.drain_timeout,
         access_log: opts.access_log,
-        server: meshgate_proxy::server::ServerSettings {
+        server: meshgate_proxy::conn::ServerSettings {
             idle_timeout: opts.idle_timeout,
             header_timeout: opts.header_timeout,
-            ..meshgate_proxy::server::ServerSettings::default()
+            ..meshgate_proxy::conn::ServerSettings::default()
         },
         ..GatewayOptions::default()
     });
@@ -43,12 +43,12 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("{}", text.join("\n"));
     }
-    crate::proxy::serve_admin(opts.admin, gateway.clone()).await?;
+    crate::proxy::serve_admin(opts.admin, meshgate_proxy::admin::Roles::gateway(gateway.core().clone())).await?;
     if let Some(addr) = opts.admin {
         tracing::info!(%addr, "admin endpoint: /ready /config_dump");
     }
     let watcher = tokio::spawn(source::watch(opts.paths.clone(), gateway.clone()));
-    crate::release_cold_pages(gateway.clone());
+    crate::release_cold_pages(gateway.core().clone());
     shutdown_signal().await?;
     tracing::info!(timeout = ?opts.drain_timeout, "shutting down: draining connections");
     watcher.abort();

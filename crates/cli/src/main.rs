@@ -252,16 +252,16 @@ pub(crate) fn parse_admin(s: &str) -> anyhow::Result<Option<SocketAddr>> {
 /// compilation) that the request path never does, and each change would otherwise leave it
 /// mapped. What requests run faults back in from the page cache (a few hundred microseconds,
 /// once per change: the request path's functions lie together, see `crates/cli/build.rs`).
-pub(crate) fn release_cold_pages(gateway: std::sync::Arc<meshgate_proxy::Gateway>) {
+pub(crate) fn release_cold_pages(core: std::sync::Arc<meshgate_proxy::ProxyCore>) {
     release_startup_pages();
     tokio::spawn(async move {
-        let mut released = gateway.snapshot().version;
+        let mut released = core.snapshot().version;
         let mut seen = released;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            let version = gateway.snapshot().version;
+            let version = core.snapshot().version;
             // Released once the version has stayed the same for a tick: not in a burst.
             if version == seen && version != released {
                 released = version;

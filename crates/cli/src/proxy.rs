@@ -2,7 +2,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,8 +9,9 @@ use meshgate_identity::SpiffeId;
 use meshgate_identity::TrustDomain;
 use meshgate_proxy::cp::ControlPlaneAddr;
 use meshgate_proxy::managed::ManagedGateway;
-use meshgate_proxy::sidecar::{ManagedSidecar, SidecarOptions};
-use meshgate_proxy::{Gateway, GatewayOptions, admin};
+use meshgate_proxy::managed::ManagedSidecar;
+use meshgate_proxy::roles::sidecar::SidecarOptions;
+use meshgate_proxy::{GatewayOptions, admin};
 
 /// `meshgate proxy` flags.
 #[derive(Debug, clap::Args)]
@@ -79,9 +79,11 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         opts.access_log = args.access_log;
         opts.drain_timeout = args.drain_timeout;
         let managed = ManagedSidecar::start(target, id.clone(), args.token.clone(), opts, node).await?;
-        serve_admin(admin, managed.sidecar.gateway.clone()).await?;
+        let roles =
+            meshgate_proxy::admin::Roles::sidecar(managed.sidecar.core.clone(), managed.sidecar.inbound.clone());
+        serve_admin(admin, roles).await?;
         tracing::info!(%id, "sidecar proxy started");
-        crate::release_cold_pages(managed.sidecar.gateway.clone());
+        crate::release_cold_pages(managed.sidecar.core.clone());
         crate::gateway::shutdown_signal_quiet().await;
         managed.stop().await;
         return Ok(());
@@ -90,16 +92,16 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         bind: args.bind,
         drain_timeout: args.drain_timeout,
         access_log: args.access_log,
-        server: meshgate_proxy::server::ServerSettings {
+        server: meshgate_proxy::conn::ServerSettings {
             header_timeout: args.header_timeout,
-            ..meshgate_proxy::server::ServerSettings::default()
+            ..meshgate_proxy::conn::ServerSettings::default()
         },
         ..GatewayOptions::default()
     };
     let managed = ManagedGateway::start(target, id.clone(), args.token.clone(), options, node).await?;
-    serve_admin(admin, managed.gateway.clone()).await?;
+    serve_admin(admin, meshgate_proxy::admin::Roles::gateway(managed.gateway.core().clone())).await?;
     tracing::info!(%id, "gateway proxy started");
-    crate::release_cold_pages(managed.gateway.clone());
+    crate::release_cold_pages(managed.gateway.core().clone());
     crate::gateway::shutdown_signal_quiet().await;
     managed.stop().await;
     Ok(())
@@ -125,9 +127,9 @@ pub(crate) fn node_name() -> String {
 }
 
 /// Serves the admin endpoint of `gateway` on `addr`, when there is one.
-pub(crate) async fn serve_admin(addr: Option<SocketAddr>, gateway: Arc<Gateway>) -> anyhow::Result<()> {
+pub(crate) async fn serve_admin(addr: Option<SocketAddr>, roles: admin::Roles) -> anyhow::Result<()> {
     let Some(addr) = addr else { return Ok(()) };
     let listener = admin::bind(addr).await.with_context(|| format!("cannot listen on admin address {addr}"))?;
-    tokio::spawn(admin::serve(listener, gateway));
+    tokio::spawn(admin::serve(listener, roles));
     Ok(())
 }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshgate_proxy::sidecar::{ManagedSidecar, SidecarOptions};
+use meshgate_proxy::managed::ManagedSidecar;
+use meshgate_proxy::roles::sidecar::SidecarOptions;
 
 /// `meshgate sidecar` flags.
 #[derive(Debug, clap::Args)]
@@ -94,14 +95,15 @@ pub(crate) async fn main(args: Args, privileged: Privileged) -> anyhow::Result<(
     if tokio::time::timeout(Duration::from_secs(30), managed.configured()).await.is_err() {
         anyhow::bail!("no configuration from the control plane within 30 s");
     }
-    crate::proxy::serve_admin(admin, managed.sidecar.gateway.clone()).await?;
+    let roles = meshgate_proxy::admin::Roles::sidecar(managed.sidecar.core.clone(), managed.sidecar.inbound.clone());
+    crate::proxy::serve_admin(admin, roles).await?;
     tracing::info!(%id, "sidecar ready");
     // The signal `meshgate run` waits for before starting the application.
     let mut out = std::io::stdout().lock();
     writeln!(out, "READY").context("telling meshgate run")?;
     out.flush().context("telling meshgate run")?;
     drop(out);
-    crate::release_cold_pages(managed.sidecar.gateway.clone());
+    crate::release_cold_pages(managed.sidecar.core.clone());
     // SIGTERM only: Ctrl-C goes to the application first (the sidecar is in its own process
     // group), and `meshgate run` terminates the sidecar once the application is gone.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

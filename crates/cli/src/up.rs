@@ -510,7 +510,7 @@ pub(crate) async fn gateway_demo(dir: PathBuf) -> anyhow::Result<()> {
         admin: Some("127.0.0.1:15000".parse()?),
         drain_timeout: Duration::from_secs(5),
         access_log: true,
-        idle_timeout: meshgate_proxy::server::ServerSettings::default().idle_timeout,
+        idle_timeout: meshgate_proxy::conn::ServerSettings::default().idle_timeout,
         header_timeout: None,
     };
     let result = crate::gateway::run(opts).await;

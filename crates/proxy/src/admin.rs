@@ -1,4 +1,6 @@
-//! The admin endpoint (loopback by default): readiness and the effective configuration.
+//! The admin endpoint (loopback by default): readiness, the effective configuration of every
+//! role the proxy plays (gateway listeners, sidecar outbound Services, sidecar inbound policy)
+//! and its certificates.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,10 +15,35 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::gateway::Gateway;
+use crate::core::ProxyCore;
+use crate::roles::inbound::Inbound;
+
+/// What the admin endpoint shows: the core, and the roles played over it.
+#[derive(Debug, Clone)]
+pub struct Roles {
+    /// The core (configuration in force, certificates).
+    pub core: Arc<ProxyCore>,
+    /// The gateway role (its listeners are in the configuration).
+    pub gateway: bool,
+    /// The sidecar's inbound side, when the proxy is a sidecar.
+    pub inbound: Option<Arc<Inbound>>,
+}
+
+impl Roles {
+    /// A gateway.
+    pub fn gateway(core: Arc<ProxyCore>) -> Self {
+        Roles { core, gateway: true, inbound: None }
+    }
+
+    /// A sidecar: outbound over `core`, and `inbound`.
+    pub fn sidecar(core: Arc<ProxyCore>, inbound: Arc<Inbound>) -> Self {
+        Roles { core, gateway: false, inbound: Some(inbound) }
+    }
+}
 
 /// Serves the admin endpoint until the task is dropped.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+pub async fn serve(listener: TcpListener, roles: Roles) {
+    let gateway = Arc::new(roles);
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -50,34 +77,53 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
     r
 }
 
-fn route(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(roles: &Roles, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let core = &roles.core;
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
     }
     match req.uri().path() {
         "/ready" => {
-            if gateway.is_ready() {
+            if core.is_ready() {
                 reply(StatusCode::OK, "text/plain", "LIVE\n")
             } else {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "NOT READY\n")
             }
         }
         "/config_dump" => {
-            let snap = gateway.snapshot();
-            let dump = serde_json::json!({
+            let snap = core.snapshot();
+            let mut dump = serde_json::json!({
                 "version": snap.version,
                 "appliedAt": snap.applied_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 "sources": snap.sources,
                 "conditions": snap.conditions,
-                "ports": snap.config.ports,
+                "downstream": snap.config.downstream,
             });
+            let mut names = Vec::new();
+            if roles.gateway {
+                names.push("gateway");
+                dump["ports"] = serde_json::to_value(&snap.config.ports).unwrap_or_default();
+            }
+            if let Some(mesh) = &snap.config.mesh {
+                names.push("sidecar-outbound");
+                dump["outbound"] = serde_json::json!({
+                    "services": mesh.services.iter().map(|(addr, s)| (addr.to_string(), s)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "registryOnly": mesh.registry_only,
+                    "identity": mesh.identity,
+                });
+            }
+            if let Some(inbound) = &roles.inbound {
+                names.push("sidecar-inbound");
+                dump["inbound"] = inbound.describe();
+            }
+            dump["roles"] = serde_json::json!(names);
             match serde_json::to_vec_pretty(&dump) {
                 Ok(body) => reply(StatusCode::OK, "application/json", body),
                 Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
             }
         }
         "/certs" => {
-            let v = match gateway.tls() {
+            let v = match core.tls() {
                 Some(mesh) => {
                     let m = mesh.material();
                     serde_json::json!({

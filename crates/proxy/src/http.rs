@@ -18,13 +18,17 @@ use meshgate_model::matching::RequestView;
 use meshgate_model::policy::HashKey;
 use meshgate_model::rule::{Backend, Rule, UpstreamProtocol, WeightedBackend};
 
-use crate::balance::{BackendRt, NoEndpoint, Outcome as Outcome5, fnv1a};
-use crate::body::{RequestBody, ResponseBody};
+pub mod response;
+
+pub use response::ResponseBody;
+
+use crate::body::RequestBody;
+use crate::body::replay::ReplayBody;
+use crate::core::Snapshot;
 use crate::flags::Flags;
-use crate::gateway::Snapshot;
 use crate::headers::{ensure_request_id, set_forwarded, strip_hop_by_hop};
-use crate::pool::{EndpointPool, SendError, UpstreamError};
-use crate::replay::ReplayBody;
+use crate::upstream::balance::{BackendRt, NoEndpoint, Outcome as Outcome5, fnv1a};
+use crate::upstream::pool::{EndpointPool, SendError, UpstreamError};
 
 /// Who is on the other end of a downstream connection.
 #[derive(Debug, Clone, Copy)]

@@ -1,24 +1,22 @@
-//! The data plane: one proxy core that serves the gateway and sidecar roles (and the node
-//! role later): downstream servers, the HTTP request path, upstream pools, the admin
-//! endpoint, and configuration sources.
+//! The data plane: one proxy core (`core`) that the gateway and sidecar roles (and the node
+//! role later) run over (`roles`), the connection layer they share (`conn`), the HTTP request
+//! path in stages (`http`), upstream pools and balancing (`upstream`), the control-plane
+//! client, the admin endpoint, and configuration sources.
 
 pub mod admin;
-pub mod balance;
 pub mod body;
 pub mod clock;
+pub mod conn;
+pub mod core;
 pub mod cp;
 pub mod flags;
-pub mod gateway;
 pub mod headers;
 pub mod http;
 pub mod identity;
-pub mod inbound;
 pub mod managed;
-pub mod pool;
-pub mod replay;
-pub mod server;
-pub mod sidecar;
+pub mod roles;
 pub mod source;
-pub mod timeouts;
+pub mod upstream;
 
-pub use gateway::{Gateway, GatewayOptions, Snapshot};
+pub use core::{ProxyCore, Snapshot};
+pub use roles::gateway::{Gateway, GatewayOptions};

@@ -1,16 +1,18 @@
 //! Proxies managed by a control plane: bootstrap the identity with a join token, keep it
 //! rotated, subscribe to configuration and apply it. The gateway role is here; the sidecar
-//! role ([`crate::sidecar::ManagedSidecar`]) joins the same way.
+//! role ([`ManagedSidecar`]) joins the same way.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use meshgate_identity::SpiffeId;
 use meshgate_tls::MeshTls;
 use tokio::task::JoinHandle;
 
 use crate::cp::{Apply, ControlPlaneAddr, CpCertifier, Subscriber, subscribe};
-use crate::gateway::{Gateway, GatewayOptions};
 use crate::identity::{self, Certifier, IdentityError, Renewal};
+use crate::roles::gateway::{Gateway, GatewayOptions};
+use crate::roles::sidecar::{Sidecar, SidecarOptions};
 
 /// Background tasks of a managed proxy, aborted when dropped.
 #[derive(Debug, Default)]
@@ -114,5 +116,86 @@ impl ManagedGateway {
     pub async fn stop(self) {
         self.tasks.abort();
         self.gateway.drain().await;
+    }
+}
+
+/// A sidecar managed by a control plane: identity bootstrapped with a join token and kept
+/// rotated, configuration subscribed to and applied.
+pub struct ManagedSidecar {
+    /// The sidecar.
+    pub sidecar: Arc<Sidecar>,
+    /// Its identity.
+    pub id: SpiffeId,
+    tasks: Tasks,
+}
+
+impl std::fmt::Debug for ManagedSidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ManagedSidecar({})", self.id)
+    }
+}
+
+/// Why a managed sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// No certificate.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A port could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ManagedSidecar {
+    /// Bootstraps the identity, binds the ports, subscribes. `opts.workload` (`namespace/name`)
+    /// names the Workload whose view of the mesh is compiled.
+    pub async fn start(
+        target: ControlPlaneAddr,
+        id: SpiffeId,
+        token: Option<String>,
+        opts: SidecarOptions,
+        node: String,
+    ) -> Result<Self, SidecarError> {
+        let workload = opts.workload.clone();
+        let Joined { mesh, renewal, mut tasks } = join(&target, &id, token).await?;
+        let sidecar = Sidecar::start(opts, Some(mesh.clone())).await?;
+        let (ns, name) =
+            workload.split_once('/').map_or((String::new(), workload.clone()), |(a, b)| (a.into(), b.into()));
+        let sc = sidecar.clone();
+        let apply: Apply = Arc::new(move |set| {
+            let sc = sc.clone();
+            let (ns, name) = (ns.clone(), name.clone());
+            Box::pin(async move {
+                // CPU-bound and as large as the mesh: off the runtime's threads.
+                let config = tokio::task::spawn_blocking(move || meshgate_model::mesh::compile_mesh(&set, &ns, &name))
+                    .await
+                    .map_err(|e| format!("compiling the configuration: {e}"))?;
+                sc.apply(config, vec!["control plane".to_string()]).await.map(|_| ())
+            })
+        });
+        let sub = Subscriber { target, mesh, renewal, role: "sidecar".into(), node, workload };
+        tasks.push(tokio::spawn(subscribe(sub, apply)));
+        Ok(ManagedSidecar { sidecar, id, tasks })
+    }
+
+    /// Waits until the first configuration is applied.
+    pub async fn configured(&self) {
+        while !self.sidecar.is_configured() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops subscribing and drains.
+    pub async fn stop(self) {
+        self.tasks.abort();
+        self.sidecar.drain().await;
+    }
+}
+
+impl Drop for ManagedSidecar {
+    fn drop(&mut self) {
+        // The accept loops hold the sidecar and the inbound proxy: end them, or the ports stay
+        // bound.
+        self.sidecar.stop_accepting();
     }
 }

@@ -12,7 +12,7 @@ use meshgate_model::{Compiled, compile_gateway};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::gateway::Gateway;
+use crate::roles::gateway::Gateway;
 
 /// How long the files must be quiet after a change before it is read (editors write in steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);

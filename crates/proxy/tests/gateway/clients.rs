@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use meshgate_model::security::InboundPolicy;
 use meshgate_proxy::GatewayOptions;
-use meshgate_proxy::inbound::{AppTarget, Inbound, InboundOptions};
-use meshgate_proxy::server::ServerSettings;
+use meshgate_proxy::conn::ServerSettings;
+use meshgate_proxy::roles::inbound::{AppTarget, Inbound, InboundOptions};
 use meshgate_testkit::{Client, EchoServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -352,7 +352,7 @@ async fn read_response(s: &mut TcpStream) -> String {
 #[tokio::test]
 async fn idle_client_connections_are_closed_busy_ones_are_not() {
     let options = meshgate_proxy::GatewayOptions {
-        server: meshgate_proxy::server::ServerSettings {
+        server: meshgate_proxy::conn::ServerSettings {
             idle_timeout: Some(Duration::from_millis(400)),
             ..Default::default()
         },

@@ -10,7 +10,7 @@ use meshgate_identity::{SpiffeId, TrustDomain};
 use meshgate_model::security::{InboundPolicy, MeshSettings, WorkloadRef, compile_inbound};
 use meshgate_proxy::GatewayOptions;
 use meshgate_proxy::identity::{self, Certifier, LocalCa};
-use meshgate_proxy::inbound::{AppTarget, Inbound, InboundOptions};
+use meshgate_proxy::roles::inbound::{AppTarget, Inbound, InboundOptions};
 use meshgate_testkit::{Client, EchoOptions, EchoServer};
 use meshgate_tls::{CertificateAuthority, MeshTls};
 

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use meshgate_identity::TrustDomain;
 use meshgate_model::security::InboundPolicy;
-use meshgate_proxy::inbound::{AppTarget, Inbound, InboundOptions};
+use meshgate_proxy::roles::inbound::{AppTarget, Inbound, InboundOptions};
 use meshgate_testkit::EchoServer;
 use meshgate_tls::testing::{LeafSpec, Purpose, TestCa, Usage, client_presenting};
 use meshgate_tls::{MeshTls, SvidError, validate_svid};

@@ -12,7 +12,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::body::BoxError;
+use super::BoxError;
 
 #[derive(Debug)]
 struct Shared {

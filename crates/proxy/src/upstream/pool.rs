@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshgate_model::rule::UpstreamProtocol;
 use tokio::net::TcpStream;
 
-use crate::balance::BackendState;
+use super::state::BackendState;
 use crate::body::RequestBody;
 use crate::clock::{nanos, now_nanos};
 

@@ -1,27 +1,22 @@
-//! Accepting downstream connections on one port: HTTP/1.1 and HTTP/2 (prior knowledge) told
-//! apart by the connection preface, each connection served until it closes or a drain asks it
-//! to finish its requests and go.
+//! Serving one downstream HTTP connection (HTTP/1.1 or HTTP/2 by preface) for every role:
+//! the hyper server settings, the connection's idle and request-head timeouts, the `Host`
+//! rules of RFC 9112, and a graceful finish when the role drains.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
-use crate::body::ResponseBody;
-use crate::gateway::Snapshot;
-use crate::http::{ConnInfo, handle};
-use crate::timeouts::{Activity, ConnIo, Expired, watch};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use super::timeouts::{Activity, ConnIo, Expired, watch};
+use crate::body::BoxError;
 
 /// Limits on downstream connections.
 #[derive(Debug, Clone)]
@@ -53,40 +48,6 @@ impl Default for ServerSettings {
     }
 }
 
-/// Counts live connections so a drain can wait for them.
-#[derive(Debug, Default)]
-pub(crate) struct Tracker {
-    live: AtomicUsize,
-    idle: Notify,
-}
-
-pub(crate) struct Guard(Arc<Tracker>);
-
-impl Tracker {
-    pub(crate) fn guard(self: &Arc<Self>) -> Guard {
-        self.live.fetch_add(1, Ordering::AcqRel);
-        Guard(self.clone())
-    }
-
-    pub(crate) async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.live.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
 /// The downstream HTTP server settings as a hyper builder (HTTP/1.1 and HTTP/2 by preface).
 pub(crate) fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -110,20 +71,28 @@ pin_project_lite::pin_project! {
     /// the handler's future twice (as captured value and as awaited state), and hyper moves
     /// the service future once per request.
     #[project = AnswerProj]
-    enum Answer<F> {
+    enum Answer<F, B> {
         Handler {
             #[pin]
             inner: F,
             io: Option<Arc<ConnIo>>,
         },
         Refused {
-            resp: Option<Response<ResponseBody>>,
+            resp: Option<Response<B>>,
         },
     }
 }
 
-impl<F: Future<Output = Response<ResponseBody>>> Future for Answer<F> {
-    type Output = Result<Response<Ended>, Infallible>;
+/// What every role's response body is: streamed bytes, or bytes the proxy wrote itself.
+pub(crate) trait LocalBody:
+    http_body::Body<Data = Bytes, Error = BoxError> + From<Bytes> + Send + 'static
+{
+}
+
+impl<B: http_body::Body<Data = Bytes, Error = BoxError> + From<Bytes> + Send + 'static> LocalBody for B {}
+
+impl<F: Future<Output = Response<B>>, B: LocalBody> Future for Answer<F, B> {
+    type Output = Result<Response<Ended<B>>, Infallible>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
         match self.project() {
@@ -147,13 +116,13 @@ impl<F: Future<Output = Response<ResponseBody>>> Future for Answer<F> {
 pin_project_lite::pin_project! {
     /// A response body that tells the connection's timeouts when the response has ended (or
     /// was abandoned): after it, the client's next bytes are a new request head.
-    pub(crate) struct Ended {
+    pub(crate) struct Ended<B> {
         #[pin]
-        body: ResponseBody,
+        body: B,
         io: Option<Arc<ConnIo>>,
     }
 
-    impl PinnedDrop for Ended {
+    impl<B> PinnedDrop for Ended<B> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(io) = this.project().io.take() {
                 io.request_ended();
@@ -162,14 +131,14 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl http_body::Body for Ended {
-    type Data = bytes::Bytes;
-    type Error = crate::body::BoxError;
+impl<B: LocalBody> http_body::Body for Ended<B> {
+    type Data = Bytes;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         self.project().body.poll_frame(cx)
     }
 
@@ -182,8 +151,8 @@ impl http_body::Body for Ended {
     }
 }
 
-fn bad_request(why: &str) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::local(format!("bad request: {why}\n")));
+fn bad_request<B: LocalBody>(why: &str) -> Response<B> {
+    let mut resp = Response::new(B::from(Bytes::from(format!("bad request: {why}\n"))));
     *resp.status_mut() = StatusCode::BAD_REQUEST;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
@@ -220,7 +189,7 @@ fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
 /// an HTTP/1.1 request head has taken longer than `header_timeout`. The one way every role
 /// serves HTTP: gateway listeners, sidecar outbound, inbound. Requests without a valid `Host`
 /// are answered 400 here, before any role sees them.
-pub(crate) async fn serve<S, F, Fut>(
+pub(crate) async fn serve<S, F, Fut, B>(
     stream: S,
     peer: SocketAddr,
     handler: F,
@@ -230,7 +199,8 @@ pub(crate) async fn serve<S, F, Fut>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: LocalBody,
 {
     let (stream, io) = Activity::new(stream);
     let conn_io = io.clone();
@@ -295,24 +265,6 @@ pub(crate) struct Timeouts {
     pub(crate) header: Option<Duration>,
 }
 
-/// Serves one downstream connection with the request path: each request is routed with the
-/// configuration current when it arrives.
-pub(crate) async fn serve_connection<S>(
-    stream: S,
-    info: ConnInfo,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    builder: &auto::Builder<TokioExecutor>,
-    stop: watch::Receiver<bool>,
-    settings: ConnSettings,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = info.peer;
-    let timeouts = settings.timeouts(snapshot.load().config.downstream.header_timeout);
-    let handler = move |req| handle(snapshot.load_full(), info, req);
-    serve(stream, peer, handler, builder, Some(stop), timeouts).await;
-}
-
 /// A server's own connection settings (flags), fixed when it starts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnSettings {
@@ -336,119 +288,5 @@ impl ConnSettings {
             None => configured,
         };
         Timeouts { idle: self.idle, header }
-    }
-}
-
-/// The accept loop of one port and the connections it accepted.
-#[derive(Debug)]
-pub struct PortServer {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    tracker: Arc<Tracker>,
-    task: JoinHandle<()>,
-}
-
-impl PortServer {
-    /// Starts accepting on `listener`; requests are routed with whatever snapshot is current
-    /// when each arrives.
-    pub fn start(
-        listener: TcpListener,
-        port: u16,
-        snapshot: Arc<ArcSwap<Snapshot>>,
-        settings: ServerSettings,
-        access_log: bool,
-    ) -> Self {
-        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
-        let (stop, stop_rx) = watch::channel(false);
-        let tracker = Arc::new(Tracker::default());
-        let builder = Arc::new(http_builder(&settings));
-        let per_conn = PerConnection { access_log, settings: ConnSettings::new(&settings) };
-        let task = tokio::spawn(accept_loop(listener, port, snapshot, builder, stop_rx, tracker.clone(), per_conn));
-        PortServer { addr, stop, tracker, task }
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops accepting, asks every connection to finish its requests and close, and waits up
-    /// to `timeout` for them.
-    pub async fn drain(self, timeout: Duration) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-        if tokio::time::timeout(timeout, self.tracker.wait_idle()).await.is_err() {
-            tracing::warn!(
-                addr = %self.addr,
-                connections = self.tracker.live.load(Ordering::Acquire),
-                "drain timeout: closing connections with requests still in flight"
-            );
-        }
-    }
-}
-
-/// What every connection of a port is served with.
-#[derive(Debug, Clone, Copy)]
-struct PerConnection {
-    access_log: bool,
-    settings: ConnSettings,
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    port: u16,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    stop: watch::Receiver<bool>,
-    tracker: Arc<Tracker>,
-    per_conn: PerConnection,
-) {
-    let PerConnection { access_log, settings } = per_conn;
-    let conn_stop = stop.clone();
-    accept_until_stopped(listener, stop, &tracker, |stream, peer| {
-        let info = ConnInfo { port, peer, scheme: "http", access_log, dest: None };
-        let (snapshot, builder, stop) = (snapshot.clone(), builder.clone(), conn_stop.clone());
-        async move { serve_connection(stream, info, snapshot, &builder, stop, settings).await }
-    })
-    .await;
-}
-
-/// The accept loop of every listener: accepts on `listener` until `stop` is true (also when it
-/// already is, or when its sender is gone), and serves each connection (TCP_NODELAY set) on
-/// its own task, counted by `tracker` until it ends. Accept errors (out of file descriptors
-/// and the like) are logged and backed off instead of spun on. The listener closes on return.
-pub(crate) async fn accept_until_stopped<F, Fut>(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    tracker: &Arc<Tracker>,
-    mut serve: F,
-) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    while !*stop.borrow_and_update() {
-        let accepted = tokio::select! {
-            biased;
-            changed = stop.changed() => match changed {
-                Ok(()) => continue,
-                Err(_) => break,
-            },
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(addr = ?listener.local_addr().ok(), error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let guard = tracker.guard();
-        let connection = serve(stream, peer);
-        tokio::spawn(async move {
-            let _guard = guard;
-            connection.await;
-        });
     }
 }

@@ -4,6 +4,7 @@ use meshgate_model::policy::{BackendPolicy, HashKey, Lb, Outlier, RetryPolicy};
 use meshgate_model::rule::{Endpoint, ServiceBackend, UpstreamProtocol};
 
 use super::*;
+use crate::upstream::state::BackendState;
 
 fn backend(n: usize, policy: BackendPolicy) -> BackendRt {
     let state = Arc::new(BackendState::default());

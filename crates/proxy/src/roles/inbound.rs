@@ -21,11 +21,12 @@ use meshgate_tls::{MeshTls, PeerIdentity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::balance::BackendState;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::RequestBody;
+use crate::conn::accept::{Guard, Tracker, accept_until_stopped};
 use crate::headers::strip_hop_by_hop;
-use crate::pool::EndpointPool;
-use crate::server::{Guard, Tracker, accept_until_stopped};
+use crate::http::ResponseBody;
+use crate::upstream::pool::EndpointPool;
+use crate::upstream::state::BackendState;
 
 /// `x-forwarded-client-cert`, as Envoy writes it.
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -136,9 +137,21 @@ impl Inbound {
             tls,
             app_state,
             pools: Mutex::new(std::collections::HashMap::new()),
-            builder: crate::server::http_builder(&crate::server::ServerSettings::default()),
+            builder: crate::conn::serve::http_builder(&crate::conn::ServerSettings::default()),
             stop: watch::channel(false).0,
             connections: Arc::new(Tracker::default()),
+        })
+    }
+
+    /// What the admin endpoint shows of the inbound side: its policy (mTLS mode per port,
+    /// authorization) and its identity.
+    pub fn describe(&self) -> serde_json::Value {
+        let header_timeout = self.header_timeout_ms.load(std::sync::atomic::Ordering::Relaxed);
+        serde_json::json!({
+            "workload": self.opts.workload,
+            "policy": &**self.policy.load(),
+            "headerTimeoutMs": header_timeout,
+            "identity": self.tls.as_ref().map(|t| t.id().to_string()),
         })
     }
 
@@ -274,7 +287,7 @@ impl Inbound {
             tracing::info!(target: "meshgate::authz", %peer, port = app.port(), "TCP connection closed: {why}");
             return;
         }
-        let mut upstream = match crate::pool::dial(app, APP_CONNECT_TIMEOUT).await {
+        let mut upstream = match crate::upstream::pool::dial(app, APP_CONNECT_TIMEOUT).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%app, error = %e, "cannot reach the application");
@@ -338,8 +351,9 @@ impl Inbound {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         };
-        let settings = crate::server::ConnSettings { idle: self.opts.idle_timeout, header: self.opts.header_timeout };
-        crate::server::serve(stream, peer, handler, &self.builder, stop, settings.timeouts(configured)).await;
+        let settings =
+            crate::conn::serve::ConnSettings { idle: self.opts.idle_timeout, header: self.opts.header_timeout };
+        crate::conn::serve::serve(stream, peer, handler, &self.builder, stop, settings.timeouts(configured)).await;
     }
 
     async fn request(self: Arc<Self>, req: Request<Incoming>, caller: Arc<Caller>) -> Response<ResponseBody> {

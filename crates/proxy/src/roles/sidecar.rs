@@ -16,22 +16,20 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use meshgate_identity::SpiffeId;
 use meshgate_model::mesh::{AppProtocol, MeshOutbound};
 use meshgate_model::{Compiled, GatewayConfig};
 use meshgate_tls::MeshTls;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::balance::BackendRt;
-use crate::cp::{Apply, ControlPlaneAddr, Subscriber, subscribe};
-use crate::gateway::{Gateway, GatewayOptions};
+use super::inbound::{AppTarget, Inbound, InboundOptions, looks_like_http};
+use crate::conn::ServerSettings;
+use crate::conn::accept::{Tracker, accept_until_stopped};
+use crate::conn::serve::{ConnSettings, http_builder};
+use crate::core::ProxyCore;
 use crate::http::ConnInfo;
-use crate::identity::IdentityError;
-use crate::inbound::{AppTarget, Inbound, InboundOptions, looks_like_http};
-use crate::managed::{Joined, Tasks, join};
-use crate::pool::UpstreamError;
-use crate::server::{ConnSettings, ServerSettings, Tracker, accept_until_stopped, http_builder, serve_connection};
+use crate::upstream::balance::BackendRt;
+use crate::upstream::pool::UpstreamError;
 
 /// Settings of a sidecar.
 #[derive(Debug)]
@@ -71,8 +69,8 @@ impl SidecarOptions {
 
 /// A running sidecar.
 pub struct Sidecar {
-    /// Outbound routing state (the same core as the gateway role, without listeners).
-    pub gateway: Arc<Gateway>,
+    /// The proxy core: the configuration in force, backends and pools.
+    pub core: Arc<ProxyCore>,
     /// The inbound proxy.
     pub inbound: Arc<Inbound>,
     workload: String,
@@ -101,12 +99,7 @@ impl Sidecar {
         let inbound_listener = TcpListener::bind(opts.inbound).await?;
         let outbound_addr = outbound.local_addr()?;
         let inbound_addr = inbound_listener.local_addr()?;
-        let gateway = Gateway::new(GatewayOptions {
-            drain_timeout: opts.drain_timeout,
-            access_log: opts.access_log,
-            tls: tls.clone(),
-            ..GatewayOptions::default()
-        });
+        let core = ProxyCore::new(tls.clone());
         let inbound = Inbound::new(
             AppTarget::OriginalDst,
             tls,
@@ -116,7 +109,7 @@ impl Sidecar {
         let (stop, stop_rx) = watch::channel(false);
         let settings = ServerSettings::default();
         let me = Arc::new(Sidecar {
-            gateway,
+            core,
             inbound: inbound.clone(),
             workload: opts.workload,
             sniff_timeout: opts.sniff_timeout,
@@ -136,7 +129,7 @@ impl Sidecar {
 
     /// True once a configuration from the control plane is in force.
     pub fn is_configured(&self) -> bool {
-        self.gateway.is_ready()
+        self.core.is_ready()
     }
 
     /// Applies a configuration compiled by [`meshgate_model::mesh::compile_mesh`]: the inbound
@@ -165,12 +158,7 @@ impl Sidecar {
                 Err(e) => tracing::warn!(error = %e, "cannot update the namespace's /etc/hosts"),
             }
         }
-        let version = self
-            .gateway
-            .apply(Compiled { config, conditions: Vec::new() }, sources)
-            .await
-            .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
-        Ok(version)
+        Ok(self.core.publish(Compiled { config, conditions: Vec::new() }, sources))
     }
 
     /// Stops accepting on both ports and lets connections in flight, outbound and inbound,
@@ -184,7 +172,7 @@ impl Sidecar {
     }
 
     /// Closes both listeners; HTTP connections are asked to finish.
-    fn stop_accepting(&self) {
+    pub(crate) fn stop_accepting(&self) {
         self.stop.send_replace(true);
         self.inbound.stop_accepting();
     }
@@ -197,9 +185,9 @@ impl Sidecar {
     /// configuration current when it arrives.
     async fn serve_http(&self, stream: TcpStream, peer: SocketAddr, dst: SocketAddr) {
         let info = ConnInfo { port: dst.port(), peer, scheme: "http", access_log: self.access_log, dest: Some(dst) };
-        let cell = self.gateway.snapshot_cell();
+        let cell = self.core.cell();
         let settings = ConnSettings::new(&self.settings);
-        serve_connection(stream, info, cell, &self.builder, self.stop.subscribe(), settings).await;
+        super::serve_routes(stream, info, cell, &self.builder, self.stop.subscribe(), settings).await;
     }
 
     async fn outbound(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
@@ -214,7 +202,7 @@ impl Sidecar {
                 return;
             }
         };
-        let snapshot = self.gateway.snapshot();
+        let snapshot = self.core.snapshot();
         let Some(mesh) = snapshot.config.mesh.as_ref() else {
             // No configuration yet (the application starts after it, so this is a race with
             // shutdown): behave as without a mesh.
@@ -309,7 +297,10 @@ async fn tcp_to_service(mut stream: TcpStream, backend: &BackendRt, dst: SocketA
 }
 
 /// Opaque TCP to one endpoint; `Err` only when it could not be reached.
-async fn tcp_to_endpoint(stream: &mut TcpStream, pool: &crate::pool::EndpointPool) -> Result<(), UpstreamError> {
+async fn tcp_to_endpoint(
+    stream: &mut TcpStream,
+    pool: &crate::upstream::pool::EndpointPool,
+) -> Result<(), UpstreamError> {
     let mut upstream = pool.open_tcp().await?;
     let _ = tokio::io::copy_bidirectional(stream, &mut upstream).await;
     Ok(())
@@ -317,91 +308,10 @@ async fn tcp_to_endpoint(stream: &mut TcpStream, pool: &crate::pool::EndpointPoo
 
 /// Forwards the connection to where the application meant it to go, unchanged.
 async fn passthrough(mut stream: TcpStream, dst: SocketAddr) {
-    match crate::pool::dial(dst, Duration::from_secs(10)).await {
+    match crate::upstream::pool::dial(dst, Duration::from_secs(10)).await {
         Ok(mut upstream) => {
             let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
         }
         Err(e) => tracing::debug!(%dst, error = %e, "passthrough connect failed"),
-    }
-}
-
-/// A sidecar managed by a control plane: identity bootstrapped with a join token and kept
-/// rotated, configuration subscribed to and applied.
-pub struct ManagedSidecar {
-    /// The sidecar.
-    pub sidecar: Arc<Sidecar>,
-    /// Its identity.
-    pub id: SpiffeId,
-    tasks: Tasks,
-}
-
-impl std::fmt::Debug for ManagedSidecar {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ManagedSidecar({})", self.id)
-    }
-}
-
-/// Why a managed sidecar could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum SidecarError {
-    /// No certificate.
-    #[error(transparent)]
-    Identity(#[from] IdentityError),
-    /// A port could not be bound.
-    #[error("cannot listen: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl ManagedSidecar {
-    /// Bootstraps the identity, binds the ports, subscribes. `opts.workload` (`namespace/name`)
-    /// names the Workload whose view of the mesh is compiled.
-    pub async fn start(
-        target: ControlPlaneAddr,
-        id: SpiffeId,
-        token: Option<String>,
-        opts: SidecarOptions,
-        node: String,
-    ) -> Result<Self, SidecarError> {
-        let workload = opts.workload.clone();
-        let Joined { mesh, renewal, mut tasks } = join(&target, &id, token).await?;
-        let sidecar = Sidecar::start(opts, Some(mesh.clone())).await?;
-        let (ns, name) =
-            workload.split_once('/').map_or((String::new(), workload.clone()), |(a, b)| (a.into(), b.into()));
-        let sc = sidecar.clone();
-        let apply: Apply = Arc::new(move |set| {
-            let sc = sc.clone();
-            let (ns, name) = (ns.clone(), name.clone());
-            Box::pin(async move {
-                // CPU-bound and as large as the mesh: off the runtime's threads.
-                let config = tokio::task::spawn_blocking(move || meshgate_model::mesh::compile_mesh(&set, &ns, &name))
-                    .await
-                    .map_err(|e| format!("compiling the configuration: {e}"))?;
-                sc.apply(config, vec!["control plane".to_string()]).await.map(|_| ())
-            })
-        });
-        let sub = Subscriber { target, mesh, renewal, role: "sidecar".into(), node, workload };
-        tasks.push(tokio::spawn(subscribe(sub, apply)));
-        Ok(ManagedSidecar { sidecar, id, tasks })
-    }
-
-    /// Waits until the first configuration is applied.
-    pub async fn configured(&self) {
-        while !self.sidecar.is_configured() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Stops subscribing and drains.
-    pub async fn stop(self) {
-        self.tasks.abort();
-        self.sidecar.drain().await;
-    }
-}
-
-impl Drop for ManagedSidecar {
-    fn drop(&mut self) {
-        // The accept loops hold the sidecar and the inbound proxy: end them, or the ports stay
-        // bound.
-        self.sidecar.stop_accepting();
     }
 }

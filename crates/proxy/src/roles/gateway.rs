@@ -1,0 +1,263 @@
+//! The gateway role: the listening ports the configuration's Gateway listeners ask for, each
+//! connection served with the request path (listener chosen by port and `Host`), ports opened
+//! before a configuration that needs them is published and closed after one that no longer
+//! does, and graceful draining.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use meshgate_model::Compiled;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::conn::ServerSettings;
+use crate::conn::accept::{Tracker, accept_until_stopped};
+use crate::conn::serve::{ConnSettings, http_builder};
+use crate::core::{ProxyCore, Snapshot};
+use crate::http::ConnInfo;
+
+/// How the gateway listens and talks upstream.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Address listeners bind to (the port comes from each Gateway listener).
+    pub bind: IpAddr,
+    /// Downstream connection settings.
+    pub server: ServerSettings,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Log one line per request.
+    pub access_log: bool,
+    /// This proxy's mTLS identity, for endpoints reached over mTLS.
+    pub tls: Option<Arc<meshgate_tls::MeshTls>>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            server: ServerSettings::default(),
+            drain_timeout: Duration::from_secs(10),
+            access_log: false,
+            tls: None,
+        }
+    }
+}
+
+/// A port that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (wanted by {wanted_by}): {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Which Gateway listeners want it.
+    pub wanted_by: String,
+    /// The socket error.
+    pub source: std::io::Error,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    core: Arc<ProxyCore>,
+    options: GatewayOptions,
+    ports: tokio::sync::Mutex<HashMap<u16, PortServer>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gateway({:?})", self.core)
+    }
+}
+
+impl Gateway {
+    /// A gateway with an empty configuration, serving nothing until [`Gateway::apply`].
+    pub fn new(options: GatewayOptions) -> Arc<Self> {
+        let core = ProxyCore::new(options.tls.clone());
+        Arc::new(Gateway { core, options, ports: tokio::sync::Mutex::new(HashMap::new()) })
+    }
+
+    /// The core it runs on.
+    pub fn core(&self) -> &Arc<ProxyCore> {
+        &self.core
+    }
+
+    /// This proxy's mTLS state, when it has an identity.
+    pub fn tls(&self) -> Option<Arc<meshgate_tls::MeshTls>> {
+        self.core.tls()
+    }
+
+    /// The configuration now in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.core.snapshot()
+    }
+
+    /// True once a configuration is applied and its ports are open, until draining starts.
+    pub fn is_ready(&self) -> bool {
+        self.core.is_ready()
+    }
+
+    /// The address a port is actually bound to (useful with port 0 in tests).
+    pub async fn local_addr(&self, port: u16) -> Option<SocketAddr> {
+        self.ports.lock().await.get(&port).map(PortServer::local_addr)
+    }
+
+    /// Publishes a compiled configuration: opens the ports it needs first (if one cannot be
+    /// opened, nothing changes and the error says which), publishes it in the core, then starts
+    /// serving the new ports and closes the ones no longer wanted. Requests in flight keep the
+    /// snapshot they started with.
+    pub async fn apply(self: &Arc<Self>, compiled: Compiled, sources: Vec<String>) -> Result<u64, Vec<BindError>> {
+        let wanted: HashMap<u16, String> = compiled
+            .config
+            .ports
+            .iter()
+            .map(|(port, set)| {
+                let who: Vec<String> =
+                    set.listeners.iter().map(|l| format!("Gateway {} listener {:?}", l.gateway, l.name)).collect();
+                (*port, who.join(", "))
+            })
+            .collect();
+        let mut ports = self.ports.lock().await;
+        let mut opened = Vec::new();
+        let mut errors = Vec::new();
+        for (port, who) in &wanted {
+            if ports.contains_key(port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.options.bind, *port);
+            match bind(addr) {
+                Ok(listener) => opened.push((*port, listener, who.clone())),
+                Err(source) => errors.push(BindError { addr, wanted_by: who.clone(), source }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let version = self.core.publish(compiled, sources);
+        for (port, listener, who) in opened {
+            let server = PortServer::start(
+                listener,
+                port,
+                self.core.cell(),
+                self.options.server.clone(),
+                self.options.access_log,
+            );
+            tracing::info!(addr = %server.local_addr(), listeners = %who, "listening");
+            ports.insert(port, server);
+        }
+        let gone: Vec<u16> = ports.keys().filter(|p| !wanted.contains_key(p)).copied().collect();
+        for port in gone {
+            if let Some(server) = ports.remove(&port) {
+                tracing::info!(port, "no listener wants this port any more: closing it");
+                let timeout = self.options.drain_timeout;
+                tokio::spawn(async move { server.drain(timeout).await });
+            }
+        }
+        Ok(version)
+    }
+
+    /// Stops accepting on every port and waits (up to the drain timeout) for requests in
+    /// flight to finish.
+    pub async fn drain(&self) {
+        self.core.start_draining();
+        let servers: Vec<PortServer> = self.ports.lock().await.drain().map(|(_, s)| s).collect();
+        let timeout = self.options.drain_timeout;
+        let mut tasks = Vec::new();
+        for s in servers {
+            tasks.push(tokio::spawn(async move { s.drain(timeout).await }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The accept loop of one port and the connections it accepted.
+#[derive(Debug)]
+struct PortServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tracker: Arc<Tracker>,
+    task: JoinHandle<()>,
+}
+
+impl PortServer {
+    /// Starts accepting on `listener`; requests are routed with whatever snapshot is current
+    /// when each arrives.
+    fn start(
+        listener: TcpListener,
+        port: u16,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        settings: ServerSettings,
+        access_log: bool,
+    ) -> Self {
+        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
+        let (stop, stop_rx) = watch::channel(false);
+        let tracker = Arc::new(Tracker::default());
+        let builder = Arc::new(http_builder(&settings));
+        let per_conn = PerConnection { access_log, settings: ConnSettings::new(&settings) };
+        let task = tokio::spawn(accept_loop(listener, port, snapshot, builder, stop_rx, tracker.clone(), per_conn));
+        PortServer { addr, stop, tracker, task }
+    }
+
+    /// The bound address.
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, asks every connection to finish its requests and close, and waits up
+    /// to `timeout` for them.
+    async fn drain(self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        if tokio::time::timeout(timeout, self.tracker.wait_idle()).await.is_err() {
+            tracing::warn!(
+                addr = %self.addr,
+                connections = self.tracker.live.load(Ordering::Acquire),
+                "drain timeout: closing connections with requests still in flight"
+            );
+        }
+    }
+}
+
+/// What every connection of a port is served with.
+#[derive(Debug, Clone, Copy)]
+struct PerConnection {
+    access_log: bool,
+    settings: ConnSettings,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stop: watch::Receiver<bool>,
+    tracker: Arc<Tracker>,
+    per_conn: PerConnection,
+) {
+    let PerConnection { access_log, settings } = per_conn;
+    let conn_stop = stop.clone();
+    accept_until_stopped(listener, stop, &tracker, |stream, peer| {
+        let info = ConnInfo { port, peer, scheme: "http", access_log, dest: None };
+        let (snapshot, builder, stop) = (snapshot.clone(), builder.clone(), conn_stop.clone());
+        async move { super::serve_routes(stream, info, snapshot, &builder, stop, settings).await }
+    })
+    .await;
+}
