@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use meshgate_api::{Kind, Object, ResourceSet, TlsMode, selector_matches};
-use meshgate_model::security::{MeshSettings, Mode, WorkloadRef, compile_inbound};
+use meshgate_model::security::{Mode, WorkloadRef, compile_inbound};
+use meshgate_model::settings::MeshSettings;
 use meshgate_model::{Condition, compile_gateway};
 use serde::Serialize;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use meshgate_api::{ConfigError, Object, ObjectRef, Resource, ResourceSet};
-use meshgate_model::security::MeshSettings;
+use meshgate_model::settings::MeshSettings;
 use meshgate_model::{Condition, Severity, compile_gateway};
 use tokio::sync::broadcast;
 
@@ -182,7 +182,7 @@ impl State {
                 });
             }
         }
-        let settings = meshgate_model::security::mesh_settings(&set);
+        let settings = meshgate_model::settings::mesh_settings(&set);
         let version = old.version + 1;
         for e in &errors {
             tracing::warn!("resource refused: {e}");

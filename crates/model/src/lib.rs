@@ -1,24 +1,29 @@
 //! The compiled configuration a proxy serves: listeners → routes → backends → endpoints,
 //! built once per configuration change and read lock-free on every request.
+//!
+//! Modules, each depending only on those listed before it: `status`, `host`, `matching`,
+//! `policy`, `rule`, `table`, `settings`; `resolve` (Services to endpoints), `security`
+//! (inbound policy); `config` (the compiled types); `route` (HTTPRoute rules); `listeners`
+//! and `attach` (the gateway compiler's two steps); `gateway` and `mesh` (the compilers).
 
-mod compile;
+mod attach;
+pub mod config;
+mod gateway;
 pub mod host;
+mod listeners;
 pub mod matching;
 pub mod mesh;
 pub mod policy;
 pub mod resolve;
+mod route;
 pub mod rule;
 pub mod security;
+pub mod settings;
 mod status;
 pub mod table;
 
-pub use compile::{CONTROLLER_NAME, Compiled, DEFAULT_CLASS, GatewayConfig, compile_gateway};
-pub use security::Downstream;
+pub use config::{Compiled, ProxyConfig, ServiceBackendRef};
+pub use gateway::compile_gateway;
+pub use listeners::{CONTROLLER_NAME, DEFAULT_CLASS};
+pub use settings::Downstream;
 pub use status::{Condition, Severity};
-
-/// A reference to a backend of [`GatewayConfig::backends`] by slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct ServiceBackendRef {
-    /// Index in `backends`.
-    pub slot: usize,
-}

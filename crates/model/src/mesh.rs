@@ -7,71 +7,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use meshgate_api::{GATEWAY_GROUP, Kind, ResourceSet};
-use serde::Serialize;
 
-use crate::compile::{CompiledRoute, age};
+use crate::config::{AppProtocol, EndpointRef, MeshOutbound, MeshService, ProxyConfig, ServiceBackendRef};
 use crate::matching::RouteMatch;
 use crate::resolve::{Discovery, Referrer};
+use crate::route::CompiledRoute;
 use crate::rule::{Backend, Rule, WeightedBackend};
-use crate::security::{InboundPolicy, MeshSettings, WorkloadRef, compile_inbound};
+use crate::security::{WorkloadRef, compile_inbound};
+use crate::settings::MeshSettings;
+use crate::status::age;
 use crate::table::{Entry, RouteTable};
-use crate::{GatewayConfig, ServiceBackendRef};
-
-/// How a Service port is spoken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum AppProtocol {
-    /// HTTP (declared, or detected by sniffing).
-    Http,
-    /// Opaque TCP (declared: server-speaks-first protocols must be).
-    Tcp,
-    /// Not declared: sniff the first bytes.
-    Sniff,
-}
-
-/// One Service port in the mesh.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshService {
-    /// `namespace/name`.
-    pub name: String,
-    /// Host names that reach it (`inventory`, `inventory.shop`, `inventory.shop.svc.cluster.local`).
-    pub hosts: Vec<String>,
-    /// The Service port.
-    pub port: u16,
-    /// How it is spoken.
-    pub protocol: AppProtocol,
-    /// HTTP routes (the mesh HTTPRoutes attached to it, or one default rule to it).
-    pub routes: RouteTable,
-    /// Where opaque TCP goes (the Service itself).
-    #[serde(skip)]
-    pub tcp: Option<ServiceBackendRef>,
-}
-
-/// Where an endpoint is in [`GatewayConfig::backends`]: backend `slot`, endpoint `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EndpointRef {
-    /// The backend.
-    pub slot: usize,
-    /// The endpoint within it.
-    pub index: usize,
-}
-
-/// The mesh from one workload's side.
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshOutbound {
-    /// Services by virtual IP and port.
-    pub services: BTreeMap<SocketAddr, MeshService>,
-    /// Endpoints by address, for clients that dial a pod directly.
-    #[serde(skip)]
-    pub endpoints: HashMap<SocketAddr, EndpointRef>,
-    /// Refuse destinations outside the mesh.
-    pub registry_only: bool,
-    /// This workload's inbound policy.
-    pub inbound: InboundPolicy,
-    /// This workload's SPIFFE ID.
-    pub identity: Option<String>,
-}
 
 fn protocol_of(port: &meshgate_api::core::ServicePort) -> AppProtocol {
     let name = port.name.as_deref().unwrap_or("");
@@ -151,8 +96,8 @@ fn fnv(bytes: &[u8]) -> u32 {
 type Attachment = (usize, Option<i32>);
 
 /// Compiles the mesh for the sidecar of Workload `namespace/name`.
-pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> GatewayConfig {
-    let settings: MeshSettings = crate::security::mesh_settings(set);
+pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> ProxyConfig {
+    let settings: MeshSettings = crate::settings::mesh_settings(set);
     let disc = Discovery::new(set);
     let me = set.lookup(Kind::Workload, namespace, workload).and_then(|o| match &o.resource {
         meshgate_api::Resource::Workload(w) => Some(w.as_ref()),
@@ -162,7 +107,7 @@ pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> Gatew
     let inbound = compile_inbound(set, &settings, &WorkloadRef { namespace, labels });
     let identity = me
         .and_then(|w| w.spec.service_account.as_ref())
-        .map(|sa| crate::security::workload_id(&settings.trust_domain, namespace, sa));
+        .map(|sa| crate::settings::workload_id(&settings.trust_domain, namespace, sa));
     let mut services = BTreeMap::new();
     // Mesh routes, each compiled once, by the Service they attach to (and the port they name).
     let mut routes: Vec<(&meshgate_api::Object, CompiledRoute)> = Vec::new();
@@ -237,7 +182,7 @@ pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> Gatew
             endpoints.entry(e.addr).or_insert(EndpointRef { slot: b.slot, index });
         }
     }
-    GatewayConfig {
+    ProxyConfig {
         ports: BTreeMap::new(),
         backends,
         mesh: Some(MeshOutbound { services, endpoints, registry_only: settings.registry_only, inbound, identity }),

@@ -14,10 +14,10 @@ use meshgate_api::{ResourceSet, Workload};
 use meshgate_api::Object;
 use meshgate_api::policy::TrafficPolicySpec;
 
-use crate::compile::{age, cond};
 use crate::policy::BackendPolicy;
 use crate::rule::{Backend, Endpoint, ServiceBackend, UpstreamProtocol};
 use crate::status::Condition;
+use crate::status::{age, cond};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -62,7 +62,7 @@ impl<'a> Discovery<'a> {
             policies: HashMap::new(),
             policy_conditions: Vec::new(),
             faults: HashMap::new(),
-            trust_domain: crate::security::mesh_settings(set).trust_domain,
+            trust_domain: crate::settings::mesh_settings(set).trust_domain,
         };
         for (o, f) in set.fault_injections() {
             d.faults.insert((o.id.ns(), &o.id.name), &f.spec);
@@ -317,7 +317,7 @@ impl<'a> Discovery<'a> {
             };
             let identity = match (w.spec.tls_mode, &w.spec.service_account) {
                 (Some(meshgate_api::TlsMode::Mutual), Some(sa)) => {
-                    Some(crate::security::workload_id(&self.trust_domain, ns, sa))
+                    Some(crate::settings::workload_id(&self.trust_domain, ns, sa))
                 }
                 _ => None,
             };

@@ -312,7 +312,7 @@ pub struct ServiceBackend {
     pub endpoints: Vec<Endpoint>,
     /// How requests to it are balanced, timed out, retried, limited.
     pub policy: Arc<crate::policy::BackendPolicy>,
-    /// Index in [`crate::GatewayConfig::backends`]: where the proxy keeps this backend's
+    /// Index in [`crate::ProxyConfig::backends`]: where the proxy keeps this backend's
     /// runtime state (pools, balancer), found without hashing on the request path.
     #[serde(skip)]
     pub slot: usize,

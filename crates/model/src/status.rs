@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use meshgate_api::ObjectRef;
+use meshgate_api::{Object, ObjectRef};
 use serde::Serialize;
 
 /// One condition on one resource (for routes: per parent).
@@ -60,5 +60,31 @@ impl fmt::Display for Condition {
         }
         let status = if self.status { "True" } else { "False" };
         write!(f, "{}={status} ({}): {}", self.kind, self.reason, self.message)
+    }
+}
+
+/// A resource's age for ordering: its creation time, in seconds (0 when it has none).
+pub(crate) fn age(o: &Object) -> i64 {
+    o.resource.metadata().creation_timestamp.as_ref().map_or(0, |t| t.0.as_second())
+}
+
+/// A condition about `o` (a warning until the caller says otherwise).
+pub(crate) fn cond(
+    o: &Object,
+    field: String,
+    kind: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: String,
+) -> Condition {
+    Condition {
+        object: o.id.clone(),
+        file: o.source.file.clone(),
+        field,
+        kind,
+        status,
+        reason,
+        message,
+        severity: Severity::Warning,
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use meshgate_model::{Compiled, Condition, GatewayConfig};
+use meshgate_model::{Compiled, Condition, ProxyConfig};
 
 use crate::upstream::balance::BackendRt;
 use crate::upstream::pool::EndpointPool;
@@ -28,7 +28,7 @@ pub struct Snapshot {
     /// Where it was read from (files, or the control plane).
     pub sources: Vec<String>,
     /// The compiled configuration.
-    pub config: GatewayConfig,
+    pub config: ProxyConfig,
     /// Status conditions found while compiling.
     pub conditions: Vec<Condition>,
     /// Runtime state of each backend, indexed by `ServiceBackend::slot`.
@@ -68,7 +68,7 @@ impl ProxyCore {
             version: 0,
             applied_at: SystemTime::now(),
             sources: Vec::new(),
-            config: GatewayConfig::default(),
+            config: ProxyConfig::default(),
             conditions: Vec::new(),
             backends: Vec::new(),
         };

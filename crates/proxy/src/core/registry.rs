@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use meshgate_model::GatewayConfig;
+use meshgate_model::ProxyConfig;
 use meshgate_model::rule::UpstreamProtocol;
 
 use crate::upstream::balance::BackendRt;
@@ -36,7 +36,7 @@ impl Registry {
     /// The runtime state of every backend of `config`, reusing what exists.
     pub(super) fn prepare(
         &self,
-        config: &GatewayConfig,
+        config: &ProxyConfig,
         tls: Option<&Arc<meshgate_tls::MeshTls>>,
     ) -> Vec<Arc<BackendRt>> {
         let (Ok(mut pools), Ok(mut states)) = (self.pools.lock(), self.states.lock()) else { return Vec::new() };

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use meshgate_model::mesh::{AppProtocol, MeshOutbound};
-use meshgate_model::{Compiled, GatewayConfig};
+use meshgate_model::config::{AppProtocol, MeshOutbound};
+use meshgate_model::{Compiled, ProxyConfig};
 use meshgate_tls::MeshTls;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -134,7 +134,7 @@ impl Sidecar {
 
     /// Applies a configuration compiled by [`meshgate_model::mesh::compile_mesh`]: the inbound
     /// policy, the outbound Services and the namespace's host names.
-    pub async fn apply(&self, config: GatewayConfig, sources: Vec<String>) -> Result<u64, String> {
+    pub async fn apply(&self, config: ProxyConfig, sources: Vec<String>) -> Result<u64, String> {
         let Some(mesh) = &config.mesh else {
             return Err("not a sidecar configuration (no mesh section)".into());
         };

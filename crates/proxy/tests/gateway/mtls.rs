@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshgate_identity::{SpiffeId, TrustDomain};
-use meshgate_model::security::{InboundPolicy, MeshSettings, WorkloadRef, compile_inbound};
+use meshgate_model::security::{InboundPolicy, WorkloadRef, compile_inbound};
+use meshgate_model::settings::MeshSettings;
 use meshgate_proxy::GatewayOptions;
 use meshgate_proxy::identity::{self, Certifier, LocalCa};
 use meshgate_proxy::roles::inbound::{AppTarget, Inbound, InboundOptions};

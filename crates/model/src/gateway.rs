@@ -1,0 +1,91 @@
+//! The gateway compiler: Gateways, their routes, Services and friends in; per-port listener
+//! sets with sorted route tables and status conditions out. Listener placement
+//! (`crate::listeners`) comes first, then one attachment step per route kind
+//! (`crate::attach`), each route compiled once for every listener it attaches to
+//! (`crate::route`).
+
+use std::collections::BTreeMap;
+
+use meshgate_api::{GATEWAY_GROUP, ResourceSet};
+
+use crate::attach::{ParentRef, RouteRef, attach};
+use crate::config::{Compiled, ProxyConfig};
+use crate::host::HostPattern;
+use crate::listeners::{NamespaceLabels, place};
+use crate::resolve::Discovery;
+use crate::route::CompiledRoute;
+use crate::status::{age, cond};
+use crate::table::{Entry, Listener, ListenerSet, RouteTable};
+
+/// Compiles the gateway view of `set`.
+pub fn compile_gateway(set: &ResourceSet) -> Compiled {
+    let mut disc = Discovery::new(set);
+    let mut conditions = Vec::new();
+    let ns_labels: NamespaceLabels<'_> =
+        set.namespaces().map(|(o, n)| (&*o.id.name, n.metadata.labels.clone().unwrap_or_default())).collect();
+    let placement = place(set, &mut conditions);
+    let mut entries: Vec<Vec<Entry>> = placement.placed.iter().map(|_| Vec::new()).collect();
+
+    // HTTPRoutes, oldest first.
+    let mut routes: Vec<_> = set.http_routes().collect();
+    routes.sort_by_key(|(o, _)| (age(o), o.id.clone()));
+    for (o, route) in routes {
+        let mut unresolved: Vec<(String, &'static str, String)> = Vec::new();
+        let compiled = CompiledRoute::new(o, route, &disc, &mut unresolved);
+        let r = RouteRef {
+            object: o,
+            kind: "HTTPRoute",
+            protocols: &["HTTP", "HTTPS"],
+            parents: route
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| ParentRef {
+                    group: p.group.as_deref().unwrap_or(GATEWAY_GROUP),
+                    kind: p.kind.as_deref().unwrap_or("Gateway"),
+                    namespace: p.namespace.as_deref(),
+                    name: &p.name,
+                    section_name: p.section_name.as_deref(),
+                    port: p.port,
+                })
+                .collect(),
+            hostnames: route.spec.hostnames.iter().flatten().map(|h| HostPattern::parse(h)).collect(),
+        };
+        for (slot, hostnames) in attach(set, &placement, &r, &ns_labels, &mut conditions) {
+            entries[slot].extend(compiled.entries(&hostnames));
+        }
+        if unresolved.is_empty() {
+            conditions.push(cond(
+                o,
+                String::new(),
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved".into(),
+            ));
+        }
+        for (field, reason, message) in unresolved {
+            conditions.push(cond(o, field, "ResolvedRefs", false, reason, message));
+        }
+    }
+
+    let mut ports: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
+    for (p, entries) in placement.placed.into_iter().zip(entries) {
+        let Ok(port) = u16::try_from(p.listener.port) else { continue };
+        ports.entry(port).or_default().push(Listener {
+            gateway: p.gateway,
+            name: p.listener.name.clone(),
+            hostname: p.hostname,
+            routes: RouteTable::new(entries),
+        });
+    }
+    conditions.append(&mut disc.policy_conditions);
+    let config = ProxyConfig {
+        ports: ports.into_iter().map(|(k, v)| (k, ListenerSet::new(v))).collect(),
+        backends: disc.into_backends(),
+        mesh: None,
+        downstream: crate::settings::mesh_settings(set).downstream,
+    };
+    Compiled { config, conditions }
+}
