@@ -21,7 +21,7 @@ use crate::conn::ServerSettings;
 use crate::conn::accept::{Tracker, accept_until_stopped};
 use crate::conn::serve::{ConnSettings, http_builder};
 use crate::core::{ProxyCore, Snapshot};
-use crate::http::ConnInfo;
+use crate::http::{ConnInfo, Target};
 
 /// How the gateway listens and talks upstream.
 #[derive(Debug, Clone)]
@@ -255,7 +255,7 @@ async fn accept_loop(
     let PerConnection { access_log, settings } = per_conn;
     let conn_stop = stop.clone();
     accept_until_stopped(listener, stop, &tracker, |stream, peer| {
-        let info = ConnInfo { port, peer, scheme: "http", access_log, dest: None };
+        let info = ConnInfo { port, peer, scheme: "http", access_log, target: Target::Listeners };
         let (snapshot, builder, stop) = (snapshot.clone(), builder.clone(), conn_stop.clone());
         async move { super::serve_routes(stream, info, snapshot, &builder, stop, settings).await }
     })

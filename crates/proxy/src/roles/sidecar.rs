@@ -27,7 +27,7 @@ use crate::conn::ServerSettings;
 use crate::conn::accept::{Tracker, accept_until_stopped};
 use crate::conn::serve::{ConnSettings, http_builder};
 use crate::core::ProxyCore;
-use crate::http::ConnInfo;
+use crate::http::{ConnInfo, Target};
 use crate::upstream::balance::BackendRt;
 use crate::upstream::pool::UpstreamError;
 
@@ -181,10 +181,10 @@ impl Sidecar {
         accept_until_stopped(listener, stop, &self.tracker, |stream, peer| self.clone().outbound(stream, peer)).await;
     }
 
-    /// HTTP to `dst` (a Service's virtual IP, or a meshed pod), each request with the
-    /// configuration current when it arrives.
-    async fn serve_http(&self, stream: TcpStream, peer: SocketAddr, dst: SocketAddr) {
-        let info = ConnInfo { port: dst.port(), peer, scheme: "http", access_log: self.access_log, dest: Some(dst) };
+    /// HTTP to `target` (a Service's virtual IP, or a meshed pod, as this connection's original
+    /// destination said once), each request with the configuration current when it arrives.
+    async fn serve_http(&self, stream: TcpStream, peer: SocketAddr, target: Target, port: u16) {
+        let info = ConnInfo { port, peer, scheme: "http", access_log: self.access_log, target };
         let cell = self.core.cell();
         let settings = ConnSettings::new(&self.settings);
         super::serve_routes(stream, info, cell, &self.builder, self.stop.subscribe(), settings).await;
@@ -217,7 +217,7 @@ impl Sidecar {
             };
             if http {
                 drop(snapshot);
-                self.serve_http(stream, peer, dst).await;
+                self.serve_http(stream, peer, Target::Service(dst), dst.port()).await;
                 return;
             }
             let Some(backend) = service.tcp.and_then(|t| snapshot.backends.get(t.slot)).cloned() else {
@@ -236,7 +236,7 @@ impl Sidecar {
                 return;
             };
             if looks_like_http(&stream, self.sniff_timeout).await {
-                self.serve_http(stream, peer, dst).await;
+                self.serve_http(stream, peer, Target::Pod(dst), dst.port()).await;
             } else if let Err(e) = tcp_to_endpoint(&mut stream, &pool).await {
                 tracing::warn!(endpoint = %pool.addr, error = %e, "TCP upstream connect failed");
             }
