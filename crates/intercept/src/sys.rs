@@ -80,11 +80,20 @@ mod tests {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .unwrap()
         };
-        let before = rss();
-        let released = super::release_startup_pages().unwrap();
-        assert!(released > 0);
-        let after = rss();
-        assert!(after < before, "{after} kB !< {before} kB");
+        // Another test of this binary may fault pages in meanwhile: one of a few tries must see
+        // the drop.
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let before = rss();
+            let released = super::release_startup_pages().unwrap();
+            assert!(released > 0);
+            let after = rss();
+            seen.push((before, after));
+            if after < before {
+                break;
+            }
+        }
+        assert!(seen.iter().any(|(b, a)| a < b), "resident memory never dropped (kB before, after): {seen:?}");
         // Code and read-only data fault back in: formatting, hashing, threads all work.
         let text = format!("{:?}", std::collections::HashMap::from([(1, "a")]));
         assert_eq!(text, r#"{1: "a"}"#);

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use meshgate_model::{Compiled, Condition, ProxyConfig};
 
+use crate::telemetry::Sink;
 use crate::upstream::balance::BackendRt;
 use crate::upstream::pool::EndpointPool;
 use registry::Registry;
@@ -33,6 +34,10 @@ pub struct Snapshot {
     pub conditions: Vec<Condition>,
     /// Runtime state of each backend, indexed by `ServiceBackend::slot`.
     pub backends: Vec<Arc<BackendRt>>,
+    /// This proxy's SPIFFE ID (the source of the requests it sends upstream).
+    pub identity: Option<Arc<str>>,
+    /// Where request and connection records go.
+    pub sink: Sink,
 }
 
 impl Snapshot {
@@ -46,6 +51,8 @@ impl Snapshot {
 /// The core of one proxy process.
 pub struct ProxyCore {
     tls: Option<Arc<meshgate_tls::MeshTls>>,
+    identity: Option<Arc<str>>,
+    sink: Sink,
     snapshot: Arc<ArcSwap<Snapshot>>,
     registry: Registry,
     housekeeping: AtomicBool,
@@ -62,8 +69,14 @@ impl std::fmt::Debug for ProxyCore {
 
 impl ProxyCore {
     /// A core with an empty configuration; `tls` is this proxy's identity, for endpoints reached
-    /// over mTLS.
+    /// over mTLS. Records go nowhere.
     pub fn new(tls: Option<Arc<meshgate_tls::MeshTls>>) -> Arc<Self> {
+        Self::with_sink(tls, crate::telemetry::noop())
+    }
+
+    /// The same, with records handed to `sink`.
+    pub fn with_sink(tls: Option<Arc<meshgate_tls::MeshTls>>, sink: Sink) -> Arc<Self> {
+        let identity: Option<Arc<str>> = tls.as_ref().map(|t| Arc::from(t.id().as_str()));
         let empty = Snapshot {
             version: 0,
             applied_at: SystemTime::now(),
@@ -71,9 +84,13 @@ impl ProxyCore {
             config: ProxyConfig::default(),
             conditions: Vec::new(),
             backends: Vec::new(),
+            identity: identity.clone(),
+            sink: sink.clone(),
         };
         Arc::new(ProxyCore {
             tls,
+            identity,
+            sink,
             snapshot: Arc::new(ArcSwap::from_pointee(empty)),
             registry: Registry::default(),
             housekeeping: AtomicBool::new(false),
@@ -86,6 +103,11 @@ impl ProxyCore {
     /// This proxy's mTLS state, when it has an identity.
     pub fn tls(&self) -> Option<Arc<meshgate_tls::MeshTls>> {
         self.tls.clone()
+    }
+
+    /// Where this proxy's records go.
+    pub fn sink(&self) -> &Sink {
+        &self.sink
     }
 
     /// The configuration now in force.
@@ -122,6 +144,8 @@ impl ProxyCore {
             config: compiled.config,
             conditions: compiled.conditions,
             backends,
+            identity: self.identity.clone(),
+            sink: self.sink.clone(),
         };
         self.snapshot.store(Arc::new(snapshot));
         self.registry.prune();

@@ -22,16 +22,18 @@ mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::header::HeaderValue;
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 pub use outcome::X_MESHGATE_FLAGS;
 pub use response::ResponseBody;
 
 use crate::core::Snapshot;
+use crate::telemetry::{Protocol, RequestRecord, Role};
 use outcome::Outcome;
 use route::Selected;
 
@@ -62,19 +64,47 @@ pub enum Target {
     Pod(SocketAddr),
 }
 
-/// Handles one request from a client.
+/// Handles one request from a client; its record is completed when the response body ends.
 pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
-    let started = conn.access_log.then(Instant::now);
+    let started = Instant::now();
+    let start = SystemTime::now();
+    let protocol = if req.version() >= http::Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
+    let request_bytes = req.body().size_hint().exact();
     let method = conn.access_log.then(|| req.method().clone());
     let path_for_log = conn.access_log.then(|| req.uri().path().to_string());
     let mut out = route_and_forward(&snapshot, &conn, req).await;
+    let ttfb = started.elapsed();
+    let hop = std::mem::take(&mut out.hop);
+    let record = RequestRecord {
+        start,
+        role: match conn.target {
+            Target::Listeners => Role::Gateway,
+            Target::Service(_) | Target::Pod(_) => Role::SidecarOutbound,
+        },
+        route: out.rule.as_ref().map(|r| (r.route.clone(), r.index)),
+        backend: hop.backend,
+        endpoint: out.upstream,
+        protocol,
+        status: out.resp.status().as_u16(),
+        flags: out.flags,
+        attempts: out.attempts,
+        request_bytes,
+        response_bytes: 0,
+        ttfb,
+        duration: ttfb,
+        proxy_time: ttfb.saturating_sub(hop.upstream_wait + hop.waited),
+        source: snapshot.identity.clone(),
+        destination: hop.destination,
+        security: hop.security,
+        peer: conn.peer,
+    };
     if !out.flags.is_empty() {
         // Like Linkerd's l5d-proxy-error: says why, without a trip to the logs.
         if let Ok(v) = HeaderValue::from_str(&out.flags.to_string()) {
             out.resp.headers_mut().insert(X_MESHGATE_FLAGS.clone(), v);
         }
     }
-    if let (Some(started), Some(method), Some(path)) = (started, method, path_for_log) {
+    if let (Some(method), Some(path)) = (method, path_for_log) {
         tracing::info!(
             target: "meshgate::access",
             "{method} {path} {} {} route={} upstream={} flags={} attempts={} {:.3}ms",
@@ -84,10 +114,10 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
             out.upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
             out.flags,
             out.attempts,
-            started.elapsed().as_secs_f64() * 1000.0,
+            ttfb.as_secs_f64() * 1000.0,
         );
     }
-    out.resp
+    out.resp.map(|body| body.recorded(record, started, snapshot.sink.clone()))
 }
 
 /// What a stage does with a request: hands it on to the next stage, or answers it itself.

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod managed;
 pub mod roles;
 pub mod source;
+pub mod telemetry;
 pub mod upstream;
 
 pub use core::{ProxyCore, Snapshot};

@@ -15,10 +15,12 @@ use tokio::sync::watch;
 
 use crate::conn::serve::{ConnSettings, serve};
 use crate::core::Snapshot;
-use crate::http::{ConnInfo, handle};
+use crate::http::{ConnInfo, Target, handle};
+use crate::telemetry::{Opened, PlaintextReason, Role, Security};
 
 /// Serves one downstream connection with the request path: each request is routed with the
-/// configuration current when it arrives.
+/// configuration current when it arrives. The connection's record goes to the sink when it
+/// closes.
 pub(crate) async fn serve_routes<S>(
     stream: S,
     info: ConnInfo,
@@ -30,7 +32,15 @@ pub(crate) async fn serve_routes<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    let (role, security) = match info.target {
+        Target::Listeners => (Role::Gateway, Security::Plaintext(PlaintextReason::NotMeshed)),
+        Target::Service(_) | Target::Pod(_) => (Role::SidecarOutbound, Security::Plaintext(PlaintextReason::Local)),
+    };
+    let opened = Opened::now(role, peer);
     let timeouts = settings.timeouts(snapshot.load().config.downstream.header_timeout);
-    let handler = move |req| handle(snapshot.load_full(), info, req);
-    serve(stream, peer, handler, builder, Some(stop), timeouts).await;
+    let cell = snapshot.clone();
+    let handler = move |req| handle(cell.load_full(), info, req);
+    let served = serve(stream, peer, handler, builder, Some(stop), timeouts).await;
+    let record = opened.closed((served.bytes_in, served.bytes_out), served.close, security, None, false);
+    snapshot.load().sink.connection(&record);
 }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::timeouts::{Activity, ConnIo, Expired, watch};
 use crate::body::BoxError;
+use crate::telemetry::CloseReason;
 
 /// Limits on downstream connections.
 #[derive(Debug, Clone)]
@@ -196,7 +197,8 @@ pub(crate) async fn serve<S, F, Fut, B>(
     builder: &auto::Builder<TokioExecutor>,
     stop: Option<watch::Receiver<bool>>,
     timeouts: Timeouts,
-) where
+) -> Served
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -230,30 +232,47 @@ pub(crate) async fn serve<S, F, Fut, B>(
             None => std::future::pending().await,
         }
     };
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
+    let (result, close) = tokio::select! {
+        r = conn.as_mut() => (r, CloseReason::Closed),
         () = stopped => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            (conn.await, CloseReason::Drained)
         }
         expired = watch(&io, timeouts.idle, timeouts.header) => match expired {
             Expired::Idle => {
                 tracing::debug!(%peer, "idle timeout: closing the connection");
                 conn.as_mut().graceful_shutdown();
-                conn.await
+                (conn.await, CloseReason::IdleTimeout)
             }
             Expired::Header => {
                 tracing::debug!(%peer, "request header timeout: closing the connection");
                 // The stream now ends (after a 408 if part of a head came): the connection
                 // sees it at once; it is not waited for longer than a moment.
                 let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
-                return;
+                (Ok(()), CloseReason::HeaderTimeout)
             }
         },
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "downstream connection ended with error");
-    }
+    let close = match result {
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "downstream connection ended with error");
+            if close == CloseReason::Closed { CloseReason::Error } else { close }
+        }
+        Ok(()) => close,
+    };
+    let (bytes_in, bytes_out) = io.bytes();
+    Served { close, bytes_in, bytes_out }
+}
+
+/// How a served connection ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Served {
+    /// Why it closed.
+    pub(crate) close: CloseReason,
+    /// Bytes from the client.
+    pub(crate) bytes_in: u64,
+    /// Bytes to the client.
+    pub(crate) bytes_out: u64,
 }
 
 /// The timeouts of one downstream connection.

@@ -1,7 +1,8 @@
 //! Downstream timeouts, kept without a clock on the I/O path and without a timer per request:
-//! the stream wrapper counts reads and writes (one relaxed atomic add per operation that moved
-//! bytes), the request path marks where each HTTP/1.1 request begins and ends (a store each),
-//! and one watcher per connection, woken four times per timeout period, reads the counters.
+//! the stream wrapper counts the bytes read and written (one relaxed atomic add per operation
+//! that moved bytes; the connection's record reads them too), the request path marks where
+//! each HTTP/1.1 request begins and ends (a store each), and one watcher per connection, woken
+//! four times per timeout period, reads the counters.
 //!
 //! - Idle: a connection that moves no byte in either direction for the idle timeout is asked
 //!   to finish (a request in flight completes first) and closed, between 1 and 1.25 timeouts
@@ -33,9 +34,9 @@ const TIMED_OUT: u8 = 2;
 /// What a connection's stream wrapper, its request path and its watcher share.
 #[derive(Debug, Default)]
 pub struct ConnIo {
-    /// Read operations that returned bytes.
+    /// Bytes read.
     reads: AtomicU64,
-    /// Write operations that took bytes.
+    /// Bytes written.
     writes: AtomicU64,
     /// `IN_FLIGHT`, or the value of `reads` when the last response ended: reads beyond it are
     /// the next request's head.
@@ -62,6 +63,11 @@ impl ConnIo {
 
     fn ops(&self) -> u64 {
         self.reads.load(Ordering::Relaxed).wrapping_add(self.writes.load(Ordering::Relaxed))
+    }
+
+    /// Bytes read from and written to the peer so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.reads.load(Ordering::Relaxed), self.writes.load(Ordering::Relaxed))
     }
 }
 
@@ -98,7 +104,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Activity<S> {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if matches!(r, Poll::Ready(Ok(()))) && n > 0 {
             if self.first_read {
                 // The HTTP/2 connection preface: no request-head timeout on this connection.
                 self.first_read = false;
@@ -106,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Activity<S> {
                     self.io.exempt();
                 }
             }
-            self.io.reads.fetch_add(1, Ordering::Relaxed);
+            self.io.reads.fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }
@@ -115,8 +122,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Activity<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.io.writes.fetch_add(1, Ordering::Relaxed);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.io.writes.fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }
@@ -127,8 +136,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.io.writes.fetch_add(1, Ordering::Relaxed);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.io.writes.fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::ConnInfo;
 use super::filters::Upstream;
 use super::forward::{Picked, hash_request, pick_backend, pick_endpoint, send, send_mirror};
-use super::outcome::{Failure, Outcome};
+use super::outcome::{Failure, Hop, Outcome};
 use super::response::ResponseBody;
 use crate::body::RequestBody;
 use crate::body::replay::ReplayBody;
@@ -61,7 +61,13 @@ impl<'p> Effective<'p> {
 
 /// Runs the attempts for `request` until one answers or the policy gives up.
 pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<'_>) -> Outcome {
-    let Upstream { rule, mut parts, body, mirrors, mut flags } = request;
+    let mut hop = Hop { waited: request.waited, ..Hop::default() };
+    let out = attempts(snapshot, conn, request, &mut hop).await;
+    out.with(hop)
+}
+
+async fn attempts(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<'_>, hop: &mut Hop) -> Outcome {
+    let Upstream { rule, mut parts, body, mirrors, mut flags, .. } = request;
     let first = match pick_backend(snapshot, &rule) {
         Ok(b) => b,
         Err((status, msg, f)) => return Outcome::local(status, msg, Some(rule), flags | f),
@@ -88,7 +94,7 @@ pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<
             );
             return Outcome::local(StatusCode::SERVICE_UNAVAILABLE, msg, Some(rule), flags | Flags::UPSTREAM_OVERFLOW);
         };
-        let endpoint = match pick_endpoint(backend, hash, last.as_ref()).await {
+        let endpoint = match pick_endpoint(backend, hash, last.as_ref(), &mut hop.waited).await {
             Ok(e) => e,
             Err((status, msg, f)) => return Outcome::local(status, msg, Some(rule), flags | f),
         };
@@ -106,6 +112,7 @@ pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<
         let sent_at = tokio::time::Instant::now();
         let result = send(&endpoint, req, try_deadline, &mut timer).await;
         let latency = sent_at.elapsed();
+        hop.attempted(&backend.model.id, &endpoint, latency);
         let addr = endpoint.addr;
         // Decide: answer, or try again.
         let (retryable, failure): (bool, Failure) = match result {
@@ -142,6 +149,7 @@ pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<
                         upstream: Some(addr),
                         flags,
                         attempts: attempt + 1,
+                        hop: Hop::default(),
                     };
                 }
                 (true, Failure::Status(status))
@@ -206,6 +214,7 @@ pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<
             return give_up(failure, flags | Flags::UPSTREAM_TIMEOUT);
         }
         tokio::time::sleep(pause).await;
+        hop.waited += pause;
         attempt += 1;
         // The split is made again for every attempt.
         current = match pick_backend(snapshot, &rule) {

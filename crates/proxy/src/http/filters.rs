@@ -17,7 +17,7 @@ use meshgate_model::rule::{Mirror, Rule};
 
 use super::ConnInfo;
 use super::Step;
-use super::outcome::Outcome;
+use super::outcome::{Hop, Outcome};
 use super::response::ResponseBody;
 use super::route::Routed;
 use crate::flags::Flags;
@@ -35,6 +35,8 @@ pub(super) struct Upstream<'s> {
     pub(super) mirrors: Vec<&'s Mirror>,
     /// Flags so far (a delay injected).
     pub(super) flags: Flags,
+    /// Time spent in an injected delay.
+    pub(super) waited: Duration,
 }
 
 /// Applies the rule's filters; a filter that answers (redirect, fault abort, a rule that
@@ -66,15 +68,18 @@ pub(super) async fn apply<'s>(conn: &ConnInfo, routed: Routed<'s>) -> Step<Upstr
             upstream: None,
             flags: Flags::NONE,
             attempts: 0,
+            hop: Hop::default(),
         });
     }
     let mut flags = Flags::NONE;
+    let mut waited = Duration::ZERO;
     if let Some(fault) = &rule.fault {
         if let Some((millis, share)) = fault.delay
             && fastrand::f64() < share
         {
             flags.insert(Flags::DELAY_INJECTED);
-            tokio::time::sleep(Duration::from_millis(millis)).await;
+            waited = Duration::from_millis(millis);
+            tokio::time::sleep(waited).await;
         }
         if let Some((status, share)) = fault.abort
             && fastrand::f64() < share
@@ -88,7 +93,7 @@ pub(super) async fn apply<'s>(conn: &ConnInfo, routed: Routed<'s>) -> Step<Upstr
     let Routed { entry, mut parts, body, host_value } = routed;
     upstream_head(&mut parts, conn, &entry.rule, entry.matched_prefix(), host_value);
     let mirrors = entry.rule.mirrors.iter().filter(|m| m.sample()).collect();
-    Step::Next(Upstream { rule: entry.rule.clone(), parts, body, mirrors, flags })
+    Step::Next(Upstream { rule: entry.rule.clone(), parts, body, mirrors, flags, waited })
 }
 
 /// The upstream request head: the client's, changed in place.

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use meshgate_model::policy::HashKey;
 use meshgate_model::rule::{Backend, Rule, UpstreamProtocol, WeightedBackend};
 
-use super::outcome::Outcome;
+use super::outcome::{Hop, Outcome};
 use super::response::ResponseBody;
 use crate::body::RequestBody;
 use crate::core::Snapshot;
@@ -59,7 +59,15 @@ pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<Incoming>) -> 
     let mut req = Request::from_parts(parts, RequestBody::Incoming { body });
     fit_version(&mut req, pool.protocol(), &pool.addr);
     let addr = pool.addr;
-    match pool.send(req).await {
+    let sent_at = tokio::time::Instant::now();
+    let result = pool.send(req).await;
+    let hop = Hop {
+        destination: pool.identity().cloned(),
+        security: Some(pool.security()),
+        upstream_wait: sent_at.elapsed(),
+        ..Hop::default()
+    };
+    match result {
         Ok((resp, returner)) => {
             let (mut rparts, rbody) = resp.into_parts();
             strip_hop_by_hop(&mut rparts.headers);
@@ -70,6 +78,7 @@ pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<Incoming>) -> 
                 upstream: Some(addr),
                 flags: Flags::NONE,
                 attempts: 1,
+                hop,
             }
         }
         Err(SendError { error, .. }) => {
@@ -78,7 +87,7 @@ pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<Incoming>) -> 
             } else {
                 (StatusCode::BAD_GATEWAY, Flags::UPSTREAM_RESET)
             };
-            let mut out = Outcome::local(status, format!("upstream {addr}: {error}"), None, flags);
+            let mut out = Outcome::local(status, format!("upstream {addr}: {error}"), None, flags).with(hop);
             out.upstream = Some(addr);
             out.attempts = 1;
             out
@@ -121,6 +130,7 @@ pub(super) async fn pick_endpoint(
     backend: &BackendRt,
     hash: Option<u64>,
     avoid: Option<&Arc<EndpointPool>>,
+    waited: &mut Duration,
 ) -> Result<Arc<EndpointPool>, (StatusCode, String, Flags)> {
     match backend.pick(hash, avoid) {
         Ok(e) => Ok(e.clone()),
@@ -144,6 +154,7 @@ pub(super) async fn pick_endpoint(
             let wait = Duration::from_nanos(until.saturating_sub(crate::clock::now_nanos()));
             let wait = wait.min(backend.policy().connect_timeout);
             tokio::time::sleep(wait).await;
+            *waited += wait;
             backend.pick(hash, avoid).map(Arc::clone).map_err(|_| {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -11,6 +12,8 @@ use meshgate_model::rule::Rule;
 
 use super::response::ResponseBody;
 use crate::flags::Flags;
+use crate::telemetry::Security;
+use crate::upstream::pool::EndpointPool;
 
 /// Response header carrying the response flags when there are any.
 pub static X_MESHGATE_FLAGS: http::HeaderName = http::HeaderName::from_static("x-meshgate-flags");
@@ -25,18 +28,53 @@ pub(super) fn local(status: StatusCode, message: String) -> Response<ResponseBod
     resp
 }
 
-/// How a request ended, for the access log (and, later, metrics).
+/// How a request ended: the response, and what its record says about the route, the
+/// upstream and the time spent.
 pub(super) struct Outcome {
     pub(super) resp: Response<ResponseBody>,
     pub(super) rule: Option<Arc<Rule>>,
     pub(super) upstream: Option<SocketAddr>,
     pub(super) flags: Flags,
     pub(super) attempts: u32,
+    pub(super) hop: Hop,
+}
+
+/// What the attempts learned about the upstream hop.
+#[derive(Default)]
+pub(super) struct Hop {
+    /// The Service backend.
+    pub(super) backend: Option<Arc<str>>,
+    /// The last endpoint's identity.
+    pub(super) destination: Option<Arc<str>>,
+    /// How the last attempt was secured.
+    pub(super) security: Option<Security>,
+    /// Time spent waiting on upstreams (every attempt, send to response head or failure).
+    pub(super) upstream_wait: Duration,
+    /// Time spent in delays the configuration asked for (backoff, injected delay, ejection).
+    pub(super) waited: Duration,
+}
+
+impl Hop {
+    /// Records an attempt to `endpoint` of `backend` that took `latency`.
+    pub(super) fn attempted(&mut self, backend: &Arc<str>, endpoint: &EndpointPool, latency: Duration) {
+        if self.backend.is_none() {
+            self.backend = Some(backend.clone());
+        }
+        self.destination = endpoint.identity().cloned();
+        self.security = Some(endpoint.security());
+        self.upstream_wait += latency;
+    }
 }
 
 impl Outcome {
     pub(super) fn local(status: StatusCode, message: String, rule: Option<Arc<Rule>>, flags: Flags) -> Self {
-        Outcome { resp: local(status, message), rule, upstream: None, flags, attempts: 0 }
+        Outcome { resp: local(status, message), rule, upstream: None, flags, attempts: 0, hop: Hop::default() }
+    }
+
+    /// The same outcome, with what the attempts learned.
+    pub(super) fn with(mut self, hop: Hop) -> Self {
+        self.hop = hop;
+        self
     }
 }
 
@@ -77,6 +115,6 @@ impl Failure {
                 ),
             ),
         };
-        Outcome { resp: local(status, msg), rule, upstream: Some(addr), flags, attempts }
+        Outcome { resp: local(status, msg), rule, upstream: Some(addr), flags, attempts, hop: Hop::default() }
     }
 }

@@ -1,10 +1,11 @@
 //! The response body on its way to the client: streamed from upstream (returning its HTTP/1
 //! connection to the pool when it ends, cut when the request timeout fires) or produced by the
-//! proxy.
+//! proxy; and the request's record, completed when the body ends or the client goes away.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -12,15 +13,65 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::body::BoxError;
+use crate::flags::Flags;
+use crate::telemetry::{RequestRecord, Sink};
 use crate::upstream::pool::Returner;
 use crate::upstream::state::ActiveGuard;
 
 pin_project! {
     /// A response body on its way to the client.
-    #[project = ResponseBodyProj]
+    #[derive(Debug)]
+    pub struct ResponseBody {
+        #[pin]
+        inner: Inner,
+        recording: Option<Recording>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its end: the client went away (or the connection broke).
+            if let Some(r) = this.project().recording.take() {
+                r.finish(false);
+            }
+        }
+    }
+}
+
+/// A request's record while its response streams.
+#[derive(Debug)]
+struct Recording {
+    record: RequestRecord,
+    started: Instant,
+    sink: Sink,
+}
+
+impl Recording {
+    fn finish(mut self, completed: bool) {
+        self.record.duration = self.started.elapsed();
+        if !completed {
+            self.record.flags.insert(Flags::DOWNSTREAM_DISCONNECT);
+        }
+        self.sink.request(&self.record);
+    }
+}
+
+/// The error of a response body cut by the request timeout.
+#[derive(Debug)]
+struct Cut;
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream request timeout: response body cut")
+    }
+}
+
+impl std::error::Error for Cut {}
+
+pin_project! {
+    #[project = InnerProj]
     #[derive(Debug)]
     #[allow(missing_docs)] // pin-project-lite takes no docs on fields; the variants say it all.
-    pub enum ResponseBody {
+    enum Inner {
         /// Streamed from upstream; the connection goes back to the pool at the end.
         Upstream {
             #[pin] body: Incoming,
@@ -39,7 +90,19 @@ impl ResponseBody {
     /// A body produced by the proxy.
     pub fn local(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
-        ResponseBody::Local { data: (!data.is_empty()).then_some(data) }
+        ResponseBody { inner: Inner::Local { data: (!data.is_empty()).then_some(data) }, recording: None }
+    }
+
+    /// Completes `record` (and hands it to `sink`) when this body ends or is dropped; `started`
+    /// is when the request arrived.
+    pub(crate) fn recorded(mut self, record: RequestRecord, started: Instant, sink: Sink) -> Self {
+        let recording = Recording { record, started, sink };
+        if self.is_end_stream() {
+            recording.finish(true);
+        } else {
+            self.recording = Some(recording);
+        }
+        self
     }
 
     /// Wraps an upstream body; an already finished body returns its connection at once.
@@ -61,7 +124,7 @@ impl ResponseBody {
         };
         let active = if done { None } else { active };
         let deadline = deadline.filter(|_| !done);
-        ResponseBody::Upstream { body, returner, active, deadline }
+        ResponseBody { inner: Inner::Upstream { body, returner, active, deadline }, recording: None }
     }
 }
 
@@ -76,15 +139,54 @@ impl Body for ResponseBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let frame = std::task::ready!(inner.as_mut().poll_frame(cx));
+        if let Some(recording) = this.recording.as_mut() {
+            let ended = match &frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        recording.record.response_bytes += data.len() as u64;
+                    }
+                    inner.is_end_stream()
+                }
+                Some(Err(e)) => {
+                    let flag = if e.is::<Cut>() { Flags::UPSTREAM_TIMEOUT } else { Flags::UPSTREAM_RESET };
+                    recording.record.flags.insert(flag);
+                    true
+                }
+                None => true,
+            };
+            if ended && let Some(r) = this.recording.take() {
+                r.finish(true);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Body for Inner {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ResponseBodyProj::Upstream { mut body, returner, active, deadline } => {
+            InnerProj::Upstream { mut body, returner, active, deadline } => {
                 if let Some(d) = deadline.as_mut()
                     && d.as_mut().poll(cx).is_ready()
                 {
                     returner.take();
                     active.take();
                     *deadline = None;
-                    return Poll::Ready(Some(Err("upstream request timeout: response body cut".into())));
+                    return Poll::Ready(Some(Err(Box::new(Cut))));
                 }
                 let frame = std::task::ready!(body.as_mut().poll_frame(cx));
                 match &frame {
@@ -105,21 +207,21 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
-            ResponseBodyProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            InnerProj::Local { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
-            ResponseBody::Local { data } => data.is_none(),
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Local { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream { body, .. } => body.size_hint(),
-            ResponseBody::Local { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Upstream { body, .. } => body.size_hint(),
+            Inner::Local { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

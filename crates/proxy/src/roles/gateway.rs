@@ -22,6 +22,7 @@ use crate::conn::accept::{Tracker, accept_until_stopped};
 use crate::conn::serve::{ConnSettings, http_builder};
 use crate::core::{ProxyCore, Snapshot};
 use crate::http::{ConnInfo, Target};
+use crate::telemetry::Sink;
 
 /// How the gateway listens and talks upstream.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct GatewayOptions {
     pub access_log: bool,
     /// This proxy's mTLS identity, for endpoints reached over mTLS.
     pub tls: Option<Arc<meshgate_tls::MeshTls>>,
+    /// Where request and connection records go.
+    pub sink: Sink,
 }
 
 impl Default for GatewayOptions {
@@ -46,6 +49,7 @@ impl Default for GatewayOptions {
             drain_timeout: Duration::from_secs(10),
             access_log: false,
             tls: None,
+            sink: crate::telemetry::noop(),
         }
     }
 }
@@ -78,7 +82,7 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// A gateway with an empty configuration, serving nothing until [`Gateway::apply`].
     pub fn new(options: GatewayOptions) -> Arc<Self> {
-        let core = ProxyCore::new(options.tls.clone());
+        let core = ProxyCore::with_sink(options.tls.clone(), options.sink.clone());
         Arc::new(Gateway { core, options, ports: tokio::sync::Mutex::new(HashMap::new()) })
     }
 

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -23,31 +23,33 @@ use tokio::sync::watch;
 
 use crate::body::RequestBody;
 use crate::conn::accept::{Guard, Tracker, accept_until_stopped};
+use crate::flags::Flags;
 use crate::headers::strip_hop_by_hop;
 use crate::http::ResponseBody;
+use crate::telemetry::{self, CloseReason, Opened, PlaintextReason, Protocol, RequestRecord, Role, Sink};
 use crate::upstream::pool::EndpointPool;
 use crate::upstream::state::BackendState;
 
 /// `x-forwarded-client-cert`, as Envoy writes it.
 pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
-/// Why a connection is not mTLS: a reason, not a bare bool, so logs, metrics and the
-/// dashboard can say which.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlaintextReason {
-    /// PERMISSIVE accepted a plaintext client (the "insecure channel" warning).
-    Permissive,
-    /// mTLS is DISABLEd for this workload or port.
-    Disabled,
-}
-
-/// How a connection is secured.
+/// How a connection is secured, and by whom.
 #[derive(Debug, Clone)]
 pub enum Security {
     /// Mutual TLS with a verified SPIFFE peer.
     Mutual(PeerIdentity),
     /// Plaintext, and why.
     Plaintext(PlaintextReason),
+}
+
+impl Security {
+    /// The kind, for records.
+    fn kind(&self) -> telemetry::Security {
+        match self {
+            Security::Mutual(_) => telemetry::Security::Mutual,
+            Security::Plaintext(r) => telemetry::Security::Plaintext(*r),
+        }
+    }
 }
 
 /// Where the application is.
@@ -74,6 +76,8 @@ pub struct InboundOptions {
     pub idle_timeout: Option<Duration>,
     /// Overrides the configuration's request-head timeout (zero: off).
     pub header_timeout: Option<Duration>,
+    /// Where request and connection records go.
+    pub sink: Sink,
 }
 
 impl Default for InboundOptions {
@@ -84,6 +88,7 @@ impl Default for InboundOptions {
             sniff_timeout: Duration::from_millis(200),
             idle_timeout: Some(Duration::from_secs(3600)),
             header_timeout: None,
+            sink: telemetry::noop(),
         }
     }
 }
@@ -98,6 +103,8 @@ pub struct Inbound {
     opts: InboundOptions,
     target: AppTarget,
     policy: ArcSwap<InboundPolicy>,
+    /// This workload's SPIFFE ID (the destination of what arrives here).
+    identity: Option<Arc<str>>,
     /// The configuration's request-head timeout, in milliseconds (0: off).
     header_timeout_ms: std::sync::atomic::AtomicU64,
     tls: Option<Arc<MeshTls>>,
@@ -131,6 +138,7 @@ impl Inbound {
             opts,
             target,
             policy: ArcSwap::from_pointee(policy),
+            identity: tls.as_ref().map(|t| Arc::from(t.id().as_str())),
             header_timeout_ms: std::sync::atomic::AtomicU64::new(
                 meshgate_model::Downstream::default().header_timeout.map_or(0, |d| d.as_millis() as u64),
             ),
@@ -196,6 +204,19 @@ impl Inbound {
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let opened = Opened::now(Role::SidecarInbound, peer);
+        let (bytes, close, security, identity, opaque) = self.clone().accept(stream, peer).await;
+        self.opts.sink.connection(&opened.closed(bytes, close, security, identity, opaque));
+    }
+
+    /// Serves one accepted connection: (bytes in and out, why it closed, how it was secured,
+    /// the peer's identity, whether it was opaque TCP).
+    async fn accept(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> ((u64, u64), CloseReason, telemetry::Security, Option<Arc<str>>, bool) {
+        let refused = |close| ((0, 0), close, telemetry::Security::Plaintext(PlaintextReason::NotMeshed), None, false);
         let app = match self.target {
             AppTarget::Fixed(app) => app,
             AppTarget::OriginalDst => match meshgate_intercept::original_dst(&stream) {
@@ -203,14 +224,14 @@ impl Inbound {
                 // original destination would loop back here.
                 Ok(dst) if stream.local_addr().is_ok_and(|l| l == dst) => {
                     tracing::debug!(%peer, "connection to the inbound port itself, not redirected: closing");
-                    return;
+                    return refused(CloseReason::Refused);
                 }
                 // The application listens in the same namespace: reach it on localhost (the
                 // proxy's own traffic is never redirected), at the port the client dialled.
                 Ok(dst) => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), dst.port()),
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "no original destination on an intercepted connection");
-                    return;
+                    return refused(CloseReason::Error);
                 }
             },
         };
@@ -222,7 +243,7 @@ impl Inbound {
         if is_tls && mode != Mode::Disable {
             let Some(tls) = &self.tls else {
                 tracing::warn!(%peer, workload = %self.opts.workload, "TLS client, but this proxy has no identity: closing");
-                return;
+                return refused(CloseReason::HandshakeFailed);
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
             let accepted = tokio::time::timeout(self.opts.handshake_timeout, acceptor.accept(stream)).await;
@@ -230,25 +251,26 @@ impl Inbound {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::warn!(%peer, workload = %self.opts.workload, "mTLS handshake refused: {e}");
-                    return;
+                    return refused(CloseReason::HandshakeFailed);
                 }
                 Err(_) => {
                     tracing::warn!(%peer, workload = %self.opts.workload, "mTLS handshake timed out");
-                    return;
+                    return refused(CloseReason::HandshakeFailed);
                 }
             };
             let Some(identity) = PeerIdentity::from_connection(stream.get_ref().1) else {
                 tracing::warn!(%peer, "mTLS peer without a SPIFFE identity: closing");
-                return;
+                return refused(CloseReason::HandshakeFailed);
             };
             let opaque = stream.get_ref().1.alpn_protocol() == Some(meshgate_tls::config::ALPN_TCP);
+            let principal: Arc<str> = Arc::from(identity.id.as_str());
             let security = Security::Mutual(identity);
-            if opaque {
-                self.tcp(stream, security, peer, app).await;
+            let (bytes, close) = if opaque {
+                self.tcp(stream, &security, peer, app).await
             } else {
-                self.http(stream, security, peer, app).await;
-            }
-            return;
+                self.http(stream, security, Some(principal.clone()), peer, app).await
+            };
+            return (bytes, close, telemetry::Security::Mutual, Some(principal), opaque);
         }
         if !is_tls && mode == Mode::Strict {
             tracing::warn!(
@@ -257,27 +279,36 @@ impl Inbound {
                 workload = %self.opts.workload,
                 "plaintext connection refused: mTLS is STRICT"
             );
-            return;
+            return refused(CloseReason::Refused);
         }
         let reason = if mode == Mode::Disable { PlaintextReason::Disabled } else { PlaintextReason::Permissive };
         if reason == PlaintextReason::Permissive {
             tracing::debug!(%peer, port, "plaintext connection accepted (PERMISSIVE): insecure channel");
         }
         let security = Security::Plaintext(reason);
+        let kind = security.kind();
         if !is_tls && looks_like_http(&stream, self.opts.sniff_timeout).await {
-            self.http(stream, security, peer, app).await;
+            let (bytes, close) = self.http(stream, security, None, peer, app).await;
+            (bytes, close, kind, None, false)
         } else {
-            self.tcp(stream, security, peer, app).await;
+            let (bytes, close) = self.tcp(stream, &security, peer, app).await;
+            (bytes, close, kind, None, true)
         }
     }
 
-    async fn tcp<S>(&self, mut stream: S, security: Security, peer: SocketAddr, app: SocketAddr)
+    async fn tcp<S>(
+        &self,
+        stream: S,
+        security: &Security,
+        peer: SocketAddr,
+        app: SocketAddr,
+    ) -> ((u64, u64), CloseReason)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let attrs = Attributes {
-            principal: principal_of(&security),
-            namespace: namespace_of(&security),
+            principal: principal_of(security),
+            namespace: namespace_of(security),
             method: None,
             path: None,
             port: app.port(),
@@ -285,16 +316,17 @@ impl Inbound {
         };
         if let Decision::Deny(why) = self.authorize(&attrs, "TCP") {
             tracing::info!(target: "meshgate::authz", %peer, port = app.port(), "TCP connection closed: {why}");
-            return;
+            return ((0, 0), CloseReason::Refused);
         }
         let mut upstream = match crate::upstream::pool::dial(app, APP_CONNECT_TIMEOUT).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%app, error = %e, "cannot reach the application");
-                return;
+                return ((0, 0), CloseReason::UpstreamUnreachable);
             }
         };
-        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+        let relayed = crate::conn::tcp::relay(stream, &mut upstream).await;
+        ((relayed.bytes_in, relayed.bytes_out), relayed.close)
     }
 
     /// Decides, logging every decision with the policy that made it.
@@ -332,7 +364,14 @@ impl Inbound {
         decision
     }
 
-    async fn http<S>(self: &Arc<Self>, stream: S, security: Security, peer: SocketAddr, app: SocketAddr)
+    async fn http<S>(
+        self: &Arc<Self>,
+        stream: S,
+        security: Security,
+        principal: Option<Arc<str>>,
+        peer: SocketAddr,
+        app: SocketAddr,
+    ) -> ((u64, u64), CloseReason)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -343,7 +382,7 @@ impl Inbound {
             }
             _ => None,
         };
-        let caller = Arc::new(Caller { security, xfcc, pool: self.pool(app), app });
+        let caller = Arc::new(Caller { security, principal, xfcc, pool: self.pool(app), app, peer });
         let me = self.clone();
         let handler = move |req| me.clone().request(req, caller.clone());
         let stop = Some(self.stop.subscribe());
@@ -353,10 +392,48 @@ impl Inbound {
         };
         let settings =
             crate::conn::serve::ConnSettings { idle: self.opts.idle_timeout, header: self.opts.header_timeout };
-        crate::conn::serve::serve(stream, peer, handler, &self.builder, stop, settings.timeouts(configured)).await;
+        let served =
+            crate::conn::serve::serve(stream, peer, handler, &self.builder, stop, settings.timeouts(configured)).await;
+        ((served.bytes_in, served.bytes_out), served.close)
     }
 
     async fn request(self: Arc<Self>, req: Request<Incoming>, caller: Arc<Caller>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let start = SystemTime::now();
+        let protocol = if req.version() >= Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
+        let request_bytes = http_body::Body::size_hint(req.body()).exact();
+        let (resp, flags, upstream_wait) = self.forward(req, &caller).await;
+        let ttfb = started.elapsed();
+        let record = RequestRecord {
+            start,
+            role: Role::SidecarInbound,
+            route: None,
+            backend: None,
+            endpoint: Some(caller.app),
+            protocol,
+            status: resp.status().as_u16(),
+            flags,
+            attempts: u32::from(upstream_wait.is_some()),
+            request_bytes,
+            response_bytes: 0,
+            ttfb,
+            duration: ttfb,
+            proxy_time: ttfb.saturating_sub(upstream_wait.unwrap_or_default()),
+            source: caller.principal.clone(),
+            destination: self.identity.clone(),
+            security: Some(caller.security.kind()),
+            peer: caller.peer,
+        };
+        resp.map(|body| body.recorded(record, started, self.opts.sink.clone()))
+    }
+
+    /// Authorizes the request and forwards it to the application: the response, its flags and
+    /// the time the application took (`None`: not sent to it).
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        caller: &Caller,
+    ) -> (Response<ResponseBody>, Flags, Option<Duration>) {
         let (mut parts, body) = req.into_parts();
         // A client's own XFCC is never trusted.
         parts.headers.remove(&XFCC);
@@ -369,7 +446,7 @@ impl Inbound {
             headers: Some(&parts.headers),
         };
         if let Decision::Deny(_) = self.authorize(&attrs, "HTTP") {
-            return reply(StatusCode::FORBIDDEN, "RBAC: access denied");
+            return (reply(StatusCode::FORBIDDEN, "RBAC: access denied"), Flags::NONE, None);
         }
         if let Some(v) = &caller.xfcc {
             parts.headers.insert(XFCC.clone(), v.clone());
@@ -385,18 +462,25 @@ impl Inbound {
         uri.path_and_query = parts.uri.path_and_query().cloned();
         parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_11;
-        match caller.pool.send(Request::from_parts(parts, RequestBody::Incoming { body })).await {
+        let sent_at = Instant::now();
+        let result = caller.pool.send(Request::from_parts(parts, RequestBody::Incoming { body })).await;
+        let waited = Some(sent_at.elapsed());
+        match result {
             Ok((resp, returner)) => {
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
-                Response::from_parts(rparts, ResponseBody::upstream(rbody, Some(returner), None, None))
+                let body = ResponseBody::upstream(rbody, Some(returner), None, None);
+                (Response::from_parts(rparts, body), Flags::NONE, waited)
             }
             Err(e) => {
                 let app = caller.app;
                 tracing::warn!(%app, error = %e.error, "application unreachable");
-                let status =
-                    if e.error.is_connect() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::BAD_GATEWAY };
-                reply(status, "application unreachable")
+                let (status, flags) = if e.error.is_connect() {
+                    (StatusCode::SERVICE_UNAVAILABLE, Flags::UPSTREAM_CONNECT_FAILURE)
+                } else {
+                    (StatusCode::BAD_GATEWAY, Flags::UPSTREAM_RESET)
+                };
+                (reply(status, "application unreachable"), flags, waited)
             }
         }
     }
@@ -436,6 +520,9 @@ fn principal_of(s: &Security) -> Option<&str> {
 /// One HTTP connection's caller: fixed for all of its requests.
 struct Caller {
     security: Security,
+    /// Its SPIFFE ID, for records.
+    principal: Option<Arc<str>>,
+    peer: SocketAddr,
     /// The `x-forwarded-client-cert` value for an mTLS peer.
     xfcc: Option<HeaderValue>,
     pool: Arc<EndpointPool>,

@@ -26,10 +26,12 @@ use super::inbound::{AppTarget, Inbound, InboundOptions, looks_like_http};
 use crate::conn::ServerSettings;
 use crate::conn::accept::{Tracker, accept_until_stopped};
 use crate::conn::serve::{ConnSettings, http_builder};
+use crate::conn::tcp::{Relayed, relay};
 use crate::core::ProxyCore;
 use crate::http::{ConnInfo, Target};
+use crate::telemetry::{CloseReason, Opened, PlaintextReason, Role, Security};
 use crate::upstream::balance::BackendRt;
-use crate::upstream::pool::UpstreamError;
+use crate::upstream::pool::{EndpointPool, UpstreamError};
 
 /// Settings of a sidecar.
 #[derive(Debug)]
@@ -104,7 +106,7 @@ impl Sidecar {
             AppTarget::OriginalDst,
             tls,
             meshgate_model::security::InboundPolicy::default(),
-            InboundOptions { workload: opts.workload.clone(), ..InboundOptions::default() },
+            InboundOptions { workload: opts.workload.clone(), sink: core.sink().clone(), ..InboundOptions::default() },
         );
         let (stop, stop_rx) = watch::channel(false);
         let settings = ServerSettings::default();
@@ -191,6 +193,16 @@ impl Sidecar {
     }
 
     async fn outbound(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let opened = Opened::now(Role::SidecarOutbound, peer);
+        let not_meshed = Security::Plaintext(PlaintextReason::NotMeshed);
+        // Opaque TCP: relayed here, recorded here (HTTP connections are recorded as served).
+        let record = |relayed: Option<Relayed>, security: Security| {
+            let (bytes, close) = match relayed {
+                Some(r) => ((r.bytes_in, r.bytes_out), r.close),
+                None => ((0, 0), CloseReason::UpstreamUnreachable),
+            };
+            self.core.sink().connection(&opened.closed(bytes, close, security, None, true));
+        };
         let dst = match meshgate_intercept::original_dst(&stream) {
             Ok(dst) if stream.local_addr().is_ok_and(|l| l == dst) => {
                 tracing::debug!(%peer, "connection to the outbound port itself, not redirected: closing");
@@ -206,7 +218,8 @@ impl Sidecar {
         let Some(mesh) = snapshot.config.mesh.as_ref() else {
             // No configuration yet (the application starts after it, so this is a race with
             // shutdown): behave as without a mesh.
-            passthrough(stream, dst).await;
+            drop(snapshot);
+            record(passthrough(&mut stream, dst).await, not_meshed);
             return;
         };
         if let Some(service) = mesh.services.get(&dst) {
@@ -225,7 +238,10 @@ impl Sidecar {
                 return;
             };
             drop(snapshot);
-            tcp_to_service(stream, &backend, dst).await;
+            match tcp_to_service(&mut stream, &backend, dst).await {
+                Some((relayed, security)) => record(Some(relayed), security),
+                None => record(None, not_meshed),
+            }
             return;
         }
         if mesh.endpoints.contains_key(&dst) {
@@ -237,8 +253,14 @@ impl Sidecar {
             };
             if looks_like_http(&stream, self.sniff_timeout).await {
                 self.serve_http(stream, peer, Target::Pod(dst), dst.port()).await;
-            } else if let Err(e) = tcp_to_endpoint(&mut stream, &pool).await {
-                tracing::warn!(endpoint = %pool.addr, error = %e, "TCP upstream connect failed");
+            } else {
+                match tcp_to_endpoint(&mut stream, &pool).await {
+                    Ok(relayed) => record(Some(relayed), pool.security()),
+                    Err(e) => {
+                        tracing::warn!(endpoint = %pool.addr, error = %e, "TCP upstream connect failed");
+                        record(None, pool.security());
+                    }
+                }
             }
             return;
         }
@@ -249,10 +271,11 @@ impl Sidecar {
                 %dst,
                 "connection refused: {dst} is not a Service or endpoint in the mesh and outboundTrafficPolicy is REGISTRY_ONLY"
             );
+            self.core.sink().connection(&opened.closed((0, 0), CloseReason::Refused, not_meshed, None, true));
             return;
         }
         drop(snapshot);
-        passthrough(stream, dst).await;
+        record(passthrough(&mut stream, dst).await, not_meshed);
     }
 }
 
@@ -275,43 +298,41 @@ pub fn hosts_text(mesh: &MeshOutbound) -> String {
 }
 
 /// Opaque TCP to one endpoint of a Service (over mTLS to meshed endpoints); a connect failure
-/// tries another endpoint, up to three.
-async fn tcp_to_service(mut stream: TcpStream, backend: &BackendRt, dst: SocketAddr) {
+/// tries another endpoint, up to three. `None` when none could be reached.
+async fn tcp_to_service(stream: &mut TcpStream, backend: &BackendRt, dst: SocketAddr) -> Option<(Relayed, Security)> {
     let mut avoid = None;
     for _ in 0..3 {
         let endpoint = match backend.pick(None, avoid.as_ref()) {
             Ok(e) => e.clone(),
             Err(_) => {
                 tracing::warn!(service = %backend.model.id, %dst, "TCP connection closed: no healthy upstream");
-                return;
+                return None;
             }
         };
-        match tcp_to_endpoint(&mut stream, &endpoint).await {
-            Ok(()) => return,
+        match tcp_to_endpoint(stream, &endpoint).await {
+            Ok(relayed) => return Some((relayed, endpoint.security())),
             Err(e) => {
                 tracing::warn!(service = %backend.model.id, endpoint = %endpoint.addr, error = %e, "TCP upstream connect failed");
                 avoid = Some(endpoint);
             }
         }
     }
+    None
 }
 
 /// Opaque TCP to one endpoint; `Err` only when it could not be reached.
-async fn tcp_to_endpoint(
-    stream: &mut TcpStream,
-    pool: &crate::upstream::pool::EndpointPool,
-) -> Result<(), UpstreamError> {
+async fn tcp_to_endpoint(stream: &mut TcpStream, pool: &EndpointPool) -> Result<Relayed, UpstreamError> {
     let mut upstream = pool.open_tcp().await?;
-    let _ = tokio::io::copy_bidirectional(stream, &mut upstream).await;
-    Ok(())
+    Ok(relay(stream, &mut upstream).await)
 }
 
 /// Forwards the connection to where the application meant it to go, unchanged.
-async fn passthrough(mut stream: TcpStream, dst: SocketAddr) {
+async fn passthrough(stream: &mut TcpStream, dst: SocketAddr) -> Option<Relayed> {
     match crate::upstream::pool::dial(dst, Duration::from_secs(10)).await {
-        Ok(mut upstream) => {
-            let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+        Ok(mut upstream) => Some(relay(stream, &mut upstream).await),
+        Err(e) => {
+            tracing::debug!(%dst, error = %e, "passthrough connect failed");
+            None
         }
-        Err(e) => tracing::debug!(%dst, error = %e, "passthrough connect failed"),
     }
 }

@@ -108,6 +108,8 @@ pub struct EndpointPool {
     /// Held while dialling the HTTP/2 connection.
     h2_dial: tokio::sync::Mutex<()>,
     in_flight: AtomicUsize,
+    /// The SPIFFE ID expected of it (mTLS), for records.
+    identity: Option<Arc<str>>,
     /// What the balancer and outlier detection know.
     pub health: Health,
 }
@@ -159,7 +161,9 @@ impl EndpointPool {
     ) -> Self {
         // Between meshgate proxies: one multiplexed HTTP/2 connection over mTLS.
         let protocol = if tls.is_some() { UpstreamProtocol::H2c } else { protocol };
+        let identity = tls.as_ref().map(|t| Arc::from(t.expected.as_str()));
         EndpointPool {
+            identity,
             addr,
             tls,
             protocol,
@@ -171,6 +175,20 @@ impl EndpointPool {
             h2_dial: tokio::sync::Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             health: Health::default(),
+        }
+    }
+
+    /// The SPIFFE ID it must present (when reached over mTLS).
+    pub fn identity(&self) -> Option<&Arc<str>> {
+        self.identity.as_ref()
+    }
+
+    /// How requests to it are secured.
+    pub fn security(&self) -> crate::telemetry::Security {
+        if self.tls.is_some() {
+            crate::telemetry::Security::Mutual
+        } else {
+            crate::telemetry::Security::Plaintext(crate::telemetry::PlaintextReason::NotMeshed)
         }
     }
 

@@ -8,5 +8,6 @@ mod edge;
 mod harness;
 mod mtls;
 mod policy;
+mod records;
 mod reload;
 mod svid;

@@ -1,0 +1,212 @@
+//! What the proxy tells about each request and each connection: a [`RequestRecord`] completed
+//! when the response body ends or the client goes away, a [`ConnRecord`] when a connection
+//! closes, both handed to one [`TelemetrySink`]. Metrics, traces, access logs, the service
+//! graph and `tap` are sinks that read these records; nothing else on the hot path reports.
+//! Records hold shared strings and plain values: making one allocates nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::flags::Flags;
+
+/// Which role of the proxy saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The ingress gateway.
+    Gateway,
+    /// A sidecar, for its application's outbound calls.
+    SidecarOutbound,
+    /// A sidecar, in front of its application.
+    SidecarInbound,
+}
+
+/// Why a hop is plaintext: a reason, never a bare bool, so that metrics, logs and the
+/// dashboard can say which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaintextReason {
+    /// PERMISSIVE accepted a plaintext client (the "insecure channel" warning).
+    Permissive,
+    /// mTLS is DISABLEd for this workload or port.
+    Disabled,
+    /// The peer is outside the mesh (no identity to expect of it).
+    NotMeshed,
+    /// This proxy has no identity to present.
+    NoIdentity,
+    /// The application beside the proxy, in the same pod (its outbound calls reach the
+    /// sidecar in plaintext, as in every mesh: the pod's network namespace is the boundary).
+    Local,
+}
+
+/// How the hop this proxy answers for is secured: the downstream connection for an inbound
+/// proxy, the upstream one for the gateway and a sidecar's outbound side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Mutual TLS, both SPIFFE identities verified.
+    Mutual,
+    /// Plaintext, and why.
+    Plaintext(PlaintextReason),
+}
+
+/// HTTP protocol of the downstream request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.0 or HTTP/1.1.
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+/// One request, as the proxy handled it.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    /// When it arrived (wall clock, for logs).
+    pub start: SystemTime,
+    /// The role that handled it.
+    pub role: Role,
+    /// `namespace/name` of the route, and the rule's index (none: no route matched).
+    pub route: Option<(Arc<str>, usize)>,
+    /// The Service backend (`namespace/name:port`).
+    pub backend: Option<Arc<str>>,
+    /// The endpoint of the last attempt.
+    pub endpoint: Option<SocketAddr>,
+    /// Downstream protocol.
+    pub protocol: Protocol,
+    /// The response status sent.
+    pub status: u16,
+    /// Why it ended the way it did (`DC` when the client went away mid-response).
+    pub flags: Flags,
+    /// Attempts made (0: answered by the proxy).
+    pub attempts: u32,
+    /// Request body bytes: as declared (Content-Length), else as streamed; `None` when not
+    /// known (a body of undeclared length sent to mirrors too).
+    pub request_bytes: Option<u64>,
+    /// Response body bytes sent to the client.
+    pub response_bytes: u64,
+    /// From arrival to the response head being ready.
+    pub ttfb: Duration,
+    /// From arrival to the end of the response body (or the client leaving).
+    pub duration: Duration,
+    /// The part of `ttfb` spent inside the proxy: not waiting on an upstream, nor in a delay the
+    /// configuration asked for (backoff, injected faults, ejected endpoints).
+    pub proxy_time: Duration,
+    /// The caller's SPIFFE ID, when known.
+    pub source: Option<Arc<str>>,
+    /// The callee's SPIFFE ID, when known.
+    pub destination: Option<Arc<str>>,
+    /// How the hop this proxy answers for was secured (`None`: the proxy answered itself, no
+    /// hop was made).
+    pub security: Option<Security>,
+    /// The downstream client's address.
+    pub peer: SocketAddr,
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client (or, for opaque TCP, either side) closed it.
+    Closed,
+    /// No byte moved for the idle timeout.
+    IdleTimeout,
+    /// An HTTP/1.1 request head did not arrive in time.
+    HeaderTimeout,
+    /// The proxy was draining (shutdown, or the listener went away).
+    Drained,
+    /// A policy refused it (mTLS mode, authorization, REGISTRY_ONLY).
+    Refused,
+    /// The TLS handshake failed or timed out.
+    HandshakeFailed,
+    /// The upstream could not be reached.
+    UpstreamUnreachable,
+    /// An I/O or protocol error.
+    Error,
+}
+
+/// One downstream connection, as the proxy handled it.
+#[derive(Debug, Clone)]
+pub struct ConnRecord {
+    /// When it was accepted (wall clock).
+    pub opened: SystemTime,
+    /// How long it lived.
+    pub duration: Duration,
+    /// The role that accepted it.
+    pub role: Role,
+    /// The client.
+    pub peer: SocketAddr,
+    /// Bytes received from the client.
+    pub bytes_in: u64,
+    /// Bytes sent to the client.
+    pub bytes_out: u64,
+    /// The client's SPIFFE ID, when it presented one.
+    pub peer_identity: Option<Arc<str>>,
+    /// How the connection was secured.
+    pub security: Security,
+    /// Why it closed.
+    pub close: CloseReason,
+    /// Opaque TCP (no HTTP requests on it).
+    pub opaque: bool,
+}
+
+/// A connection accepted, its record to come.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opened {
+    opened: SystemTime,
+    at: std::time::Instant,
+    role: Role,
+    peer: SocketAddr,
+}
+
+impl Opened {
+    /// A connection from `peer` accepted now by `role`.
+    pub(crate) fn now(role: Role, peer: SocketAddr) -> Self {
+        Opened { opened: SystemTime::now(), at: std::time::Instant::now(), role, peer }
+    }
+
+    /// The connection's record, now that it has closed.
+    pub(crate) fn closed(
+        self,
+        bytes: (u64, u64),
+        close: CloseReason,
+        security: Security,
+        peer_identity: Option<Arc<str>>,
+        opaque: bool,
+    ) -> ConnRecord {
+        ConnRecord {
+            opened: self.opened,
+            duration: self.at.elapsed(),
+            role: self.role,
+            peer: self.peer,
+            bytes_in: bytes.0,
+            bytes_out: bytes.1,
+            peer_identity,
+            security,
+            close,
+            opaque,
+        }
+    }
+}
+
+/// Where records go.
+pub trait TelemetrySink: Send + Sync + std::fmt::Debug + 'static {
+    /// A request has ended.
+    fn request(&self, record: &RequestRecord);
+    /// A connection has closed.
+    fn connection(&self, record: &ConnRecord);
+}
+
+/// The sink that drops everything (until metrics and traces fill one).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopSink;
+
+impl TelemetrySink for NoopSink {
+    fn request(&self, _: &RequestRecord) {}
+    fn connection(&self, _: &ConnRecord) {}
+}
+
+/// A sink shared by every connection and request of a proxy.
+pub type Sink = Arc<dyn TelemetrySink>;
+
+/// The no-op sink, shared.
+pub fn noop() -> Sink {
+    Arc::new(NoopSink)
+}
