@@ -23,6 +23,8 @@ use tokio::sync::watch;
 
 use crate::body::RequestBody;
 use crate::conn::accept::{Guard, Tracker, accept_until_stopped};
+use crate::conn::detect::{Detected, detect};
+use crate::conn::tls;
 use crate::flags::Flags;
 use crate::headers::strip_hop_by_hop;
 use crate::http::ResponseBody;
@@ -237,24 +239,23 @@ impl Inbound {
         };
         let port = app.port();
         let mode = self.policy.load().mode_for(port);
-        let mut first = [0u8; 1];
-        let sniffed = tokio::time::timeout(self.opts.sniff_timeout, stream.peek(&mut first)).await;
-        let is_tls = matches!(sniffed, Ok(Ok(1))) && first[0] == 0x16;
+        let detected = detect(&stream, self.opts.sniff_timeout).await;
+        let is_tls = matches!(detected, Detected::Tls(_));
         if is_tls && mode != Mode::Disable {
             let Some(tls) = &self.tls else {
                 tracing::warn!(%peer, workload = %self.opts.workload, "TLS client, but this proxy has no identity: closing");
                 return refused(CloseReason::HandshakeFailed);
             };
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
-            let accepted = tokio::time::timeout(self.opts.handshake_timeout, acceptor.accept(stream)).await;
+            // One server configuration (this workload's SVID) whatever the SNI.
+            let accepted = tls::accept(stream, |_, _| Some(tls.server_config()), self.opts.handshake_timeout).await;
             let stream = match accepted {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::warn!(%peer, workload = %self.opts.workload, "mTLS handshake refused: {e}");
+                Ok(s) => s,
+                Err(tls::AcceptError::Timeout) => {
+                    tracing::warn!(%peer, workload = %self.opts.workload, "mTLS handshake timed out");
                     return refused(CloseReason::HandshakeFailed);
                 }
-                Err(_) => {
-                    tracing::warn!(%peer, workload = %self.opts.workload, "mTLS handshake timed out");
+                Err(e) => {
+                    tracing::warn!(%peer, workload = %self.opts.workload, "mTLS handshake refused: {e}");
                     return refused(CloseReason::HandshakeFailed);
                 }
             };
@@ -287,7 +288,7 @@ impl Inbound {
         }
         let security = Security::Plaintext(reason);
         let kind = security.kind();
-        if !is_tls && looks_like_http(&stream, self.opts.sniff_timeout).await {
+        if matches!(detected, Detected::Http1 | Detected::Http2) {
             let (bytes, close) = self.http(stream, security, None, peer, app).await;
             (bytes, close, kind, None, false)
         } else {
@@ -533,63 +534,5 @@ fn namespace_of(s: &Security) -> Option<&str> {
     match s {
         Security::Mutual(p) => p.id.workload().map(|(ns, _)| ns),
         Security::Plaintext(_) => None,
-    }
-}
-
-/// Whether the first bytes look like an HTTP/1 request line or the HTTP/2 preface.
-pub(crate) async fn looks_like_http(stream: &TcpStream, wait: Duration) -> bool {
-    let mut buf = [0u8; 16];
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return false,
-        };
-        match http_prefix(&buf[..n]) {
-            Some(verdict) => return verdict,
-            None => tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
-}
-
-/// `Some(true)`: HTTP; `Some(false)`: not HTTP; `None`: too few bytes to tell.
-pub fn http_prefix(seen: &[u8]) -> Option<bool> {
-    const STARTS: [&[u8]; 10] = [
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"HEAD ",
-        b"DELETE ",
-        b"OPTIONS ",
-        b"PATCH ",
-        b"TRACE ",
-        b"CONNECT ",
-        b"PRI * HTTP/2.0",
-    ];
-    let mut undecided = false;
-    for s in STARTS {
-        let k = s.len().min(seen.len());
-        if seen[..k] == s[..k] {
-            if seen.len() >= s.len() {
-                return Some(true);
-            }
-            undecided = true;
-        }
-    }
-    if undecided { None } else { Some(false) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::http_prefix;
-
-    #[test]
-    fn http_detection() {
-        assert_eq!(http_prefix(b"GET / HTTP/1.1"), Some(true));
-        assert_eq!(http_prefix(b"GE"), None);
-        assert_eq!(http_prefix(b"PRI * HTTP/2.0\r\n"), Some(true));
-        assert_eq!(http_prefix(b"SSH-2.0-OpenSSH"), Some(false));
-        assert_eq!(http_prefix(b"\x16\x03\x01"), Some(false));
-        assert_eq!(http_prefix(b"hello\n"), Some(false));
     }
 }

@@ -22,9 +22,10 @@ use meshgate_tls::MeshTls;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::inbound::{AppTarget, Inbound, InboundOptions, looks_like_http};
+use super::inbound::{AppTarget, Inbound, InboundOptions};
 use crate::conn::ServerSettings;
 use crate::conn::accept::{Tracker, accept_until_stopped};
+use crate::conn::detect::{Detected, detect};
 use crate::conn::serve::{ConnSettings, http_builder};
 use crate::conn::tcp::{Relayed, relay};
 use crate::core::ProxyCore;
@@ -226,7 +227,7 @@ impl Sidecar {
             let http = match service.protocol {
                 AppProtocol::Http => true,
                 AppProtocol::Tcp => false,
-                AppProtocol::Sniff => looks_like_http(&stream, self.sniff_timeout).await,
+                AppProtocol::Sniff => is_http(detect(&stream, self.sniff_timeout).await),
             };
             if http {
                 drop(snapshot);
@@ -251,7 +252,7 @@ impl Sidecar {
                 tracing::warn!(%dst, "endpoint vanished from the configuration: closing");
                 return;
             };
-            if looks_like_http(&stream, self.sniff_timeout).await {
+            if is_http(detect(&stream, self.sniff_timeout).await) {
                 self.serve_http(stream, peer, Target::Pod(dst), dst.port()).await;
             } else {
                 match tcp_to_endpoint(&mut stream, &pool).await {
@@ -277,6 +278,10 @@ impl Sidecar {
         drop(snapshot);
         record(passthrough(&mut stream, dst).await, not_meshed);
     }
+}
+
+fn is_http(detected: Detected) -> bool {
+    matches!(detected, Detected::Http1 | Detected::Http2)
 }
 
 /// `/etc/hosts` for a workload: every Service's names on its virtual IP.
