@@ -89,3 +89,6 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
     };
     Compiled { config, conditions }
 }
+
+#[cfg(test)]
+mod tests;

@@ -153,6 +153,15 @@ impl ProxyCore {
         version
     }
 
+    /// Tests: the endpoint at `addr` is served by `upstream`, in memory, from the next
+    /// configuration on.
+    #[cfg(test)]
+    pub(crate) fn serve_in_memory(&self, addr: SocketAddr, upstream: crate::upstream::memory::Upstream) {
+        if let Ok(mut m) = self.registry.memory.lock() {
+            m.insert(addr, upstream);
+        }
+    }
+
     /// Closes idle upstream connections past their idle timeout, every few seconds.
     fn start_housekeeping(self: &Arc<Self>) {
         if self.housekeeping.swap(true, Ordering::AcqRel) {

@@ -143,7 +143,10 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<In
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod size {
     /// The size of the future a function returns, without calling it.
     fn future_size<A, B, C, F: Fn(A, B, C) -> Fut, Fut: Future>(_: F) -> usize {
         std::mem::size_of::<Fut>()

@@ -206,3 +206,64 @@ pub async fn rotate(mesh: Arc<MeshTls>, certifier: Arc<dyn Certifier>, id: Spiff
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use meshgate_identity::TrustDomain;
+    use meshgate_tls::CertificateAuthority;
+
+    use super::*;
+
+    fn local_ca(leaf_ttl: Duration) -> Arc<LocalCa> {
+        let mut ca =
+            CertificateAuthority::self_signed(TrustDomain::new("cluster.local").unwrap(), Duration::from_secs(3600))
+                .unwrap();
+        ca.min_ttl = Duration::from_secs(1);
+        Arc::new(LocalCa { ca: Mutex::new(ca), ttl: leaf_ttl })
+    }
+
+    /// Renewal at half-life with jitter, again and again, and at once when the control plane
+    /// says another root signs now — all on the runtime's (paused) clock.
+    #[tokio::test(start_paused = true)]
+    async fn leaves_renew_at_half_life_and_at_once_when_another_root_signs() {
+        let ca = local_ca(Duration::from_secs(600));
+        let id = TrustDomain::new("cluster.local").unwrap().workload_id("shop", "a").unwrap();
+        let mesh = bootstrap(ca.as_ref(), &id).await.unwrap();
+        let renewal = Arc::new(Renewal::default());
+        let mut renewals = renewal.renewals();
+        let task = tokio::spawn(rotate(mesh.clone(), ca.clone() as Arc<dyn Certifier>, id.clone(), renewal.clone()));
+        // The CA backdates leaves a minute: 660 s of life, renewed at half (330 s from its
+        // start, 270 s from issue) less up to 10% jitter (66 s).
+        for round in 0..3 {
+            let t0 = tokio::time::Instant::now();
+            renewals.changed().await.unwrap();
+            let took = t0.elapsed();
+            assert!(
+                (Duration::from_secs(203)..=Duration::from_secs(271)).contains(&took),
+                "renewal {round} after {took:?}"
+            );
+        }
+        // A new root signs: the leaf is renewed from it within a second, not at half-life.
+        let new_root = {
+            let mut ca = ca.ca.lock().unwrap();
+            ca.rotate_root(Duration::from_secs(3600)).unwrap();
+            meshgate_tls::fingerprint(ca.signing_root().unwrap())
+        };
+        assert!(!credentials(&mesh).leaf_root.is_empty());
+        assert_ne!(credentials(&mesh).leaf_root, new_root);
+        let t0 = tokio::time::Instant::now();
+        renewal.set_signer(&new_root);
+        renewals.changed().await.unwrap();
+        assert!(t0.elapsed() <= Duration::from_secs(1), "early renewal after {:?}", t0.elapsed());
+        assert_eq!(credentials(&mesh).leaf_root, new_root);
+        assert!(renewal.leaf_from_signer(&mesh));
+        // Telling it the same signer again changes nothing.
+        renewal.set_signer(&new_root);
+        let quiet = tokio::time::timeout(Duration::from_secs(60), renewals.changed()).await;
+        assert!(quiet.is_err(), "renewed again although the leaf is from the signing root");
+        task.abort();
+    }
+}

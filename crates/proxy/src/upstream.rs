@@ -3,5 +3,7 @@
 //! per-backend counters behind circuit breakers and retry budgets.
 
 pub mod balance;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod pool;
 pub mod state;

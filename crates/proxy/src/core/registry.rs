@@ -30,6 +30,9 @@ struct PoolKey {
 pub(super) struct Registry {
     pools: Mutex<HashMap<PoolKey, Weak<EndpointPool>>>,
     states: Mutex<HashMap<Arc<str>, Weak<BackendState>>>,
+    /// Tests: endpoints served by in-memory upstreams, by address.
+    #[cfg(test)]
+    pub(super) memory: Mutex<HashMap<SocketAddr, crate::upstream::memory::Upstream>>,
 }
 
 impl Registry {
@@ -67,14 +70,20 @@ impl Registry {
                         match pools.get(&key).and_then(Weak::upgrade) {
                             Some(p) => p,
                             None => {
-                                let p = Arc::new(EndpointPool::with_tls(
+                                #[allow(unused_mut)]
+                                let mut pool = EndpointPool::with_tls(
                                     e.addr,
                                     b.protocol,
                                     tls_dial(tls, e),
                                     state.clone(),
                                     b.policy.connect_timeout,
                                     b.policy.idle_timeout,
-                                ));
+                                );
+                                #[cfg(test)]
+                                {
+                                    pool.memory = self.memory.lock().ok().and_then(|m| m.get(&e.addr).cloned());
+                                }
+                                let p = Arc::new(pool);
                                 pools.insert(key, Arc::downgrade(&p));
                                 p
                             }

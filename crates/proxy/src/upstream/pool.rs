@@ -110,6 +110,9 @@ pub struct EndpointPool {
     in_flight: AtomicUsize,
     /// The SPIFFE ID expected of it (mTLS), for records.
     identity: Option<Arc<str>>,
+    /// Tests: connections are pipes to this in-memory server instead of TCP.
+    #[cfg(test)]
+    pub(crate) memory: Option<super::memory::Upstream>,
     /// What the balancer and outlier detection know.
     pub health: Health,
 }
@@ -164,6 +167,8 @@ impl EndpointPool {
         let identity = tls.as_ref().map(|t| Arc::from(t.expected.as_str()));
         EndpointPool {
             identity,
+            #[cfg(test)]
+            memory: None,
             addr,
             tls,
             protocol,
@@ -396,6 +401,15 @@ impl EndpointPool {
     }
 
     async fn connect_h1(&self, slot: ConnectionSlot) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        #[cfg(test)]
+        if let Some(memory) = &self.memory {
+            let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(memory.dial())).await?;
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _ = conn.with_upgrades().await;
+            });
+            return Ok(sender);
+        }
         let io = TokioIo::new(self.connect().await?);
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         let addr = self.addr;
