@@ -298,7 +298,11 @@ async fn session(
         // What was received is kept even when it cannot be applied: the control plane sends
         // only changes from now on, and the next push is applied on top of everything. A push
         // that does not even decode changes nothing.
-        let outcome = if errors.is_empty() {
+        let resources_changed = resp.full || !resp.upserts.is_empty() || !resp.removals.is_empty();
+        let outcome = if errors.is_empty() && !resources_changed {
+            // A new trust bundle alone: nothing to compile again.
+            Ok(())
+        } else if errors.is_empty() {
             if resp.full {
                 objects.clear();
             }
@@ -314,7 +318,9 @@ async fn session(
         let reply = match outcome {
             Ok(()) => {
                 *version = resp.version.clone();
-                tracing::info!(version = %resp.version, resources = objects.len(), "configuration applied");
+                if resources_changed {
+                    tracing::info!(version = %resp.version, resources = objects.len(), "configuration applied");
+                }
                 ReqKind::Ack(Ack { version: resp.version })
             }
             Err(error) => {

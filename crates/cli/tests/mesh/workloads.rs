@@ -1,6 +1,7 @@
 //! Workloads of `meshgate run`: mTLS between sidecars, interception, policies, exit status.
 
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -249,4 +250,51 @@ fn the_sidecar_outbound_side_answers_408_to_a_head_that_stalls() {
     let secs: f64 = secs.parse().unwrap();
     assert_eq!(status, "HTTP/1.1 408 Request Timeout", "{all}");
     assert!((1.0..2.5).contains(&secs), "closed after {secs} s with headerTimeout 1s: {all}");
+}
+
+/// Resolves NAME in a loop for SECONDS: prints the lookups that failed or took over 100 ms.
+const RESOLVE_LOOP: &str = r#"
+import socket, sys, time
+end = time.time() + float(sys.argv[2])
+bad, n = [], 0
+while time.time() < end:
+    t = time.time()
+    try:
+        socket.gethostbyname(sys.argv[1])
+        if time.time() - t > 0.1:
+            bad.append("slow %.2fs" % (time.time() - t))
+    except OSError as e:
+        bad.append(str(e))
+    n += 1
+print(n, len(bad), bad[:5])
+"#;
+
+/// Configuration pushes that change no Service leave the namespace's /etc/hosts alone, and
+/// ones that do never leave it empty for a moment: a lookup meanwhile would fall back to a DNS
+/// server the namespace cannot reach and wait seconds (seen as a request hanging through a
+/// control-plane restart).
+#[test]
+fn name_lookups_never_fail_while_configuration_changes() {
+    let mut lab = Lab::start();
+    lab.spawn(&["--name", "web-1", "--service", "web:8080"], &["python3", ECHO, "--name", "web", "--port", "8080"]);
+    lab.workload_ip("default", "web-1");
+    let mut client = lab.run(&["--name", "resolver"], &["python3", "-c", RESOLVE_LOOP, "web", "6"]);
+    let client = client.stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // Pushes while it resolves: policies (no Service changes), then Services coming and going.
+    for i in 0..10 {
+        lab.apply(&format!(
+            "apiVersion: meshgate.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: p{i}, namespace: default}}\nspec:\n  action: AUDIT\n  rules: [{{from: [{{source: {{principals: [\"cluster.local/ns/x/sa/y{i}\"]}}}}]}}]\n"
+        ));
+        lab.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: extra-{i}, namespace: default}}\nspec: {{selector: {{app: nobody}}, ports: [{{port: 80}}]}}\n"
+        ));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.split_whitespace();
+    let (n, bad): (usize, usize) = (fields.next().unwrap().parse().unwrap(), fields.next().unwrap().parse().unwrap());
+    assert!(n > 100, "only {n} lookups: {text}");
+    assert_eq!(bad, 0, "lookups failed or stalled while the configuration changed: {text}");
 }

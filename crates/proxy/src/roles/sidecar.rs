@@ -80,7 +80,8 @@ pub struct Sidecar {
     sniff_timeout: Duration,
     drain_timeout: Duration,
     access_log: bool,
-    hosts: Option<Arc<Mutex<std::fs::File>>>,
+    /// The namespace's hosts file and the text last written to it.
+    hosts: Option<Arc<Mutex<(std::fs::File, String)>>>,
     settings: ServerSettings,
     builder: auto::Builder<TokioExecutor>,
     /// Ends the outbound accept loop and asks its connections to finish.
@@ -118,7 +119,7 @@ impl Sidecar {
             sniff_timeout: opts.sniff_timeout,
             drain_timeout: opts.drain_timeout,
             access_log: opts.access_log,
-            hosts: opts.hosts_file.map(|f| Arc::new(Mutex::new(f))),
+            hosts: opts.hosts_file.map(|f| Arc::new(Mutex::new((f, String::new())))),
             builder: http_builder(&settings),
             settings,
             stop,
@@ -147,12 +148,23 @@ impl Sidecar {
             let text = hosts_text(mesh);
             let file = file.clone();
             let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let mut f = file.lock().map_err(|_| std::io::Error::other("hosts file lock poisoned"))?;
-                // In place: the namespace's /etc/hosts is a bind mount of this very inode.
-                f.set_len(0)?;
+                let mut guard = file.lock().map_err(|_| std::io::Error::other("hosts file lock poisoned"))?;
+                let (f, last) = &mut *guard;
+                // Most pushes change no Service: leave the file alone, so that the application
+                // never reads it mid-write for nothing.
+                if *last == text {
+                    return Ok(());
+                }
+                // In place (the namespace's /etc/hosts is a bind mount of this very inode, so a
+                // rename would not reach it), new text over old and only then cut: a lookup
+                // meanwhile never finds the file empty (and then asks a DNS server the
+                // namespace cannot reach, waiting seconds for its timeout).
                 f.rewind()?;
                 f.write_all(text.as_bytes())?;
-                f.flush()
+                f.set_len(text.len() as u64)?;
+                f.flush()?;
+                *last = text;
+                Ok(())
             })
             .await;
             match written {
