@@ -299,12 +299,15 @@ struct Target {
     h1: Option<SocketAddr>,
     h2: Option<SocketAddr>,
     pids: Vec<u32>,
+    /// A network namespace (`/run/netns/NAME`) the load comes from: a workload's, so that its
+    /// sidecar intercepts the load as it would the workload's own calls.
+    netns: Option<std::fs::File>,
 }
 
 fn parse_target(spec: &str) -> anyhow::Result<Target> {
     let mut parts = spec.split(',');
     let name = parts.next().unwrap_or_default().to_string();
-    let mut t = Target { name, h1: None, h2: None, pids: Vec::new() };
+    let mut t = Target { name, h1: None, h2: None, pids: Vec::new(), netns: None };
     for p in parts {
         match p.split_once('=') {
             Some(("h1", a)) => t.h1 = Some(a.parse()?),
@@ -313,6 +316,10 @@ fn parse_target(spec: &str) -> anyhow::Result<Target> {
                 for pid in ps.split('+') {
                     t.pids.push(pid.parse()?);
                 }
+            }
+            Some(("netns", ns)) => {
+                let path = format!("/run/netns/{ns}");
+                t.netns = Some(std::fs::File::open(&path).with_context(|| format!("network namespace {path}"))?);
             }
             _ => bail!("bad target part {p:?} in {spec:?}"),
         }
@@ -353,6 +360,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn suite(specs: Vec<String>, rates: Vec<u64>, secs: u64, rounds: usize, host: String) -> anyhow::Result<()> {
     let targets: Vec<Target> = specs.iter().map(|s| parse_target(s)).collect::<Result<_, _>>()?;
+    let home = std::fs::File::open("/proc/self/ns/net").context("this process's network namespace")?;
     let idle: Vec<Vec<f64>> =
         targets.iter().map(|t| t.pids.iter().map(|p| memory_mib(&[*p], "VmRSS:")).collect()).collect();
     println!("Medians of {rounds} rounds of {secs} s; within a round the targets run one after another.");
@@ -376,7 +384,16 @@ async fn suite(specs: Vec<String>, rates: Vec<u64>, secs: u64, rounds: usize, ho
                         host: host.clone(),
                     };
                     let cpu0 = cpu_seconds(&t.pids);
-                    let r = load(&args).await.with_context(|| format!("{} {proto} {load_rate}", t.name))?;
+                    // The runtime is single-threaded: entering the namespace here puts every
+                    // connection of this load in it.
+                    if let Some(ns) = &t.netns {
+                        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the netns")?;
+                    }
+                    let r = load(&args).await.with_context(|| format!("{} {proto} {load_rate}", t.name));
+                    if t.netns.is_some() {
+                        nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNET).context("leaving the netns")?;
+                    }
+                    let r = r?;
                     let cpu = cpu_seconds(&t.pids) - cpu0;
                     rows[i].push((r.clone(), cpu * 10_000.0 / r.requests.max(1) as f64));
                 }
