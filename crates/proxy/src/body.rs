@@ -1,9 +1,12 @@
 //! Request bodies on their way upstream: streamed end to end (never buffered whole), with the
-//! wrappers the request path needs: a tee for mirrors, and a replay buffer for retries.
+//! wrappers the request path needs: a tee for mirrors, and a replay buffer for retries. Every
+//! one reads the client's body through [`ClientBody`], which sizes it for the request's record.
 
 pub mod replay;
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -22,18 +25,83 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const MIRROR_FRAMES: usize = 16;
 
 pin_project! {
+    /// The client's request body. A body of undeclared length (chunked, or HTTP/2 without
+    /// Content-Length) counts the data bytes read from it for the request's record; a declared
+    /// one is recorded at its declared length (hyper holds the client to it: a shorter body is
+    /// an error), so the common request costs no counter and no allocation.
+    #[derive(Debug)]
+    pub struct ClientBody {
+        #[pin]
+        body: Incoming,
+        seen: Option<Arc<AtomicU64>>,
+    }
+}
+
+/// A request body's size for its record: declared, or counted as it streams.
+#[derive(Debug, Default)]
+pub struct RequestBytes {
+    declared: u64,
+    seen: Option<Arc<AtomicU64>>,
+}
+
+impl RequestBytes {
+    /// The bytes so far (all of them once the body has ended).
+    pub fn get(&self) -> u64 {
+        self.seen.as_ref().map_or(self.declared, |s| s.load(Ordering::Relaxed))
+    }
+}
+
+impl ClientBody {
+    /// Wraps the client's body; the returned size is read when the response ends.
+    pub fn new(body: Incoming) -> (ClientBody, RequestBytes) {
+        let declared = if body.is_end_stream() { Some(0) } else { body.size_hint().exact() };
+        match declared {
+            Some(declared) => (ClientBody { body, seen: None }, RequestBytes { declared, seen: None }),
+            None => {
+                let seen = Arc::new(AtomicU64::new(0));
+                (ClientBody { body, seen: Some(seen.clone()) }, RequestBytes { declared: 0, seen: Some(seen) })
+            }
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.body.poll_frame(cx));
+        if let (Some(seen), Some(Ok(f))) = (this.seen.as_ref(), &frame)
+            && let Some(data) = f.data_ref()
+        {
+            seen.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project! {
     /// A request body on its way upstream.
     #[project = RequestBodyProj]
     #[derive(Debug)]
     #[allow(missing_docs)] // pin-project-lite takes no docs on fields; the variants say it all.
     pub enum RequestBody {
         /// The client's body, as is.
-        Incoming {
-            #[pin] body: Incoming,
+        Client {
+            #[pin] body: ClientBody,
         },
         /// The client's body, with each data frame also offered to mirrors.
         Tee {
-            #[pin] body: Incoming,
+            #[pin] body: ClientBody,
             mirrors: Vec<mpsc::Sender<Bytes>>,
         },
         /// A mirror's copy of a body.
@@ -51,12 +119,12 @@ pin_project! {
 
 impl RequestBody {
     /// Wraps the client's body, creating one receiving body per mirror.
-    pub fn tee(body: Incoming, mirrors: usize) -> (RequestBody, Vec<RequestBody>) {
+    pub fn tee(body: ClientBody, mirrors: usize) -> (RequestBody, Vec<RequestBody>) {
         if mirrors == 0 {
-            return (RequestBody::Incoming { body }, Vec::new());
+            return (RequestBody::Client { body }, Vec::new());
         }
         if body.is_end_stream() {
-            return (RequestBody::Incoming { body }, (0..mirrors).map(|_| RequestBody::Empty).collect());
+            return (RequestBody::Client { body }, (0..mirrors).map(|_| RequestBody::Empty).collect());
         }
         let mut senders = Vec::with_capacity(mirrors);
         let mut copies = Vec::with_capacity(mirrors);
@@ -75,7 +143,7 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            RequestBodyProj::Incoming { body } => body.poll_frame(cx).map_err(Into::into),
+            RequestBodyProj::Client { body } => body.poll_frame(cx).map_err(Into::into),
             RequestBodyProj::Tee { body, mirrors } => {
                 let frame = std::task::ready!(body.poll_frame(cx));
                 match &frame {
@@ -97,7 +165,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Incoming { body } | RequestBody::Tee { body, .. } => body.is_end_stream(),
+            RequestBody::Client { body } | RequestBody::Tee { body, .. } => body.is_end_stream(),
             RequestBody::Mirror { .. } => false,
             RequestBody::Replay { body } => body.is_end_stream(),
             RequestBody::Empty => true,
@@ -106,7 +174,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Incoming { body } | RequestBody::Tee { body, .. } => body.size_hint(),
+            RequestBody::Client { body } | RequestBody::Tee { body, .. } => body.size_hint(),
             RequestBody::Mirror { .. } => SizeHint::default(),
             RequestBody::Replay { body } => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),

@@ -26,12 +26,12 @@ use std::time::{Instant, SystemTime};
 
 use http::header::HeaderValue;
 use http::{Request, Response};
-use http_body::Body as _;
 use hyper::body::Incoming;
 
 pub use outcome::X_MESHGATE_FLAGS;
 pub use response::ResponseBody;
 
+use crate::body::ClientBody;
 use crate::core::Snapshot;
 use crate::telemetry::{Protocol, RequestRecord, Role};
 use outcome::Outcome;
@@ -69,7 +69,11 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
     let started = Instant::now();
     let start = SystemTime::now();
     let protocol = if req.version() >= http::Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
-    let request_bytes = req.body().size_hint().exact();
+    let (req, received) = {
+        let (parts, body) = req.into_parts();
+        let (body, received) = ClientBody::new(body);
+        (Request::from_parts(parts, body), received)
+    };
     let method = conn.access_log.then(|| req.method().clone());
     let path_for_log = conn.access_log.then(|| req.uri().path().to_string());
     let mut out = route_and_forward(&snapshot, &conn, req).await;
@@ -88,7 +92,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
         status: out.resp.status().as_u16(),
         flags: out.flags,
         attempts: out.attempts,
-        request_bytes,
+        request_bytes: 0,
         response_bytes: 0,
         ttfb,
         duration: ttfb,
@@ -117,7 +121,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
             ttfb.as_secs_f64() * 1000.0,
         );
     }
-    out.resp.map(|body| body.recorded(record, started, snapshot.sink.clone()))
+    out.resp.map(|body| body.recorded(record, started, snapshot.sink.clone(), received))
 }
 
 /// What a stage does with a request: hands it on to the next stage, or answers it itself.
@@ -129,7 +133,7 @@ enum Step<T> {
 }
 
 /// The stages in order.
-async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<Incoming>) -> Outcome {
+async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<ClientBody>) -> Outcome {
     let routed = match route::select(snapshot, conn, req) {
         Step::Next(Selected::Rule(routed)) => routed,
         Step::Next(Selected::Pod(pool, req)) => return forward::to_pod(pool, req).await,

@@ -78,9 +78,9 @@ pub struct RequestRecord {
     pub flags: Flags,
     /// Attempts made (0: answered by the proxy).
     pub attempts: u32,
-    /// Request body bytes: as declared (Content-Length), else as streamed; `None` when not
-    /// known (a body of undeclared length sent to mirrors too).
-    pub request_bytes: Option<u64>,
+    /// Request body bytes: as declared by Content-Length, else as received by the time the
+    /// response ended (a chunked body still uploading then counts what had arrived).
+    pub request_bytes: u64,
     /// Response body bytes sent to the client.
     pub response_bytes: u64,
     /// From arrival to the response head being ready.

@@ -7,12 +7,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use super::{BoxError, ClientBody};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
-use super::BoxError;
 
 #[derive(Debug)]
 struct Shared {
@@ -20,7 +18,7 @@ struct Shared {
     bytes: usize,
     overflowed: bool,
     /// The client's body while no attempt is reading it.
-    source: Option<Incoming>,
+    source: Option<ClientBody>,
     trailers: Option<HeaderMap>,
     done: bool,
 }
@@ -32,7 +30,7 @@ pub struct ReplayBody {
     /// Frames of `shared.frames` this attempt has sent.
     pos: usize,
     /// The client's body, while this attempt reads it.
-    source: Option<Incoming>,
+    source: Option<ClientBody>,
     max: usize,
     hint: SizeHint,
     trailers_sent: bool,
@@ -40,7 +38,7 @@ pub struct ReplayBody {
 
 impl ReplayBody {
     /// Wraps the client's body; at most `max` bytes are kept for replay.
-    pub fn new(body: Incoming, max: usize) -> Self {
+    pub fn new(body: ClientBody, max: usize) -> Self {
         let hint = body.size_hint();
         let shared =
             Shared { frames: Vec::new(), bytes: 0, overflowed: false, source: Some(body), trailers: None, done: false };

@@ -12,15 +12,14 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use super::ConnInfo;
 use super::filters::Upstream;
 use super::forward::{Picked, hash_request, pick_backend, pick_endpoint, send, send_mirror};
 use super::outcome::{Failure, Hop, Outcome};
 use super::response::ResponseBody;
-use crate::body::RequestBody;
 use crate::body::replay::ReplayBody;
+use crate::body::{ClientBody, RequestBody};
 use crate::core::Snapshot;
 use crate::flags::Flags;
 use crate::headers::strip_hop_by_hop;
@@ -254,7 +253,7 @@ impl Source {
     fn new(
         snapshot: &Snapshot,
         parts: &Parts,
-        body: Incoming,
+        body: ClientBody,
         mirrors: &[&meshgate_model::rule::Mirror],
         replayable: bool,
         max_body: usize,
@@ -273,7 +272,7 @@ impl Source {
         } else if replayable {
             Source::Replay(ReplayBody::new(body, max_body))
         } else {
-            Source::Once(Some(RequestBody::Incoming { body }))
+            Source::Once(Some(RequestBody::Client { body }))
         }
     }
 

@@ -12,7 +12,6 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use meshgate_model::rule::{Mirror, Rule};
 
 use super::ConnInfo;
@@ -20,6 +19,7 @@ use super::Step;
 use super::outcome::{Hop, Outcome};
 use super::response::ResponseBody;
 use super::route::Routed;
+use crate::body::ClientBody;
 use crate::flags::Flags;
 use crate::headers::{ensure_request_id, set_forwarded, strip_hop_by_hop};
 
@@ -30,7 +30,7 @@ pub(super) struct Upstream<'s> {
     /// The upstream request head.
     pub(super) parts: Parts,
     /// The client's body.
-    pub(super) body: Incoming,
+    pub(super) body: ClientBody,
     /// The mirrors this request goes to as well.
     pub(super) mirrors: Vec<&'s Mirror>,
     /// Flags so far (a delay injected).

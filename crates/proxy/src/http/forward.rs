@@ -17,7 +17,7 @@ use meshgate_model::rule::{Backend, Rule, UpstreamProtocol, WeightedBackend};
 
 use super::outcome::{Hop, Outcome};
 use super::response::ResponseBody;
-use crate::body::RequestBody;
+use crate::body::{ClientBody, RequestBody};
 use crate::core::Snapshot;
 use crate::flags::Flags;
 use crate::headers::{ensure_request_id, strip_hop_by_hop};
@@ -52,11 +52,11 @@ pub(super) async fn send(
 
 /// A meshed pod dialled by its address: that pod and no other (over mTLS), one attempt, no
 /// route policies (they belong to Services).
-pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<Incoming>) -> Outcome {
+pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<ClientBody>) -> Outcome {
     let (mut parts, body) = req.into_parts();
     ensure_request_id(&mut parts.headers);
     strip_hop_by_hop(&mut parts.headers);
-    let mut req = Request::from_parts(parts, RequestBody::Incoming { body });
+    let mut req = Request::from_parts(parts, RequestBody::Client { body });
     fit_version(&mut req, pool.protocol(), &pool.addr);
     let addr = pool.addr;
     let sent_at = tokio::time::Instant::now();

@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::body::BoxError;
+use crate::body::{BoxError, RequestBytes};
 use crate::flags::Flags;
 use crate::telemetry::{RequestRecord, Sink};
 use crate::upstream::pool::Returner;
@@ -43,11 +43,14 @@ struct Recording {
     record: RequestRecord,
     started: Instant,
     sink: Sink,
+    /// The request body's size ([`crate::body::ClientBody`]).
+    received: RequestBytes,
 }
 
 impl Recording {
     fn finish(mut self, completed: bool) {
         self.record.duration = self.started.elapsed();
+        self.record.request_bytes = self.received.get();
         if !completed {
             self.record.flags.insert(Flags::DOWNSTREAM_DISCONNECT);
         }
@@ -94,9 +97,15 @@ impl ResponseBody {
     }
 
     /// Completes `record` (and hands it to `sink`) when this body ends or is dropped; `started`
-    /// is when the request arrived.
-    pub(crate) fn recorded(mut self, record: RequestRecord, started: Instant, sink: Sink) -> Self {
-        let recording = Recording { record, started, sink };
+    /// is when the request arrived, `received` counts the request body's bytes.
+    pub(crate) fn recorded(
+        mut self,
+        record: RequestRecord,
+        started: Instant,
+        sink: Sink,
+        received: RequestBytes,
+    ) -> Self {
+        let recording = Recording { record, started, sink, received };
         if self.is_end_stream() {
             recording.finish(true);
         } else {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use hyper::body::Incoming;
 use meshgate_model::host::normalize_host;
 use meshgate_model::matching::RequestView;
 use meshgate_model::table::Entry;
@@ -18,6 +17,7 @@ use meshgate_model::table::Entry;
 use super::Step;
 use super::outcome::Outcome;
 use super::{ConnInfo, Target};
+use crate::body::ClientBody;
 use crate::core::Snapshot;
 use crate::flags::Flags;
 use crate::upstream::pool::EndpointPool;
@@ -27,7 +27,7 @@ pub(super) enum Selected<'s> {
     /// A rule of a route table.
     Rule(Routed<'s>),
     /// A meshed pod dialled by address: that pod and no other, no route policies.
-    Pod(&'s Arc<EndpointPool>, http::Request<Incoming>),
+    Pod(&'s Arc<EndpointPool>, http::Request<ClientBody>),
 }
 
 /// A request and the table entry that matched it.
@@ -37,7 +37,7 @@ pub(super) struct Routed<'s> {
     /// The request head.
     pub(super) parts: Parts,
     /// The request body.
-    pub(super) body: Incoming,
+    pub(super) body: ClientBody,
     /// The request's authority as it arrived: the URI's (HTTP/2, absolute form) or `Host`.
     pub(super) host_value: Option<HeaderValue>,
 }
@@ -55,7 +55,11 @@ fn host_of(value: Option<&HeaderValue>) -> Cow<'_, str> {
 
 /// Chooses the route table and the entry for `req`; a request nothing serves is answered here
 /// (404, flag NR).
-pub(super) fn select<'s>(snapshot: &'s Snapshot, conn: &ConnInfo, req: http::Request<Incoming>) -> Step<Selected<'s>> {
+pub(super) fn select<'s>(
+    snapshot: &'s Snapshot,
+    conn: &ConnInfo,
+    req: http::Request<ClientBody>,
+) -> Step<Selected<'s>> {
     let gone = |dest| {
         let msg = format!("{dest} is no longer a Service or endpoint in the mesh");
         Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE)

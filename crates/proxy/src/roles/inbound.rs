@@ -21,7 +21,7 @@ use meshgate_tls::{MeshTls, PeerIdentity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::body::RequestBody;
+use crate::body::{ClientBody, RequestBody};
 use crate::conn::accept::{Guard, Tracker, accept_until_stopped};
 use crate::conn::detect::{Detected, detect};
 use crate::conn::tls;
@@ -402,8 +402,9 @@ impl Inbound {
         let started = Instant::now();
         let start = SystemTime::now();
         let protocol = if req.version() >= Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
-        let request_bytes = http_body::Body::size_hint(req.body()).exact();
-        let (resp, flags, upstream_wait) = self.forward(req, &caller).await;
+        let (parts, body) = req.into_parts();
+        let (body, received) = ClientBody::new(body);
+        let (resp, flags, upstream_wait) = self.forward(Request::from_parts(parts, body), &caller).await;
         let ttfb = started.elapsed();
         let record = RequestRecord {
             start,
@@ -415,7 +416,7 @@ impl Inbound {
             status: resp.status().as_u16(),
             flags,
             attempts: u32::from(upstream_wait.is_some()),
-            request_bytes,
+            request_bytes: 0,
             response_bytes: 0,
             ttfb,
             duration: ttfb,
@@ -425,14 +426,14 @@ impl Inbound {
             security: Some(caller.security.kind()),
             peer: caller.peer,
         };
-        resp.map(|body| body.recorded(record, started, self.opts.sink.clone()))
+        resp.map(|body| body.recorded(record, started, self.opts.sink.clone(), received))
     }
 
     /// Authorizes the request and forwards it to the application: the response, its flags and
     /// the time the application took (`None`: not sent to it).
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         caller: &Caller,
     ) -> (Response<ResponseBody>, Flags, Option<Duration>) {
         let (mut parts, body) = req.into_parts();
@@ -464,7 +465,7 @@ impl Inbound {
         parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_11;
         let sent_at = Instant::now();
-        let result = caller.pool.send(Request::from_parts(parts, RequestBody::Incoming { body })).await;
+        let result = caller.pool.send(Request::from_parts(parts, RequestBody::Client { body })).await;
         let waited = Some(sent_at.elapsed());
         match result {
             Ok((resp, returner)) => {

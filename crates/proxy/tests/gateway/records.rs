@@ -8,7 +8,7 @@ use std::time::Duration;
 use meshgate_proxy::GatewayOptions;
 use meshgate_proxy::flags::Flags;
 use meshgate_proxy::telemetry::{CloseReason, ConnRecord, Protocol, RequestRecord, Role, TelemetrySink};
-use meshgate_testkit::Client;
+use meshgate_testkit::{Client, EchoOptions, EchoServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -76,7 +76,7 @@ async fn every_request_is_recorded_when_its_response_ends() {
     assert_eq!(ok.backend.as_deref(), Some("infra/b:8080"));
     assert_eq!(ok.endpoint, Some(m.backends["b"].addr));
     assert_eq!(ok.response_bytes, r.body.len() as u64);
-    assert_eq!(ok.request_bytes, Some(0));
+    assert_eq!(ok.request_bytes, 0);
     assert_eq!(ok.attempts, 1);
     assert!(ok.flags.is_empty(), "{}", ok.flags);
     assert!(ok.ttfb <= ok.duration && ok.proxy_time <= ok.ttfb, "{ok:?}");
@@ -86,6 +86,41 @@ async fn every_request_is_recorded_when_its_response_ends() {
     assert!(nr.flags.contains(Flags::NO_ROUTE), "{}", nr.flags);
     assert_eq!(nr.response_bytes, r404.body.len() as u64);
     assert!(nr.security.is_none(), "answered by the proxy: no hop");
+}
+
+#[tokio::test]
+async fn request_bytes_are_what_the_client_sent_once_whatever_the_attempts() {
+    // Every other answer is a 503: a PUT (idempotent) is retried, its body replayed.
+    let flaky =
+        EchoServer::start_with("flaky", EchoOptions { status_cycle: vec![503, 200], ..Default::default() }).await;
+    let policy = "---\napiVersion: meshgate.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p, namespace: infra}\nspec:\n  targetRefs: [{kind: Service, name: flaky}]\n  retry: {budget: {minRetriesPerSecond: 1000}}\n";
+    let yaml = gateway("gw") + &route_to("flaky", "") + &service_yaml("infra", "flaky", flaky.addr, None) + policy;
+    let (m, rec) = recorded(&yaml, &[]).await;
+    // Chunked: no Content-Length, so only counting the body can tell its size.
+    let mut s = TcpStream::connect(m.addr()).await.unwrap();
+    let chunk = "x".repeat(1000);
+    let mut req =
+        String::from("PUT /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    for _ in 0..3 {
+        req.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    req.push_str("0\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    let seen = flaky.seen();
+    assert_eq!(seen.len(), 2, "a 503 and the retry");
+    assert!(seen.iter().all(|e| e.body_bytes == 3000), "each attempt got the whole body: {seen:?}");
+    // A POST with a declared body, over HTTP/2.
+    let r = Client::h2()
+        .send(m.addr(), http::Method::POST, "h", "/", &[], bytes::Bytes::from(vec![b'y'; 777]))
+        .await
+        .unwrap();
+    let records = rec.wait_requests(2).await;
+    assert_eq!((records[0].status, records[0].attempts, records[0].request_bytes), (200, 2, 3000), "{:?}", records[0]);
+    assert_eq!(records[1].status, r.status.as_u16());
+    assert_eq!(records[1].request_bytes, 777, "{:?}", records[1]);
 }
 
 #[tokio::test]
