@@ -52,9 +52,10 @@ impl RequestBytes {
 }
 
 impl ClientBody {
-    /// Wraps the client's body; the returned size is read when the response ends.
-    pub fn new(body: Incoming) -> (ClientBody, RequestBytes) {
-        let declared = if body.is_end_stream() { Some(0) } else { body.size_hint().exact() };
+    /// Wraps the client's body; the returned size is read when the response ends. With
+    /// `count` false (no record wants it) nothing is counted.
+    pub fn new(body: Incoming, count: bool) -> (ClientBody, RequestBytes) {
+        let declared = if body.is_end_stream() || !count { Some(0) } else { body.size_hint().exact() };
         match declared {
             Some(declared) => (ClientBody { body, seen: None }, RequestBytes { declared, seen: None }),
             None => {

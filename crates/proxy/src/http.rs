@@ -34,7 +34,7 @@ pub use response::ResponseBody;
 use crate::body::ClientBody;
 use crate::core::Snapshot;
 use crate::telemetry::{Protocol, RequestRecord, Role};
-use outcome::Outcome;
+use outcome::{Hop, Outcome};
 use route::Selected;
 
 /// Who is on the other end of a downstream connection, and which route table serves it: both
@@ -67,19 +67,20 @@ pub enum Target {
 /// Handles one request from a client; its record is completed when the response body ends.
 pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let started = Instant::now();
-    let start = SystemTime::now();
+    // Records only for a sink that takes them: otherwise none is built, nothing counted.
+    let start = snapshot.sink.wants_requests().then(SystemTime::now);
     let protocol = if req.version() >= http::Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
     let (req, received) = {
         let (parts, body) = req.into_parts();
-        let (body, received) = ClientBody::new(body);
+        let (body, received) = ClientBody::new(body, start.is_some());
         (Request::from_parts(parts, body), received)
     };
     let method = conn.access_log.then(|| req.method().clone());
     let path_for_log = conn.access_log.then(|| req.uri().path().to_string());
-    let mut out = route_and_forward(&snapshot, &conn, req).await;
+    let mut hop = Hop::default();
+    let mut out = route_and_forward(&snapshot, &conn, req, &mut hop).await;
     let ttfb = started.elapsed();
-    let hop = std::mem::take(&mut out.hop);
-    let record = RequestRecord {
+    let record = start.map(|start| RequestRecord {
         start,
         role: match conn.target {
             Target::Listeners => Role::Gateway,
@@ -101,7 +102,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
         destination: hop.destination,
         security: hop.security,
         peer: conn.peer,
-    };
+    });
     if !out.flags.is_empty() {
         // Like Linkerd's l5d-proxy-error: says why, without a trip to the logs.
         if let Ok(v) = HeaderValue::from_str(&out.flags.to_string()) {
@@ -121,7 +122,10 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
             ttfb.as_secs_f64() * 1000.0,
         );
     }
-    out.resp.map(|body| body.recorded(record, started, snapshot.sink.clone(), received))
+    match record {
+        Some(record) => out.resp.map(|body| body.recorded(record, started, snapshot.sink.clone(), received)),
+        None => out.resp,
+    }
 }
 
 /// What a stage does with a request: hands it on to the next stage, or answers it itself.
@@ -132,18 +136,23 @@ enum Step<T> {
     Answer(Outcome),
 }
 
-/// The stages in order.
-async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<ClientBody>) -> Outcome {
+/// The stages in order; `hop` learns what the attempts found out about the upstream.
+async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<ClientBody>, hop: &mut Hop) -> Outcome {
     let routed = match route::select(snapshot, conn, req) {
         Step::Next(Selected::Rule(routed)) => routed,
-        Step::Next(Selected::Pod(pool, req)) => return forward::to_pod(pool, req).await,
+        Step::Next(Selected::Pod(pool, req)) => return forward::to_pod(pool, req, hop).await,
         Step::Answer(answer) => return answer,
     };
-    let request = match filters::apply(conn, routed).await {
+    let (delay, step) = filters::apply(conn, routed);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+        hop.waited += delay;
+    }
+    let request = match step {
         Step::Next(request) => request,
         Step::Answer(answer) => return answer,
     };
-    attempts::run(snapshot, conn, request).await
+    attempts::run(snapshot, conn, request, hop).await
 }
 
 #[cfg(test)]

@@ -188,6 +188,12 @@ impl Opened {
 
 /// Where records go.
 pub trait TelemetrySink: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether this sink takes request records at all. A proxy whose sink says no builds none
+    /// and keeps none with the response body: the request path then costs what it did before
+    /// records existed (asked once per request; the answer should not change).
+    fn wants_requests(&self) -> bool {
+        true
+    }
     /// A request has ended.
     fn request(&self, record: &RequestRecord);
     /// A connection has closed.
@@ -199,6 +205,9 @@ pub trait TelemetrySink: Send + Sync + std::fmt::Debug + 'static {
 pub struct NoopSink;
 
 impl TelemetrySink for NoopSink {
+    fn wants_requests(&self) -> bool {
+        false
+    }
     fn request(&self, _: &RequestRecord) {}
     fn connection(&self, _: &ConnRecord) {}
 }

@@ -58,15 +58,10 @@ impl<'p> Effective<'p> {
     }
 }
 
-/// Runs the attempts for `request` until one answers or the policy gives up.
-pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<'_>) -> Outcome {
-    let mut hop = Hop { waited: request.waited, ..Hop::default() };
-    let out = attempts(snapshot, conn, request, &mut hop).await;
-    out.with(hop)
-}
-
-async fn attempts(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<'_>, hop: &mut Hop) -> Outcome {
-    let Upstream { rule, mut parts, body, mirrors, mut flags, .. } = request;
+/// Runs the attempts for `request` until one answers or the policy gives up; `hop` learns
+/// about the upstream as they go.
+pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<'_>, hop: &mut Hop) -> Outcome {
+    let Upstream { rule, mut parts, body, mirrors, mut flags } = request;
     let first = match pick_backend(snapshot, &rule) {
         Ok(b) => b,
         Err((status, msg, f)) => return Outcome::local(status, msg, Some(rule), flags | f),
@@ -148,7 +143,6 @@ async fn attempts(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<'_>, h
                         upstream: Some(addr),
                         flags,
                         attempts: attempt + 1,
-                        hop: Hop::default(),
                     };
                 }
                 (true, Failure::Status(status))

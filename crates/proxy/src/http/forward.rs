@@ -52,7 +52,7 @@ pub(super) async fn send(
 
 /// A meshed pod dialled by its address: that pod and no other (over mTLS), one attempt, no
 /// route policies (they belong to Services).
-pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<ClientBody>) -> Outcome {
+pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<ClientBody>, hop: &mut Hop) -> Outcome {
     let (mut parts, body) = req.into_parts();
     ensure_request_id(&mut parts.headers);
     strip_hop_by_hop(&mut parts.headers);
@@ -61,12 +61,9 @@ pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<ClientBody>) -
     let addr = pool.addr;
     let sent_at = tokio::time::Instant::now();
     let result = pool.send(req).await;
-    let hop = Hop {
-        destination: pool.identity().cloned(),
-        security: Some(pool.security()),
-        upstream_wait: sent_at.elapsed(),
-        ..Hop::default()
-    };
+    hop.destination = pool.identity().cloned();
+    hop.security = Some(pool.security());
+    hop.upstream_wait = sent_at.elapsed();
     match result {
         Ok((resp, returner)) => {
             let (mut rparts, rbody) = resp.into_parts();
@@ -78,7 +75,6 @@ pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<ClientBody>) -
                 upstream: Some(addr),
                 flags: Flags::NONE,
                 attempts: 1,
-                hop,
             }
         }
         Err(SendError { error, .. }) => {
@@ -87,7 +83,7 @@ pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<ClientBody>) -
             } else {
                 (StatusCode::BAD_GATEWAY, Flags::UPSTREAM_RESET)
             };
-            let mut out = Outcome::local(status, format!("upstream {addr}: {error}"), None, flags).with(hop);
+            let mut out = Outcome::local(status, format!("upstream {addr}: {error}"), None, flags);
             out.upstream = Some(addr);
             out.attempts = 1;
             out

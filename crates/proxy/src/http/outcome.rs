@@ -36,7 +36,6 @@ pub(super) struct Outcome {
     pub(super) upstream: Option<SocketAddr>,
     pub(super) flags: Flags,
     pub(super) attempts: u32,
-    pub(super) hop: Hop,
 }
 
 /// What the attempts learned about the upstream hop.
@@ -68,13 +67,7 @@ impl Hop {
 
 impl Outcome {
     pub(super) fn local(status: StatusCode, message: String, rule: Option<Arc<Rule>>, flags: Flags) -> Self {
-        Outcome { resp: local(status, message), rule, upstream: None, flags, attempts: 0, hop: Hop::default() }
-    }
-
-    /// The same outcome, with what the attempts learned.
-    pub(super) fn with(mut self, hop: Hop) -> Self {
-        self.hop = hop;
-        self
+        Outcome { resp: local(status, message), rule, upstream: None, flags, attempts: 0 }
     }
 }
 
@@ -115,6 +108,6 @@ impl Failure {
                 ),
             ),
         };
-        Outcome { resp: local(status, msg), rule, upstream: Some(addr), flags, attempts, hop: Hop::default() }
+        Outcome { resp: local(status, msg), rule, upstream: Some(addr), flags, attempts }
     }
 }

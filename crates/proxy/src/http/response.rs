@@ -24,14 +24,15 @@ pin_project! {
     pub struct ResponseBody {
         #[pin]
         inner: Inner,
-        recording: Option<Recording>,
+        // Boxed: hyper moves the body several times per request, and a record is large.
+        recording: Option<Box<Recording>>,
     }
 
     impl PinnedDrop for ResponseBody {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before its end: the client went away (or the connection broke).
             if let Some(r) = this.project().recording.take() {
-                r.finish(false);
+                (*r).finish(false);
             }
         }
     }
@@ -109,7 +110,7 @@ impl ResponseBody {
         if self.is_end_stream() {
             recording.finish(true);
         } else {
-            self.recording = Some(recording);
+            self.recording = Some(Box::new(recording));
         }
         self
     }
@@ -167,7 +168,7 @@ impl Body for ResponseBody {
                 None => true,
             };
             if ended && let Some(r) = this.recording.take() {
-                r.finish(true);
+                (*r).finish(true);
             }
         }
         Poll::Ready(frame)

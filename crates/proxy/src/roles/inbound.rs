@@ -400,11 +400,12 @@ impl Inbound {
 
     async fn request(self: Arc<Self>, req: Request<Incoming>, caller: Arc<Caller>) -> Response<ResponseBody> {
         let started = Instant::now();
-        let start = SystemTime::now();
+        let start = self.opts.sink.wants_requests().then(SystemTime::now);
         let protocol = if req.version() >= Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
         let (parts, body) = req.into_parts();
-        let (body, received) = ClientBody::new(body);
+        let (body, received) = ClientBody::new(body, start.is_some());
         let (resp, flags, upstream_wait) = self.forward(Request::from_parts(parts, body), &caller).await;
+        let Some(start) = start else { return resp };
         let ttfb = started.elapsed();
         let record = RequestRecord {
             start,

@@ -59,7 +59,7 @@ fn http_and_the_h2_preface() {
 fn proxy_protocol_v1_and_v2() {
     let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\nGET / HTTP/1.1\r\n";
     let Verdict::Known(Detected::Proxy(h)) = classify(v1) else { panic!("{:?}", classify(v1)) };
-    assert_eq!((h.version, h.len), (1, 42));
+    assert_eq!((h.version, h.len), (1, 43), "the header with its CRLF");
     assert_eq!(h.source, Some("203.0.113.7:51234".parse().unwrap()));
     assert_eq!(h.destination, Some("10.0.0.1:443".parse().unwrap()));
     assert_eq!(classify(b"PROXY TCP4 203.0.113.7"), Verdict::NeedMore);
