@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::header::HeaderValue;
+use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -70,15 +71,12 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
     // Records only for a sink that takes them: otherwise none is built, nothing counted.
     let start = snapshot.sink.wants_requests().then(SystemTime::now);
     let protocol = if req.version() >= http::Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
-    let (req, received) = {
-        let (parts, body) = req.into_parts();
-        let (body, received) = ClientBody::new(body, start.is_some());
-        (Request::from_parts(parts, body), received)
-    };
-    let method = conn.access_log.then(|| req.method().clone());
-    let path_for_log = conn.access_log.then(|| req.uri().path().to_string());
+    let (mut parts, body) = req.into_parts();
+    let (body, received) = ClientBody::new(body, start.is_some());
+    let method = conn.access_log.then(|| parts.method.clone());
+    let path_for_log = conn.access_log.then(|| parts.uri.path().to_string());
     let mut hop = Hop::default();
-    let mut out = route_and_forward(&snapshot, &conn, req, &mut hop).await;
+    let mut out = route_and_forward(&snapshot, &conn, &mut parts, body, &mut hop).await;
     let ttfb = started.elapsed();
     let record = start.map(|start| RequestRecord {
         start,
@@ -136,14 +134,22 @@ enum Step<T> {
     Answer(Outcome),
 }
 
-/// The stages in order; `hop` learns what the attempts found out about the upstream.
-async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<ClientBody>, hop: &mut Hop) -> Outcome {
-    let routed = match route::select(snapshot, conn, req) {
+/// The stages in order. They borrow the request head (`parts`: made into the upstream head in
+/// place) rather than pass it on by value, and `hop` learns what the attempts found out about
+/// the upstream.
+async fn route_and_forward(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    parts: &mut Parts,
+    body: ClientBody,
+    hop: &mut Hop,
+) -> Outcome {
+    let routed = match route::select(snapshot, conn, parts) {
         Step::Next(Selected::Rule(routed)) => routed,
-        Step::Next(Selected::Pod(pool, req)) => return forward::to_pod(pool, req, hop).await,
+        Step::Next(Selected::Pod(pool)) => return forward::to_pod(pool, parts, body, hop).await,
         Step::Answer(answer) => return answer,
     };
-    let (delay, step) = filters::apply(conn, routed);
+    let (delay, step) = filters::apply(conn, routed, parts);
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
         hop.waited += delay;
@@ -152,7 +158,7 @@ async fn route_and_forward(snapshot: &Snapshot, conn: &ConnInfo, req: Request<Cl
         Step::Next(request) => request,
         Step::Answer(answer) => return answer,
     };
-    attempts::run(snapshot, conn, request, hop).await
+    attempts::run(snapshot, conn, request, parts, body, hop).await
 }
 
 #[cfg(test)]

@@ -60,8 +60,15 @@ impl<'p> Effective<'p> {
 
 /// Runs the attempts for `request` until one answers or the policy gives up; `hop` learns
 /// about the upstream as they go.
-pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<'_>, hop: &mut Hop) -> Outcome {
-    let Upstream { rule, mut parts, body, mirrors, mut flags } = request;
+pub(super) async fn run(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    request: Upstream<'_>,
+    parts: &mut Parts,
+    body: ClientBody,
+    hop: &mut Hop,
+) -> Outcome {
+    let Upstream { rule, mirrors, mut flags } = request;
     let first = match pick_backend(snapshot, &rule) {
         Ok(b) => b,
         Err((status, msg, f)) => return Outcome::local(status, msg, Some(rule), flags | f),
@@ -70,7 +77,7 @@ pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<
     let deadline = policy.request_timeout.map(|t| tokio::time::Instant::now() + t);
     let hash = first.1.hash_key().map(|k| hash_request(k, &parts.headers, conn.peer));
     let max_body = first.1.policy().retry.max_body_bytes;
-    let mut source = Source::new(snapshot, &parts, body, &mirrors, policy.attempts > 0 && policy.idempotent, max_body);
+    let mut source = Source::new(snapshot, parts, body, &mirrors, policy.attempts > 0 && policy.idempotent, max_body);
 
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut current = first;
@@ -97,7 +104,7 @@ pub(super) async fn run(snapshot: &Snapshot, conn: &ConnInfo, request: Upstream<
             return Outcome::local(StatusCode::BAD_GATEWAY, msg, Some(rule), flags | Flags::REPLAY_OVERFLOW);
         };
         let last_attempt = attempt >= policy.attempts;
-        let req = attempt_request(&mut parts, body, last_attempt, weighted);
+        let req = attempt_request(parts, body, last_attempt, weighted);
         let try_deadline = match (policy.per_try_timeout, deadline) {
             (Some(t), Some(d)) => Some(d.min(tokio::time::Instant::now() + t)),
             (Some(t), None) => Some(tokio::time::Instant::now() + t),

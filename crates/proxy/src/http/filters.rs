@@ -19,18 +19,14 @@ use super::Step;
 use super::outcome::Outcome;
 use super::response::ResponseBody;
 use super::route::Routed;
-use crate::body::ClientBody;
 use crate::flags::Flags;
 use crate::headers::{ensure_request_id, set_forwarded, strip_hop_by_hop};
 
-/// A request as it will go upstream.
+/// What the filters decided for a request going upstream (its head, made in place, stays with
+/// the stage runner).
 pub(super) struct Upstream<'s> {
     /// The rule that matched.
     pub(super) rule: Arc<Rule>,
-    /// The upstream request head.
-    pub(super) parts: Parts,
-    /// The client's body.
-    pub(super) body: ClientBody,
     /// The mirrors this request goes to as well.
     pub(super) mirrors: Vec<&'s Mirror>,
     /// Flags so far (a delay injected).
@@ -40,7 +36,11 @@ pub(super) struct Upstream<'s> {
 /// Applies the rule's filters; a filter that answers (redirect, fault abort, a rule that
 /// cannot be served) ends the request here. An injected delay is returned for the caller to
 /// wait before either (this stage does not await: one future fewer on every request).
-pub(super) fn apply<'s>(conn: &ConnInfo, routed: Routed<'s>) -> (Option<Duration>, Step<Upstream<'s>>) {
+pub(super) fn apply<'s>(
+    conn: &ConnInfo,
+    routed: Routed<'s>,
+    parts: &mut Parts,
+) -> (Option<Duration>, Step<Upstream<'s>>) {
     let entry = routed.entry;
     let rule = &entry.rule;
     if let Some(failure) = &rule.failure {
@@ -49,7 +49,7 @@ pub(super) fn apply<'s>(conn: &ConnInfo, routed: Routed<'s>) -> (Option<Duration
         return (None, Step::Answer(answer));
     }
     if let Some(redirect) = &rule.redirect {
-        let (path, query) = (routed.parts.uri.path(), routed.parts.uri.query());
+        let (path, query) = (parts.uri.path(), parts.uri.query());
         let location = redirect.location(conn.scheme, &routed.host(), conn.port, path, query, entry.matched_prefix());
         let mut resp = Response::new(ResponseBody::local(Bytes::new()));
         *resp.status_mut() = StatusCode::from_u16(redirect.status_code).unwrap_or(StatusCode::FOUND);
@@ -78,10 +78,10 @@ pub(super) fn apply<'s>(conn: &ConnInfo, routed: Routed<'s>) -> (Option<Duration
             return (delay, Step::Answer(answer));
         }
     }
-    let Routed { entry, mut parts, body, host_value } = routed;
-    upstream_head(&mut parts, conn, &entry.rule, entry.matched_prefix(), host_value);
+    let Routed { entry, host_value } = routed;
+    upstream_head(parts, conn, &entry.rule, entry.matched_prefix(), host_value);
     let mirrors = entry.rule.mirrors.iter().filter(|m| m.sample()).collect();
-    (delay, Step::Next(Upstream { rule: entry.rule.clone(), parts, body, mirrors, flags }))
+    (delay, Step::Next(Upstream { rule: entry.rule.clone(), mirrors, flags }))
 }
 
 /// The upstream request head: the client's, changed in place.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -52,11 +53,15 @@ pub(super) async fn send(
 
 /// A meshed pod dialled by its address: that pod and no other (over mTLS), one attempt, no
 /// route policies (they belong to Services).
-pub(super) async fn to_pod(pool: &Arc<EndpointPool>, req: Request<ClientBody>, hop: &mut Hop) -> Outcome {
-    let (mut parts, body) = req.into_parts();
+pub(super) async fn to_pod(pool: &Arc<EndpointPool>, parts: &mut Parts, body: ClientBody, hop: &mut Hop) -> Outcome {
     ensure_request_id(&mut parts.headers);
     strip_hop_by_hop(&mut parts.headers);
-    let mut req = Request::from_parts(parts, RequestBody::Client { body });
+    let mut req = Request::new(RequestBody::Client { body });
+    *req.method_mut() = std::mem::take(&mut parts.method);
+    *req.uri_mut() = std::mem::take(&mut parts.uri);
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = std::mem::take(&mut parts.headers);
+    *req.extensions_mut() = std::mem::take(&mut parts.extensions);
     fit_version(&mut req, pool.protocol(), &pool.addr);
     let addr = pool.addr;
     let sent_at = tokio::time::Instant::now();

@@ -17,7 +17,6 @@ use meshgate_model::table::Entry;
 use super::Step;
 use super::outcome::Outcome;
 use super::{ConnInfo, Target};
-use crate::body::ClientBody;
 use crate::core::Snapshot;
 use crate::flags::Flags;
 use crate::upstream::pool::EndpointPool;
@@ -27,17 +26,14 @@ pub(super) enum Selected<'s> {
     /// A rule of a route table.
     Rule(Routed<'s>),
     /// A meshed pod dialled by address: that pod and no other, no route policies.
-    Pod(&'s Arc<EndpointPool>, http::Request<ClientBody>),
+    Pod(&'s Arc<EndpointPool>),
 }
 
-/// A request and the table entry that matched it.
+/// The table entry that matched a request. The request head itself stays where it is, with
+/// the stage runner: the stages borrow it rather than move it.
 pub(super) struct Routed<'s> {
     /// The matching entry (its rule, and its path match for prefix rewrites).
     pub(super) entry: &'s Entry,
-    /// The request head.
-    pub(super) parts: Parts,
-    /// The request body.
-    pub(super) body: ClientBody,
     /// The request's authority as it arrived: the URI's (HTTP/2, absolute form) or `Host`.
     pub(super) host_value: Option<HeaderValue>,
 }
@@ -55,11 +51,7 @@ fn host_of(value: Option<&HeaderValue>) -> Cow<'_, str> {
 
 /// Chooses the route table and the entry for `req`; a request nothing serves is answered here
 /// (404, flag NR).
-pub(super) fn select<'s>(
-    snapshot: &'s Snapshot,
-    conn: &ConnInfo,
-    req: http::Request<ClientBody>,
-) -> Step<Selected<'s>> {
+pub(super) fn select<'s>(snapshot: &'s Snapshot, conn: &ConnInfo, parts: &Parts) -> Step<Selected<'s>> {
     let gone = |dest| {
         let msg = format!("{dest} is no longer a Service or endpoint in the mesh");
         Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE)
@@ -72,12 +64,11 @@ pub(super) fn select<'s>(
         },
         Target::Pod(dest) => {
             return match snapshot.mesh_endpoint(&dest) {
-                Some(pool) => Step::Next(Selected::Pod(pool, req)),
+                Some(pool) => Step::Next(Selected::Pod(pool)),
                 None => Step::Answer(gone(dest)),
             };
         }
     };
-    let (parts, body) = req.into_parts();
     // HTTP/2 and absolute-form requests carry the host in the URI; HTTP/1.1 in Host.
     let host_value: Option<HeaderValue> = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
@@ -105,5 +96,5 @@ pub(super) fn select<'s>(
         return Step::Answer(Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE));
     };
     drop(host);
-    Step::Next(Selected::Rule(Routed { entry, parts, body, host_value }))
+    Step::Next(Selected::Rule(Routed { entry, host_value }))
 }
