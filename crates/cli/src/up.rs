@@ -232,10 +232,20 @@ pub(crate) async fn run(dir: PathBuf, state_dir: PathBuf) -> anyhow::Result<()> 
     let root = meshgate_intercept::root();
     if root {
         ensure_tools(&dir)?;
-        let leftovers = meshgate_intercept::pod_namespaces().len();
-        if leftovers > 0 {
+        // What runs that are gone left (a lab killed with SIGKILL, a machine session ended) is
+        // removed; workloads still running elsewhere on the host are only counted.
+        match meshgate_intercept::reclaim_abandoned(std::time::Duration::from_secs(30)) {
+            Ok(removed) if !removed.is_empty() => {
+                eprintln!("removed what an earlier run left behind: {}", removed.join(", "))
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("note: could not remove what earlier runs left: {e}"),
+        }
+        let live = meshgate_intercept::pod_namespaces().len();
+        if live > 0 {
             eprintln!(
-                "note: {leftovers} network namespace(s) from an earlier run are still here; `meshgate cleanup` removes them"
+                "note: {live} workload network namespace(s) of another run are here (they have processes in them, \
+                 or were made in the last 30 s); `meshgate cleanup` removes them"
             );
         }
     }

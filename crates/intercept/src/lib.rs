@@ -13,7 +13,9 @@ mod sys;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 
-pub use netns::{BRIDGE_IP, Pod, bridge_exists, cleanup_all, exec, pod_namespaces, remove_bridge_if_unused, root};
+pub use netns::{
+    BRIDGE_IP, Pod, bridge_exists, cleanup_all, exec, pod_namespaces, reclaim_abandoned, remove_bridge_if_unused, root,
+};
 pub use rules::{Backend, RuleSpec, install};
 pub use sys::release_startup_pages;
 

@@ -288,3 +288,50 @@ pub fn cleanup_all() -> Result<Vec<String>, InterceptError> {
     }
     Ok(removed)
 }
+
+/// Removes what runs that are gone left on the host (killed with SIGKILL, or the machine's
+/// session ended under them): workload namespaces with no process left in them, address leases
+/// with no namespace, and the bridge when nothing uses it. A namespace or lease younger than
+/// `min_age` is left alone, as it may belong to a `meshgate run` still setting up (the lease is
+/// taken, then the namespace made, then the sidecar started in it). Live workloads are never
+/// touched: their sidecar and application run inside their namespace. Returns what it removed.
+pub fn reclaim_abandoned(min_age: std::time::Duration) -> Result<Vec<String>, InterceptError> {
+    if !root() {
+        return Err(InterceptError::NotRoot("reclaiming what earlier runs left".into()));
+    }
+    let old = |path: &str| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().map(|age| age >= min_age).unwrap_or(false))
+            .unwrap_or(true)
+    };
+    let _host = HostLock::acquire()?;
+    let mut removed = Vec::new();
+    let namespaces = pod_namespaces();
+    for name in &namespaces {
+        let ip = name.strip_prefix("mg-").map(|rest| rest.replace('-', "."));
+        let lease = ip.as_ref().map(|ip| format!("{}/{ip}", crate::LEASE_DIR));
+        let young = lease.as_deref().is_some_and(|l| !old(l)) || !old(&format!("/etc/netns/{name}"));
+        let empty = run(&["ip", "netns", "pids", name]).is_ok_and(|pids| pids.trim().is_empty());
+        if young || !empty || delete_pod(name).is_err() {
+            continue;
+        }
+        removed.push(format!("network namespace {name}"));
+        if let Some(lease) = lease
+            && std::fs::remove_file(&lease).is_ok()
+        {
+            removed.push(format!("address lease {}", ip.unwrap_or_default()));
+        }
+    }
+    let namespaces = pod_namespaces();
+    for ip in crate::leases() {
+        let lease = format!("{}/{ip}", crate::LEASE_DIR);
+        if !namespaces.contains(&pod_name(ip)) && old(&lease) && std::fs::remove_file(&lease).is_ok() {
+            removed.push(format!("address lease {ip}"));
+        }
+    }
+    if remove_bridge_if_unused_locked() {
+        removed.push(format!("bridge {BRIDGE}"));
+    }
+    Ok(removed)
+}

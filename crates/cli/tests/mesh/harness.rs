@@ -249,17 +249,37 @@ pub(crate) enum HostGuard {
 
 /// A share of the host (pods of other tests may come and go).
 pub(crate) fn shared_host() -> RwLockReadGuard<'static, ()> {
+    reclaim_once();
     HOST.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The host alone, and bare: no workload namespace, veth, lease or bridge of meshgate's.
 pub(crate) fn bare_host() -> HostGuard {
     require_root();
+    reclaim_once();
     let guard = HOST.write().unwrap_or_else(PoisonError::into_inner);
     if let Err(left) = host_is_bare() {
         panic!("the host is not bare before the test (another run's leftovers?): {left}");
     }
     HostGuard::Bare(guard)
+}
+
+/// Before the first test takes the host: removes what runs that are gone left behind (a bench
+/// or a test binary killed with SIGKILL), so that one killed run does not fail every later one.
+/// Live workloads of other runs are not touched, and a test needing a bare host still fails
+/// beside them.
+fn reclaim_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !meshgate_intercept::root() {
+            return;
+        }
+        match meshgate_intercept::reclaim_abandoned(Duration::from_secs(5)) {
+            Ok(removed) if !removed.is_empty() => eprintln!("removed what earlier runs left: {}", removed.join(", ")),
+            Ok(_) => {}
+            Err(e) => eprintln!("could not reclaim what earlier runs left: {e}"),
+        }
+    });
 }
 
 /// `Ok` when nothing of meshgate's is on the host; else what is there.

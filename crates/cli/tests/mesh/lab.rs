@@ -14,6 +14,9 @@ use crate::harness::*;
 
 const LAB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/lab");
 const LAB_PORTS: [u16; 4] = [8080, 15000, 15012, 15014];
+/// What the command lines of the example applications contain (the lab's own, and those tests
+/// start with `meshgate run`).
+const APP_MARKERS: [&str; 2] = ["examples/lab/../apps/", "examples/apps/"];
 
 /// A `meshgate up` with its output read in the background.
 struct Up {
@@ -100,7 +103,7 @@ impl Drop for Up {
 fn assert_nothing_left(state: &TempDir, what: &str, out: &str) {
     assert_host_bare_within(Duration::from_secs(2), what);
     let marker = state.path().display().to_string();
-    for m in [marker.as_str(), "examples/apps/"] {
+    for m in std::iter::once(marker.as_str()).chain(APP_MARKERS) {
         let left = processes_with(m);
         assert!(left.is_empty(), "{what}: processes left: {left:?}\n{out}");
     }
@@ -139,6 +142,52 @@ fn the_lab_answers_through_order_and_inventory_and_ctrl_c_leaves_nothing() {
     }
     assert!(TcpStream::connect(("127.0.0.1", 8080)).is_err(), "the gateway is still listening");
     assert!(TcpStream::connect(("127.0.0.1", 15014)).is_err(), "the control plane is still listening");
+}
+
+/// A lab killed with SIGKILL (or a machine session ending under it) cannot clean up: its
+/// namespaces, leases and bridge stay. The next `up` removes them, and only them.
+#[test]
+fn what_a_lab_killed_with_sigkill_left_is_removed_by_the_next_up() {
+    let _host = bare_host();
+    let mut up = Up::lab();
+    up.wait_line("meshgate lab is up", Duration::from_secs(90));
+    let marker = up.state.path().display().to_string();
+    let lab_processes =
+        || -> Vec<String> { std::iter::once(marker.as_str()).chain(APP_MARKERS).flat_map(processes_with).collect() };
+    let mut pids: Vec<String> =
+        lab_processes().iter().filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect();
+    pids.push(up.child.id().to_string());
+    let _ = Command::new("kill").arg("-KILL").args(&pids).status().unwrap();
+    let _ = wait_exit(&mut up.child, Duration::from_secs(5), "the killed lab");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab_processes().is_empty() {
+        assert!(Instant::now() < deadline, "processes survived SIGKILL: {:?}", lab_processes());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = meshgate_intercept::pod_namespaces();
+    assert_eq!(left.len(), 3, "the killed lab's namespaces: {left:?}");
+    assert!(meshgate_intercept::bridge_exists());
+    // As old as a run that is gone would be (the next `up` leaves anything younger than 30 s,
+    // which may be a `meshgate run` setting up).
+    for n in &left {
+        let lease = format!("{}/{}", meshgate_intercept::LEASE_DIR, n.trim_start_matches("mg-").replace('-', "."));
+        for path in [lease, format!("/etc/netns/{n}")] {
+            let ok = Command::new("touch").args(["-d", "-2 minutes", &path]).status().unwrap();
+            assert!(ok.success(), "touch {path}");
+        }
+    }
+    let mut next = Up::lab();
+    next.wait_line("meshgate lab is up", Duration::from_secs(90));
+    let out = next.output();
+    let removed =
+        out.lines().find(|l| l.starts_with("removed what an earlier run left behind:")).unwrap_or_else(|| {
+            panic!("the next up did not say it removed the leftovers:\n{out}");
+        });
+    for n in &left {
+        assert!(removed.contains(&format!("network namespace {n}")), "{n} not named: {removed}");
+    }
+    assert!(gateway_ok().is_some(), "{out}");
+    next.stop_with("INT", "Ctrl-C after reclaiming");
 }
 
 #[test]
