@@ -33,7 +33,7 @@ pub struct Entry {
 pub enum Audience {
     /// Every proxy.
     Everyone,
-    /// None (Secrets stay in the control plane).
+    /// None (Secrets other than TLS certificates stay in the control plane).
     Nobody,
     /// Gateways only.
     Gateways,
@@ -52,6 +52,9 @@ impl Audience {
     /// Of an object.
     pub fn of(object: &Object) -> Audience {
         match &object.resource {
+            // The gateways serve the certificates of kubernetes.io/tls Secrets; other Secrets
+            // stay in the control plane.
+            Resource::Secret(s) if s.type_.as_deref() == Some("kubernetes.io/tls") => Audience::Gateways,
             Resource::Secret(_) => Audience::Nobody,
             Resource::Gateway(_) | Resource::GatewayClass(_) => Audience::Gateways,
             Resource::HttpRoute(r) => {

@@ -28,6 +28,13 @@ pub struct ProxyConfig {
     pub downstream: Downstream,
 }
 
+impl ProxyConfig {
+    /// The certificate an HTTPS listener serves from Secret `secret` (`namespace/name`).
+    pub fn served_cert(&self, secret: &str) -> Option<Arc<meshgate_tls::edge::EdgeCert>> {
+        self.ports.values().flat_map(ListenerSet::certs).find(|c| &*c.secret == secret).cloned()
+    }
+}
+
 /// The compiler's output.
 #[derive(Debug, Default)]
 pub struct Compiled {

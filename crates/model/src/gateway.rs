@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use meshgate_api::{GATEWAY_GROUP, ResourceSet};
 
 use crate::attach::{ParentRef, RouteRef, attach};
+use crate::certs::CompileInputs;
 use crate::config::{Compiled, ProxyConfig};
 use crate::host::HostPattern;
 use crate::listeners::{NamespaceLabels, place};
@@ -17,13 +18,18 @@ use crate::route::CompiledRoute;
 use crate::status::{age, cond};
 use crate::table::{Entry, Listener, ListenerSet, RouteTable};
 
-/// Compiles the gateway view of `set`.
+/// Compiles the gateway view of `set`, as a first load would (no certificate from before).
 pub fn compile_gateway(set: &ResourceSet) -> Compiled {
+    compile_gateway_with(set, &crate::certs::fresh())
+}
+
+/// Compiles the gateway view of `set` over the configuration in force (`inputs`).
+pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Compiled {
     let mut disc = Discovery::new(set);
     let mut conditions = Vec::new();
     let ns_labels: NamespaceLabels<'_> =
         set.namespaces().map(|(o, n)| (&*o.id.name, n.metadata.labels.clone().unwrap_or_default())).collect();
-    let placement = place(set, &mut conditions);
+    let placement = place(set, &disc, inputs, &mut conditions);
     let mut entries: Vec<Vec<Entry>> = placement.placed.iter().map(|_| Vec::new()).collect();
 
     // HTTPRoutes, oldest first.
@@ -78,6 +84,7 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
             name: p.listener.name.clone(),
             hostname: p.hostname,
             routes: RouteTable::new(entries),
+            tls: p.tls,
         });
     }
     conditions.append(&mut disc.policy_conditions);

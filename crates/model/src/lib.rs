@@ -7,6 +7,7 @@
 //! and `attach` (the gateway compiler's two steps); `gateway` and `mesh` (the compilers).
 
 mod attach;
+pub mod certs;
 pub mod config;
 mod gateway;
 pub mod host;
@@ -22,8 +23,9 @@ pub mod settings;
 mod status;
 pub mod table;
 
+pub use certs::CompileInputs;
 pub use config::{Compiled, ProxyConfig, ServiceBackendRef};
-pub use gateway::compile_gateway;
+pub use gateway::{compile_gateway, compile_gateway_with};
 pub use listeners::{CONTROLLER_NAME, DEFAULT_CLASS};
 pub use settings::Downstream;
 pub use status::{Condition, Severity};

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use meshgate_api::gw::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
 use meshgate_api::{GATEWAY_GROUP, Kind, ResourceSet};
 
+use crate::certs::{CompileInputs, listener_tls};
 use crate::host::HostPattern;
+use crate::resolve::Discovery;
 use crate::status::{Condition, age, cond};
+use crate::table::ListenerTls;
 
 /// The controller name meshgate answers to in `GatewayClass.spec.controllerName`.
 pub const CONTROLLER_NAME: &str = "meshgate.io/gateway-controller";
@@ -31,6 +34,8 @@ pub(crate) struct Placed<'a> {
     pub(crate) listener: &'a GatewayListeners,
     /// Its hostname (`None`: any).
     pub(crate) hostname: Option<HostPattern>,
+    /// An HTTPS listener's certificates.
+    pub(crate) tls: Option<ListenerTls>,
 }
 
 /// Every listener placed, and where each Gateway's are.
@@ -43,7 +48,12 @@ pub(crate) struct Placement<'a> {
 
 /// Places the listeners of every Gateway in `set`, oldest Gateway first (earlier listeners
 /// win conflicts); reports each Gateway and each listener left out.
-pub(crate) fn place<'a>(set: &'a ResourceSet, conditions: &mut Vec<Condition>) -> Placement<'a> {
+pub(crate) fn place<'a>(
+    set: &'a ResourceSet,
+    disc: &Discovery<'_>,
+    inputs: &CompileInputs<'_>,
+    conditions: &mut Vec<Condition>,
+) -> Placement<'a> {
     // Gateways, oldest first: earlier listeners win conflicts.
     let mut gateways: Vec<_> = set.gateways().collect();
     gateways.sort_by_key(|(o, _)| (age(o), o.id.clone()));
@@ -105,20 +115,27 @@ pub(crate) fn place<'a>(set: &'a ResourceSet, conditions: &mut Vec<Condition>) -
                     port_family.insert(l.port, (family, key.clone()));
                 }
             }
-            if l.protocol != "HTTP" {
-                conditions.push(cond(
-                    o,
-                    field,
-                    "Programmed",
-                    false,
-                    "UnsupportedProtocol",
-                    format!(
-                        "listener {:?}: protocol {} is not served yet; only HTTP listeners are",
-                        l.name, l.protocol
-                    ),
-                ));
-                continue;
-            }
+            let tls = match l.protocol.as_str() {
+                "HTTP" => None,
+                "HTTPS" => match listener_tls(set, disc, o, l, &field, inputs, conditions) {
+                    Some(tls) => Some(tls),
+                    None => continue,
+                },
+                other => {
+                    conditions.push(cond(
+                        o,
+                        field,
+                        "Programmed",
+                        false,
+                        "UnsupportedProtocol",
+                        format!(
+                            "listener {:?}: protocol {other} is not served yet; HTTP and HTTPS listeners are",
+                            l.name
+                        ),
+                    ));
+                    continue;
+                }
+            };
             let hostname = l.hostname.as_deref().map(HostPattern::parse);
             if let Some(other) = placed.iter().find(|p| p.listener.port == l.port && p.hostname == hostname) {
                 conditions.push(cond(
@@ -139,7 +156,7 @@ pub(crate) fn place<'a>(set: &'a ResourceSet, conditions: &mut Vec<Condition>) -
                 continue;
             }
             slots.push(placed.len());
-            placed.push(Placed { gateway: key.clone(), gw_ns: o.id.ns(), listener: l, hostname });
+            placed.push(Placed { gateway: key.clone(), gw_ns: o.id.ns(), listener: l, hostname, tls });
         }
     }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use meshgate_tls::edge::EdgeCert;
 use serde::Serialize;
 
 use crate::host::HostPattern;
@@ -138,6 +139,51 @@ pub struct Listener {
     pub hostname: Option<HostPattern>,
     /// Routes attached to it.
     pub routes: RouteTable,
+    /// An HTTPS listener's certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// The certificates an HTTPS listener serves, in the order of its `certificateRefs`.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// Never empty.
+    pub certs: Vec<Arc<EdgeCert>>,
+}
+
+impl ListenerTls {
+    /// The certificate for a ClientHello naming `sni`: one naming it exactly, else one covering
+    /// it by a wildcard, else the first (also for clients sending no SNI).
+    pub fn select(&self, sni: Option<&str>) -> Option<&Arc<EdgeCert>> {
+        if let Some(sni) = sni {
+            if let Some(c) = self.certs.iter().find(|c| c.names_exactly(sni)) {
+                return Some(c);
+            }
+            if let Some(c) = self.certs.iter().find(|c| c.covers(sni)) {
+                return Some(c);
+            }
+        }
+        self.certs.first()
+    }
+}
+
+impl Serialize for ListenerTls {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Cert<'a> {
+            secret: &'a str,
+            names: &'a [String],
+            key_type: &'a str,
+            not_after: i64,
+        }
+        s.collect_seq(self.certs.iter().map(|c| Cert {
+            secret: &c.secret,
+            names: &c.names,
+            key_type: c.key_type,
+            not_after: c.not_after,
+        }))
+    }
 }
 
 /// The listeners sharing one port, selected by the request's host (most specific wins).
@@ -190,5 +236,26 @@ impl ListenerSet {
             }
         }
         self.catch_all.and_then(|i| self.listeners.get(i))
+    }
+
+    /// Whether the port terminates TLS (its listeners are HTTPS).
+    pub fn terminates_tls(&self) -> bool {
+        self.listeners.iter().any(|l| l.tls.is_some())
+    }
+
+    /// The certificate a ClientHello naming `sni` gets: from the listener its name selects (as
+    /// `Host` selects for requests), or for a client without SNI the catch-all listener's, else
+    /// the port's first listener's. `None`: no listener serves that name.
+    pub fn select_cert(&self, sni: Option<&str>) -> Option<&Arc<EdgeCert>> {
+        let listener = match sni {
+            Some(name) => self.select(name)?,
+            None => self.catch_all.and_then(|i| self.listeners.get(i)).or_else(|| self.listeners.first())?,
+        };
+        listener.tls.as_ref()?.select(sni)
+    }
+
+    /// Every certificate served on the port, by Secret.
+    pub fn certs(&self) -> impl Iterator<Item = &Arc<EdgeCert>> {
+        self.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|t| t.certs.iter())
     }
 }

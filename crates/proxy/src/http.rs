@@ -40,18 +40,21 @@ use route::Selected;
 
 /// Who is on the other end of a downstream connection, and which route table serves it: both
 /// decided once, when the connection arrives.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The port the connection was accepted on (selects the listener set).
     pub port: u16,
     /// The client.
     pub peer: SocketAddr,
-    /// `http` (HTTPS listeners come later).
+    /// `http`, or `https` on a connection whose TLS the gateway terminated.
     pub scheme: &'static str,
     /// Write an access log line per request.
     pub access_log: bool,
     /// Where the connection's requests are routed.
     pub target: Target,
+    /// On a TLS connection whose client sent SNI: the certificate it was given. A request for
+    /// a host it does not cover (a connection reused across names) is answered 421.
+    pub tls: Option<Arc<meshgate_tls::edge::EdgeCert>>,
 }
 
 /// The route table a connection's requests use.

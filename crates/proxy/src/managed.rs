@@ -95,9 +95,15 @@ impl ManagedGateway {
             let gw = gw.clone();
             Box::pin(async move {
                 // CPU-bound and as large as the mesh: off the runtime's threads, as file loads are.
-                let compiled = tokio::task::spawn_blocking(move || meshgate_model::compile_gateway(&set))
-                    .await
-                    .map_err(|e| format!("compiling the configuration: {e}"))?;
+                let in_force = gw.snapshot();
+                let compiled = tokio::task::spawn_blocking(move || {
+                    let last_good = |secret: &str| in_force.config.served_cert(secret);
+                    let inputs =
+                        meshgate_model::CompileInputs { last_good: &last_good, now: std::time::SystemTime::now() };
+                    meshgate_model::compile_gateway_with(&set, &inputs)
+                })
+                .await
+                .map_err(|e| format!("compiling the configuration: {e}"))?;
                 for p in compiled.problems() {
                     tracing::warn!("{p}");
                 }

@@ -33,13 +33,14 @@ pub(crate) async fn serve_routes<S>(
 {
     let peer = info.peer;
     let (role, security) = match info.target {
+        Target::Listeners if info.scheme == "https" => (Role::Gateway, Security::Tls),
         Target::Listeners => (Role::Gateway, Security::Plaintext(PlaintextReason::NotMeshed)),
         Target::Service(_) | Target::Pod(_) => (Role::SidecarOutbound, Security::Plaintext(PlaintextReason::Local)),
     };
     let opened = Opened::now(role, peer);
     let timeouts = settings.timeouts(snapshot.load().config.downstream.header_timeout);
     let cell = snapshot.clone();
-    let handler = move |req| handle(cell.load_full(), info, req);
+    let handler = move |req| handle(cell.load_full(), info.clone(), req);
     let served = serve(stream, peer, handler, builder, Some(stop), timeouts).await;
     let record = opened.closed((served.bytes_in, served.bytes_out), served.close, security, None, false);
     snapshot.load().sink.connection(&record);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshgate_api::{Errors, ResourceSet, load_paths};
-use meshgate_model::{Compiled, compile_gateway};
+use meshgate_model::{CompileInputs, Compiled, ProxyConfig, compile_gateway_with};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -17,8 +17,14 @@ use crate::roles::gateway::Gateway;
 /// How long the files must be quiet after a change before it is read (editors write in steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Reads, validates and compiles everything under `paths`.
+/// Reads, validates and compiles everything under `paths`, as a first load.
 pub fn load(paths: &[PathBuf]) -> Result<(ResourceSet, Compiled), Errors> {
+    load_over(paths, None)
+}
+
+/// Reads, validates and compiles everything under `paths` over the configuration in force: a
+/// certificate that no longer loads keeps the one served from the same Secret before.
+pub fn load_over(paths: &[PathBuf], in_force: Option<&ProxyConfig>) -> Result<(ResourceSet, Compiled), Errors> {
     let loaded = load_paths(paths);
     let (set, duplicates) = ResourceSet::from_objects(loaded.objects);
     let mut errors = loaded.errors;
@@ -26,7 +32,9 @@ pub fn load(paths: &[PathBuf]) -> Result<(ResourceSet, Compiled), Errors> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    let compiled = compile_gateway(&set);
+    let last_good = |secret: &str| in_force.and_then(|c| c.served_cert(secret));
+    let inputs = CompileInputs { last_good: &last_good, now: std::time::SystemTime::now() };
+    let compiled = compile_gateway_with(&set, &inputs);
     Ok((set, compiled))
 }
 
@@ -49,7 +57,8 @@ fn fingerprint(paths: &[PathBuf]) -> u64 {
 /// configuration was rejected (and the old one kept).
 pub async fn apply_files(paths: &[PathBuf], gateway: &Arc<Gateway>) -> Option<u64> {
     let owned = paths.to_vec();
-    let result = tokio::task::spawn_blocking(move || load(&owned)).await.ok()?;
+    let in_force = gateway.snapshot();
+    let result = tokio::task::spawn_blocking(move || load_over(&owned, Some(&in_force.config))).await.ok()?;
     let sources: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     match result {
         Err(errors) => {

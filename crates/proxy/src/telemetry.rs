@@ -44,6 +44,8 @@ pub enum PlaintextReason {
 pub enum Security {
     /// Mutual TLS, both SPIFFE identities verified.
     Mutual,
+    /// TLS the gateway terminated for an outside client (server-authenticated only).
+    Tls,
     /// Plaintext, and why.
     Plaintext(PlaintextReason),
 }

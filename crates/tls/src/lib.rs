@@ -5,6 +5,7 @@
 
 pub mod ca;
 pub mod config;
+pub mod edge;
 pub mod svid;
 #[cfg(feature = "test-util")]
 pub mod testing;

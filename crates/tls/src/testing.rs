@@ -197,3 +197,89 @@ pub fn client_presenting(
     config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(Arc::new(config))
 }
+
+/// A key algorithm for edge certificates in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlg {
+    /// ECDSA P-256.
+    EcdsaP256,
+    /// RSA 2048.
+    Rsa2048,
+}
+
+/// A web PKI root for tests of the gateway's HTTPS listeners: issues server certificates as
+/// `kubernetes.io/tls` Secrets carry them (PEM), and makes clients that trust it.
+pub struct EdgeCa {
+    key: KeyPair,
+    cert: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for EdgeCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EdgeCa")
+    }
+}
+
+impl EdgeCa {
+    /// A new self-signed root.
+    pub fn new() -> Result<Self, rcgen::Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "meshgate test edge root");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        params.not_before = at(-3600);
+        params.not_after = at(24 * 3600);
+        let cert = params.self_signed(&key)?.der().clone();
+        Ok(EdgeCa { key, cert })
+    }
+
+    /// The root, PEM.
+    pub fn root_pem(&self) -> String {
+        crate::cert_pem(&self.cert)
+    }
+
+    /// A server certificate for `names` valid from `not_before` to `not_after` seconds from
+    /// now: `(tls.crt, tls.key)` as PEM.
+    pub fn issue(
+        &self,
+        names: &[&str],
+        alg: KeyAlg,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<(String, String), rcgen::Error> {
+        let key = KeyPair::generate_for(match alg {
+            KeyAlg::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyAlg::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
+        })?;
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        p.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("meshgate test"));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.not_before = at(not_before);
+        p.not_after = at(not_after);
+        let issuer = Issuer::from_ca_cert_der(&self.cert, &self.key)?;
+        let cert = p.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A client trusting this root, offering `alpn`, speaking the TLS `versions` given
+    /// (`[12, 13]`).
+    pub fn client(&self, alpn: &[&[u8]], versions: &[u8]) -> Result<Arc<ClientConfig>, rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone())?;
+        let versions: Vec<&'static rustls::SupportedProtocolVersion> = versions
+            .iter()
+            .filter_map(|v| match v {
+                12 => Some(&rustls::version::TLS12),
+                13 => Some(&rustls::version::TLS13),
+                _ => None,
+            })
+            .collect();
+        let mut config = ClientConfig::builder_with_provider(crate::provider())
+            .with_protocol_versions(&versions)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}

@@ -35,6 +35,9 @@ pub struct ServerSettings {
     /// A client connection that moves no byte for this long is closed (after the request in
     /// flight, if any); Envoy's default of one hour. `None` keeps idle connections forever.
     pub idle_timeout: Option<Duration>,
+    /// Time a client has to complete a TLS handshake on a listener that terminates TLS
+    /// (nginx's `ssl_handshake_timeout` is 60 s; 10 s is ample on a working network).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -45,6 +48,7 @@ impl Default for ServerSettings {
             header_timeout: None,
             max_concurrent_streams: 1024,
             idle_timeout: Some(Duration::from_secs(3600)),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

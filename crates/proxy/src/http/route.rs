@@ -75,6 +75,14 @@ pub(super) fn select<'s>(snapshot: &'s Snapshot, conn: &ConnInfo, parts: &Parts)
         None => parts.headers.get(header::HOST).cloned(),
     };
     let host = host_of(host_value.as_ref());
+    if let Some(cert) = &conn.tls
+        && !cert.covers(&host)
+    {
+        // RFC 9110 §15.5.20: this connection's certificate does not cover the host, so it was
+        // not meant to carry the request (an HTTP/2 connection reused across names).
+        let msg = format!("the certificate of this connection does not cover host {host:?}: open a connection for it");
+        return Step::Answer(Outcome::local(StatusCode::MISDIRECTED_REQUEST, msg, None, Flags::NO_ROUTE));
+    }
     let routes = match mesh_routes {
         Some(routes) => routes,
         None => match snapshot.config.ports.get(&conn.port).and_then(|set| set.select(&host)) {

@@ -79,10 +79,11 @@ async fn get(core: &Arc<ProxyCore>) -> (u16, String, Duration) {
         scheme: "http",
         access_log: false,
         target: Target::Listeners,
+        tls: None,
     };
     tokio::spawn(async move {
         let service = hyper::service::service_fn(move |req| {
-            let snapshot = cell.load_full();
+            let (snapshot, info) = (cell.load_full(), info.clone());
             async move { Ok::<_, std::convert::Infallible>(handle(snapshot, info, req).await) }
         });
         let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server), service).await;

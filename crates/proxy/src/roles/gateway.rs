@@ -20,9 +20,10 @@ use tokio::task::JoinHandle;
 use crate::conn::ServerSettings;
 use crate::conn::accept::{Tracker, accept_until_stopped};
 use crate::conn::serve::{ConnSettings, http_builder};
+use crate::conn::tls;
 use crate::core::{ProxyCore, Snapshot};
 use crate::http::{ConnInfo, Target};
-use crate::telemetry::Sink;
+use crate::telemetry::{CloseReason, Opened, Role, Security, Sink};
 
 /// How the gateway listens and talks upstream.
 #[derive(Debug, Clone)]
@@ -215,7 +216,11 @@ impl PortServer {
         let (stop, stop_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
         let builder = Arc::new(http_builder(&settings));
-        let per_conn = PerConnection { access_log, settings: ConnSettings::new(&settings) };
+        let per_conn = PerConnection {
+            access_log,
+            settings: ConnSettings::new(&settings),
+            handshake_timeout: settings.handshake_timeout,
+        };
         let task = tokio::spawn(accept_loop(listener, port, snapshot, builder, stop_rx, tracker.clone(), per_conn));
         PortServer { addr, stop, tracker, task }
     }
@@ -245,6 +250,7 @@ impl PortServer {
 struct PerConnection {
     access_log: bool,
     settings: ConnSettings,
+    handshake_timeout: Duration,
 }
 
 async fn accept_loop(
@@ -256,12 +262,46 @@ async fn accept_loop(
     tracker: Arc<Tracker>,
     per_conn: PerConnection,
 ) {
-    let PerConnection { access_log, settings } = per_conn;
+    let PerConnection { access_log, settings, handshake_timeout } = per_conn;
     let conn_stop = stop.clone();
     accept_until_stopped(listener, stop, &tracker, |stream, peer| {
-        let info = ConnInfo { port, peer, scheme: "http", access_log, target: Target::Listeners };
         let (snapshot, builder, stop) = (snapshot.clone(), builder.clone(), conn_stop.clone());
-        async move { super::serve_routes(stream, info, snapshot, &builder, stop, settings).await }
+        async move {
+            // Whether the port terminates TLS is the configuration's of the moment: a reload
+            // may turn a port's listeners from HTTP to HTTPS.
+            let tls_port = snapshot.load().config.ports.get(&port).is_some_and(|set| set.terminates_tls());
+            let mut info = ConnInfo { port, peer, scheme: "http", access_log, target: Target::Listeners, tls: None };
+            if !tls_port {
+                return super::serve_routes(stream, info, snapshot, &builder, stop, settings).await;
+            }
+            let opened = Opened::now(Role::Gateway, peer);
+            let mut given = None;
+            // The certificate comes from the configuration in force at this handshake: a swap
+            // is seen by the next ClientHello, established connections keep theirs.
+            let select = |sni: Option<&str>, _: &mut dyn Iterator<Item = &[u8]>| {
+                let snapshot = snapshot.load();
+                let Some(cert) = snapshot.config.ports.get(&port).and_then(|set| set.select_cert(sni)) else {
+                    // No listener serves the name: the handshake fails with an alert.
+                    return meshgate_tls::edge::refusing_config();
+                };
+                if sni.is_some() {
+                    given = Some(cert.clone());
+                }
+                Some(cert.server_config())
+            };
+            match tls::accept(stream, select, handshake_timeout).await {
+                Ok(stream) => {
+                    info.scheme = "https";
+                    info.tls = given;
+                    super::serve_routes(stream, info, snapshot, &builder, stop, settings).await;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, port, "TLS handshake refused: {e}");
+                    let record = opened.closed((0, 0), CloseReason::HandshakeFailed, Security::Tls, None, false);
+                    snapshot.load().sink.connection(&record);
+                }
+            }
+        }
     })
     .await;
 }

@@ -6,6 +6,7 @@ mod clients;
 mod conformance;
 mod edge;
 mod harness;
+mod https;
 mod mtls;
 mod policy;
 mod records;
