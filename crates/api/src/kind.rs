@@ -12,6 +12,15 @@ pub enum Kind {
     /// `gateway.networking.k8s.io/v1` HTTPRoute.
     #[serde(rename = "HTTPRoute")]
     HttpRoute,
+    /// `gateway.networking.k8s.io/v1` GRPCRoute.
+    #[serde(rename = "GRPCRoute")]
+    GrpcRoute,
+    /// `gateway.networking.k8s.io/v1` TLSRoute (also v1alpha3, v1alpha2).
+    #[serde(rename = "TLSRoute")]
+    TlsRoute,
+    /// `gateway.networking.k8s.io/v1alpha2` TCPRoute.
+    #[serde(rename = "TCPRoute")]
+    TcpRoute,
     /// `gateway.networking.k8s.io/v1beta1` ReferenceGrant.
     ReferenceGrant,
     /// `v1` Namespace (cluster-scoped).
@@ -43,11 +52,14 @@ pub const MESHGATE_GROUP: &str = "meshgate.io";
 
 impl Kind {
     /// Every kind, in the order resources are listed.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Namespace,
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::TlsRoute,
+        Kind::TcpRoute,
         Kind::ReferenceGrant,
         Kind::Service,
         Kind::EndpointSlice,
@@ -66,6 +78,9 @@ impl Kind {
             Kind::GatewayClass => "GatewayClass",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::TlsRoute => "TLSRoute",
+            Kind::TcpRoute => "TCPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Namespace => "Namespace",
             Kind::Service => "Service",
@@ -83,7 +98,13 @@ impl Kind {
     /// The API group ("" for the core group).
     pub fn group(self) -> &'static str {
         match self {
-            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => GATEWAY_GROUP,
+            Kind::GatewayClass
+            | Kind::Gateway
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+            | Kind::TlsRoute
+            | Kind::TcpRoute
+            | Kind::ReferenceGrant => GATEWAY_GROUP,
             Kind::Namespace | Kind::Service | Kind::Secret => "",
             Kind::EndpointSlice => "discovery.k8s.io",
             Kind::Workload
@@ -100,6 +121,9 @@ impl Kind {
         match self {
             Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute => &["v1", "v1beta1"],
             Kind::ReferenceGrant => &["v1", "v1beta1"],
+            Kind::GrpcRoute => &["v1"],
+            Kind::TlsRoute => &["v1", "v1alpha3", "v1alpha2"],
+            Kind::TcpRoute => &["v1alpha2"],
             Kind::Namespace | Kind::Service | Kind::Secret | Kind::EndpointSlice => &["v1"],
             Kind::Workload
             | Kind::TrafficPolicy

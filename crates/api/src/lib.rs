@@ -23,8 +23,11 @@ pub use workload::{TlsMode, Workload, WorkloadSpec, selector_matches};
 pub mod gw {
     pub use gateway_api::experimental::gatewayclasses::GatewayClass;
     pub use gateway_api::experimental::gateways::{self, Gateway};
+    pub use gateway_api::experimental::grpcroutes::{self, GrpcRoute};
     pub use gateway_api::experimental::httproutes::{self, HttpRoute};
     pub use gateway_api::experimental::referencegrants::ReferenceGrant;
+    pub use gateway_api::experimental::tcproutes::{self, TcpRoute};
+    pub use gateway_api::experimental::tlsroutes::{self, TlsRoute};
 }
 
 /// Kubernetes core types meshgate reads.

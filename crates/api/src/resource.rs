@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
 use crate::core::{EndpointSlice, Namespace, Secret, Service};
-use crate::gw::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
+use crate::gw::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 use crate::kind::Kind;
 use crate::policy::{FaultInjection, TrafficPolicy};
 use crate::security::{AuthorizationPolicy, MeshConfig, PeerAuthentication};
@@ -71,6 +71,12 @@ pub enum Resource {
     Gateway(Box<Gateway>),
     /// An HTTPRoute.
     HttpRoute(Box<HttpRoute>),
+    /// A GRPCRoute.
+    GrpcRoute(Box<GrpcRoute>),
+    /// A TLSRoute.
+    TlsRoute(Box<TlsRoute>),
+    /// A TCPRoute.
+    TcpRoute(Box<TcpRoute>),
     /// A ReferenceGrant.
     ReferenceGrant(Box<ReferenceGrant>),
     /// A Namespace.
@@ -102,6 +108,9 @@ impl Resource {
             Resource::GatewayClass(_) => Kind::GatewayClass,
             Resource::Gateway(_) => Kind::Gateway,
             Resource::HttpRoute(_) => Kind::HttpRoute,
+            Resource::GrpcRoute(_) => Kind::GrpcRoute,
+            Resource::TlsRoute(_) => Kind::TlsRoute,
+            Resource::TcpRoute(_) => Kind::TcpRoute,
             Resource::ReferenceGrant(_) => Kind::ReferenceGrant,
             Resource::Namespace(_) => Kind::Namespace,
             Resource::Service(_) => Kind::Service,
@@ -122,6 +131,9 @@ impl Resource {
             Resource::GatewayClass(r) => &r.metadata,
             Resource::Gateway(r) => &r.metadata,
             Resource::HttpRoute(r) => &r.metadata,
+            Resource::GrpcRoute(r) => &r.metadata,
+            Resource::TlsRoute(r) => &r.metadata,
+            Resource::TcpRoute(r) => &r.metadata,
             Resource::ReferenceGrant(r) => &r.metadata,
             Resource::Namespace(r) => &r.metadata,
             Resource::Service(r) => &r.metadata,
@@ -142,6 +154,9 @@ impl Resource {
             Resource::GatewayClass(r) => &mut r.metadata,
             Resource::Gateway(r) => &mut r.metadata,
             Resource::HttpRoute(r) => &mut r.metadata,
+            Resource::GrpcRoute(r) => &mut r.metadata,
+            Resource::TlsRoute(r) => &mut r.metadata,
+            Resource::TcpRoute(r) => &mut r.metadata,
             Resource::ReferenceGrant(r) => &mut r.metadata,
             Resource::Namespace(r) => &mut r.metadata,
             Resource::Service(r) => &mut r.metadata,

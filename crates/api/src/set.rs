@@ -91,6 +91,9 @@ impl ResourceSet {
     typed_iter!(gateway_classes, GatewayClass, crate::gw::GatewayClass);
     typed_iter!(gateways, Gateway, crate::gw::Gateway);
     typed_iter!(http_routes, HttpRoute, crate::gw::HttpRoute);
+    typed_iter!(grpc_routes, GrpcRoute, crate::gw::GrpcRoute);
+    typed_iter!(tls_routes, TlsRoute, crate::gw::TlsRoute);
+    typed_iter!(tcp_routes, TcpRoute, crate::gw::TcpRoute);
     typed_iter!(reference_grants, ReferenceGrant, crate::gw::ReferenceGrant);
     typed_iter!(namespaces, Namespace, crate::core::Namespace);
     typed_iter!(services, Service, crate::core::Service);

@@ -29,6 +29,26 @@ pub(crate) struct ParentRef<'a> {
     pub(crate) port: Option<i32>,
 }
 
+/// The `parentRefs` of a route of any kind (each kind has its own generated type with the same
+/// fields), as [`ParentRef`]s.
+macro_rules! parent_refs {
+    ($refs:expr) => {
+        $refs
+            .iter()
+            .flatten()
+            .map(|p| $crate::attach::ParentRef {
+                group: p.group.as_deref().unwrap_or(meshgate_api::GATEWAY_GROUP),
+                kind: p.kind.as_deref().unwrap_or("Gateway"),
+                namespace: p.namespace.as_deref(),
+                name: &p.name,
+                section_name: p.section_name.as_deref(),
+                port: p.port,
+            })
+            .collect()
+    };
+}
+pub(crate) use parent_refs;
+
 /// A route of some kind, as attachment sees it.
 pub(crate) struct RouteRef<'a> {
     /// The route object.

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use meshgate_api::{GATEWAY_GROUP, ResourceSet};
+use meshgate_api::ResourceSet;
 
-use crate::attach::{ParentRef, RouteRef, attach};
+use crate::attach::{RouteRef, attach, parent_refs};
 use crate::certs::CompileInputs;
 use crate::config::{Compiled, ProxyConfig};
 use crate::host::HostPattern;
@@ -42,20 +42,7 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
             object: o,
             kind: "HTTPRoute",
             protocols: &["HTTP", "HTTPS"],
-            parents: route
-                .spec
-                .parent_refs
-                .iter()
-                .flatten()
-                .map(|p| ParentRef {
-                    group: p.group.as_deref().unwrap_or(GATEWAY_GROUP),
-                    kind: p.kind.as_deref().unwrap_or("Gateway"),
-                    namespace: p.namespace.as_deref(),
-                    name: &p.name,
-                    section_name: p.section_name.as_deref(),
-                    port: p.port,
-                })
-                .collect(),
+            parents: parent_refs!(route.spec.parent_refs),
             hostnames: route.spec.hostnames.iter().flatten().map(|h| HostPattern::parse(h)).collect(),
         };
         for (slot, hostnames) in attach(set, &placement, &r, &ns_labels, &mut conditions) {
@@ -76,8 +63,9 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
         }
     }
 
+    let l4 = crate::l4::attach_l4(set, &disc, &placement, &ns_labels, &mut conditions);
     let mut ports: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
-    for (p, entries) in placement.placed.into_iter().zip(entries) {
+    for ((p, entries), l4) in placement.placed.into_iter().zip(entries).zip(l4) {
         let Ok(port) = u16::try_from(p.listener.port) else { continue };
         ports.entry(port).or_default().push(Listener {
             gateway: p.gateway,
@@ -85,6 +73,8 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
             hostname: p.hostname,
             routes: RouteTable::new(entries),
             tls: p.tls,
+            protocol: p.protocol,
+            l4: crate::table::L4Table { routes: l4 },
         });
     }
     conditions.append(&mut disc.policy_conditions);

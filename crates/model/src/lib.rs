@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 mod gateway;
 pub mod host;
+pub mod l4;
 mod listeners;
 pub mod matching;
 pub mod mesh;

@@ -7,14 +7,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use meshgate_api::gw::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From};
-use meshgate_api::{GATEWAY_GROUP, Kind, ResourceSet};
+use meshgate_api::gw::gateways::{
+    GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From, GatewayListenersTlsMode,
+};
+use meshgate_api::{GATEWAY_GROUP, Kind, Object, ResourceSet};
 
 use crate::certs::{CompileInputs, listener_tls};
 use crate::host::HostPattern;
 use crate::resolve::Discovery;
 use crate::status::{Condition, age, cond};
-use crate::table::ListenerTls;
+use crate::table::{ListenerProtocol, ListenerTls};
 
 /// The controller name meshgate answers to in `GatewayClass.spec.controllerName`.
 pub const CONTROLLER_NAME: &str = "meshgate.io/gateway-controller";
@@ -36,6 +38,12 @@ pub(crate) struct Placed<'a> {
     pub(crate) hostname: Option<HostPattern>,
     /// An HTTPS listener's certificates.
     pub(crate) tls: Option<ListenerTls>,
+    /// What it carries.
+    pub(crate) protocol: ListenerProtocol,
+    /// Its Gateway.
+    pub(crate) object: &'a Object,
+    /// `spec.listeners[i]`.
+    pub(crate) field: String,
 }
 
 /// Every listener placed, and where each Gateway's are.
@@ -115,12 +123,30 @@ pub(crate) fn place<'a>(
                     port_family.insert(l.port, (family, key.clone()));
                 }
             }
-            let tls = match l.protocol.as_str() {
-                "HTTP" => None,
+            let (tls, protocol) = match l.protocol.as_str() {
+                "HTTP" => (None, ListenerProtocol::Http),
                 "HTTPS" => match listener_tls(set, disc, o, l, &field, inputs, conditions) {
-                    Some(tls) => Some(tls),
+                    Some(tls) => (Some(tls), ListenerProtocol::Https),
                     None => continue,
                 },
+                "TLS" => match l.tls.as_ref().and_then(|t| t.mode.clone()) {
+                    Some(GatewayListenersTlsMode::Passthrough) => (None, ListenerProtocol::TlsPassthrough),
+                    _ => {
+                        conditions.push(cond(
+                            o,
+                            format!("{field}.tls.mode"),
+                            "Programmed",
+                            false,
+                            "UnsupportedValue",
+                            format!(
+                                "listener {:?}: protocol TLS is served with tls.mode Passthrough (TLSRoute by SNI); terminating it is not served yet",
+                                l.name
+                            ),
+                        ));
+                        continue;
+                    }
+                },
+                "TCP" => (None, ListenerProtocol::Tcp),
                 other => {
                     conditions.push(cond(
                         o,
@@ -129,7 +155,7 @@ pub(crate) fn place<'a>(
                         false,
                         "UnsupportedProtocol",
                         format!(
-                            "listener {:?}: protocol {other} is not served yet; HTTP and HTTPS listeners are",
+                            "listener {:?}: protocol {other} is not served; HTTP, HTTPS, TLS and TCP listeners are",
                             l.name
                         ),
                     ));
@@ -156,7 +182,16 @@ pub(crate) fn place<'a>(
                 continue;
             }
             slots.push(placed.len());
-            placed.push(Placed { gateway: key.clone(), gw_ns: o.id.ns(), listener: l, hostname, tls });
+            placed.push(Placed {
+                gateway: key.clone(),
+                gw_ns: o.id.ns(),
+                listener: l,
+                hostname,
+                tls,
+                protocol,
+                object: o,
+                field,
+            });
         }
     }
 

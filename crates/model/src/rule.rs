@@ -50,21 +50,27 @@ pub struct Rule {
 impl Rule {
     /// Picks a backend by weight; `None` when every weight is zero.
     pub fn pick_backend(&self) -> Option<&WeightedBackend> {
-        match self.backends.len() {
-            0 => None,
-            1 => self.backends.first().filter(|b| b.weight > 0),
-            _ if self.total_weight == 0 => None,
-            _ => {
-                let mut point = fastrand::u64(0..self.total_weight);
-                for b in &self.backends {
-                    let w = u64::from(b.weight);
-                    if point < w {
-                        return Some(b);
-                    }
-                    point -= w;
+        pick_weighted(&self.backends, self.total_weight)
+    }
+}
+
+/// Picks one of `backends` by weight (`total` is the sum of their weights); `None` when every
+/// weight is zero.
+pub(crate) fn pick_weighted(backends: &[WeightedBackend], total: u64) -> Option<&WeightedBackend> {
+    match backends.len() {
+        0 => None,
+        1 => backends.first().filter(|b| b.weight > 0),
+        _ if total == 0 => None,
+        _ => {
+            let mut point = fastrand::u64(0..total);
+            for b in backends {
+                let w = u64::from(b.weight);
+                if point < w {
+                    return Some(b);
                 }
-                None
+                point -= w;
             }
+            None
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::host::HostPattern;
 use crate::matching::{MatchRank, PathMatch, RequestView, RouteMatch};
-use crate::rule::Rule;
+use crate::rule::{Rule, WeightedBackend, pick_weighted};
 
 /// One match of one rule, with the hostnames it answers for on this listener.
 #[derive(Debug, Clone, Serialize)]
@@ -142,6 +142,24 @@ pub struct Listener {
     /// An HTTPS listener's certificates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+    /// What it carries.
+    pub protocol: ListenerProtocol,
+    /// A TLS (passthrough) or TCP listener's connection routes.
+    #[serde(skip_serializing_if = "L4Table::is_empty")]
+    pub l4: L4Table,
+}
+
+/// What a listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ListenerProtocol {
+    /// HTTP requests in plaintext.
+    Http,
+    /// HTTP requests over TLS the gateway terminates.
+    Https,
+    /// TLS connections passed through by SNI, unterminated (TLSRoute).
+    TlsPassthrough,
+    /// Opaque TCP connections (TCPRoute).
+    Tcp,
 }
 
 /// The certificates an HTTPS listener serves, in the order of its `certificateRefs`.
@@ -243,6 +261,26 @@ impl ListenerSet {
         self.listeners.iter().any(|l| l.tls.is_some())
     }
 
+    /// Whether some listener of the port passes TLS through by SNI.
+    pub fn passes_tls_through(&self) -> bool {
+        self.listeners.iter().any(|l| l.protocol == ListenerProtocol::TlsPassthrough)
+    }
+
+    /// The TCP listener of the port (a TCP port has one: TCP listeners have no hostname).
+    pub fn tcp(&self) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.protocol == ListenerProtocol::Tcp)
+    }
+
+    /// The passthrough listener a ClientHello naming `sni` is for, when the listener its name
+    /// selects passes TLS through (without SNI: the port's catch-all listener, if it does).
+    pub fn passthrough(&self, sni: Option<&str>) -> Option<&Listener> {
+        let listener = match sni {
+            Some(name) => self.select(name)?,
+            None => self.catch_all.and_then(|i| self.listeners.get(i))?,
+        };
+        (listener.protocol == ListenerProtocol::TlsPassthrough).then_some(listener)
+    }
+
     /// The certificate a ClientHello naming `sni` gets: from the listener its name selects (as
     /// `Host` selects for requests), or for a client without SNI the catch-all listener's, else
     /// the port's first listener's. `None`: no listener serves that name.
@@ -257,5 +295,79 @@ impl ListenerSet {
     /// Every certificate served on the port, by Secret.
     pub fn certs(&self) -> impl Iterator<Item = &Arc<EdgeCert>> {
         self.listeners.iter().filter_map(|l| l.tls.as_ref()).flat_map(|t| t.certs.iter())
+    }
+}
+
+/// One rule of a TLSRoute or TCPRoute on a listener.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L4Route {
+    /// `TLSRoute ns/name` or `TCPRoute ns/name`, and the rule's index.
+    pub route: Arc<str>,
+    /// The server names it answers for on this listener (TLS; empty: any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<HostPattern>,
+    /// Where its connections go.
+    pub backends: Vec<WeightedBackend>,
+    #[serde(skip)]
+    total_weight: u64,
+}
+
+impl L4Route {
+    /// A rule with its backends.
+    pub fn new(route: Arc<str>, hostnames: Vec<HostPattern>, backends: Vec<WeightedBackend>) -> Self {
+        let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
+        L4Route { route, hostnames, backends, total_weight }
+    }
+
+    /// Picks a backend by weight; `None` when every weight is zero.
+    pub fn pick_backend(&self) -> Option<&WeightedBackend> {
+        pick_weighted(&self.backends, self.total_weight)
+    }
+}
+
+/// The connection routes of one listener, oldest route first.
+#[derive(Debug, Default, Serialize)]
+pub struct L4Table {
+    /// The rules.
+    pub routes: Vec<L4Route>,
+}
+
+impl L4Table {
+    /// The rule for a connection whose ClientHello names `sni`: one naming it exactly, then
+    /// the longest wildcard covering it, then one for any name; the oldest route wins ties.
+    pub fn select(&self, sni: Option<&str>) -> Option<&L4Route> {
+        if let Some(sni) = sni {
+            let exact =
+                self.routes.iter().find(|r| r.hostnames.iter().any(|h| matches!(h, HostPattern::Exact(e) if e == sni)));
+            if exact.is_some() {
+                return exact;
+            }
+            let wildcard = self
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    let best = r
+                        .hostnames
+                        .iter()
+                        .filter(|h| matches!(h, HostPattern::Wildcard(_)) && h.matches(sni))
+                        .map(|h| h.to_string().len())
+                        .max()?;
+                    Some((best, r))
+                })
+                .fold(None::<(usize, &L4Route)>, |acc, (len, r)| match acc {
+                    Some((l, _)) if l >= len => acc,
+                    _ => Some((len, r)),
+                });
+            if let Some((_, r)) = wildcard {
+                return Some(r);
+            }
+        }
+        self.routes.iter().find(|r| r.hostnames.is_empty())
+    }
+
+    /// True when no route is attached.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 }

@@ -19,6 +19,7 @@ mod forward;
 mod outcome;
 pub mod response;
 mod route;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -147,6 +148,7 @@ async fn route_and_forward(
     body: ClientBody,
     hop: &mut Hop,
 ) -> Outcome {
+    let upgrade = upgrade::requested(parts);
     let routed = match route::select(snapshot, conn, parts) {
         Step::Next(Selected::Rule(routed)) => routed,
         Step::Next(Selected::Pod(pool)) => return forward::to_pod(pool, parts, body, hop).await,
@@ -161,7 +163,11 @@ async fn route_and_forward(
         Step::Next(request) => request,
         Step::Answer(answer) => return answer,
     };
-    attempts::run(snapshot, conn, request, parts, body, hop).await
+    match upgrade {
+        // Boxed: only WebSockets pay for the size of their future.
+        Some(upgrade) => Box::pin(upgrade::run(snapshot, conn, request, parts, upgrade, hop)).await,
+        None => attempts::run(snapshot, conn, request, parts, body, hop).await,
+    }
 }
 
 #[cfg(test)]

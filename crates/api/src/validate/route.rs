@@ -402,3 +402,138 @@ fn field_name(t: &FilterType) -> &'static str {
         FilterType::ExternalAuth => "externalAuth",
     }
 }
+
+/// A parentRef's fields, whatever the route kind.
+fn parent_checks<'a>(parents: impl ExactSizeIterator<Item = (&'a str, Option<i32>, Option<&'a str>)>, r: &mut Report) {
+    if parents.len() > 32 {
+        r.add("spec.parentRefs", format!("at most 32 parentRefs, got {}", parents.len()));
+    }
+    for (i, (name, port, section)) in parents.enumerate() {
+        let at = format!("spec.parentRefs[{i}]");
+        if name.is_empty() {
+            r.add(format!("{at}.name"), "required");
+        }
+        if let Some(port) = port {
+            r.range(format!("{at}.port"), i64::from(port), 1, 65535);
+        }
+        if let Some(section) = section
+            && let Err(msg) = syntax::dns_label(section)
+        {
+            r.add(format!("{at}.sectionName"), msg);
+        }
+    }
+}
+
+/// An L4 backendRef: a Service needs a port; weights in 0..=1,000,000.
+fn l4_backend_checks<'a>(
+    refs: impl ExactSizeIterator<Item = (&'a str, Option<&'a str>, Option<i32>, Option<i32>)>,
+    at: &str,
+    r: &mut Report,
+) {
+    if refs.len() == 0 {
+        r.add(format!("{at}.backendRefs"), "at least one backendRef");
+    }
+    if refs.len() > 16 {
+        r.add(format!("{at}.backendRefs"), format!("at most 16 backendRefs, got {}", refs.len()));
+    }
+    for (j, (name, kind, port, weight)) in refs.enumerate() {
+        let at = format!("{at}.backendRefs[{j}]");
+        if name.is_empty() {
+            r.add(format!("{at}.name"), "required");
+        }
+        if kind.unwrap_or("Service") == "Service" && port.is_none() {
+            r.add(format!("{at}.port"), "required when the backend is a Service");
+        }
+        if let Some(port) = port {
+            r.range(format!("{at}.port"), i64::from(port), 1, 65535);
+        }
+        if let Some(w) = weight {
+            r.range(format!("{at}.weight"), i64::from(w), 0, 1_000_000);
+        }
+    }
+}
+
+/// The parentRefs, rules and backendRefs of a TLSRoute or TCPRoute (different generated types,
+/// the same fields).
+macro_rules! l4_route_checks {
+    ($spec:expr, $r:expr) => {
+        let parents = $spec.parent_refs.as_deref().unwrap_or_default();
+        parent_checks(parents.iter().map(|p| (p.name.as_str(), p.port, p.section_name.as_deref())), $r);
+        if $spec.rules.is_empty() || $spec.rules.len() > 16 {
+            $r.add("spec.rules", format!("1 to 16 rules, got {}", $spec.rules.len()));
+        }
+        for (i, rule) in $spec.rules.iter().enumerate() {
+            let refs = rule.backend_refs.iter().map(|b| (b.name.as_str(), b.kind.as_deref(), b.port, b.weight));
+            l4_backend_checks(refs, &format!("spec.rules[{i}]"), $r);
+        }
+    };
+}
+
+pub(super) fn tls_route(route: &crate::gw::TlsRoute, r: &mut Report) {
+    let spec = &route.spec;
+    if spec.hostnames.is_empty() {
+        r.add("spec.hostnames", "at least one hostname: a TLSRoute is chosen by the ClientHello's SNI");
+    }
+    if spec.hostnames.len() > 16 {
+        r.add("spec.hostnames", format!("at most 16 hostnames, got {}", spec.hostnames.len()));
+    }
+    for (i, h) in spec.hostnames.iter().enumerate() {
+        if let Err(msg) = syntax::hostname(h, true) {
+            r.add(format!("spec.hostnames[{i}]"), msg);
+        }
+    }
+    l4_route_checks!(spec, r);
+}
+
+pub(super) fn tcp_route(route: &crate::gw::TcpRoute, r: &mut Report) {
+    let spec = &route.spec;
+    l4_route_checks!(spec, r);
+}
+
+pub(super) fn grpc_route(route: &crate::gw::GrpcRoute, r: &mut Report) {
+    let spec = &route.spec;
+    for (i, h) in spec.hostnames.iter().flatten().enumerate() {
+        if let Err(msg) = syntax::hostname(h, true) {
+            r.add(format!("spec.hostnames[{i}]"), msg);
+        }
+    }
+    let parents = spec.parent_refs.as_deref().unwrap_or_default();
+    parent_checks(parents.iter().map(|p| (p.name.as_str(), p.port, p.section_name.as_deref())), r);
+    let rules = spec.rules.as_deref().unwrap_or_default();
+    if rules.len() > 16 {
+        r.add("spec.rules", format!("at most 16 rules, got {}", rules.len()));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        for (j, m) in rule.matches.iter().flatten().enumerate() {
+            let at = format!("spec.rules[{i}].matches[{j}]");
+            if let Some(method) = &m.method {
+                let regex = matches!(
+                    method.r#type,
+                    Some(crate::gw::grpcroutes::GrpcRouteRulesMatchesMethodType::RegularExpression)
+                );
+                if method.service.is_none() && method.method.is_none() {
+                    r.add(format!("{at}.method"), "one of service or method is required");
+                }
+                for (field, value) in [("service", &method.service), ("method", &method.method)] {
+                    let Some(v) = value else { continue };
+                    if regex {
+                        if let Err(e) = syntax::regex(v) {
+                            r.add(format!("{at}.method.{field}"), e);
+                        }
+                    } else if v.contains('/') || v.is_empty() {
+                        r.add(format!("{at}.method.{field}"), format!("{v:?} is not a gRPC {field} name"));
+                    }
+                }
+            }
+        }
+        for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
+            let at = format!("spec.rules[{i}].backendRefs[{j}]");
+            if b.kind.as_deref().unwrap_or("Service") == "Service" && b.port.is_none() {
+                r.add(format!("{at}.port"), "required when the backend is a Service");
+            }
+            if let Some(w) = b.weight {
+                r.range(format!("{at}.weight"), i64::from(w), 0, 1_000_000);
+            }
+        }
+    }
+}

@@ -66,6 +66,8 @@ pub(crate) fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExec
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.max_concurrent_streams)
+        // Extended CONNECT (RFC 8441): WebSockets over HTTP/2.
+        .enable_connect_protocol()
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }

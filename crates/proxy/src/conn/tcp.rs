@@ -31,3 +31,21 @@ where
     let (bytes_in, bytes_out) = io.bytes();
     Relayed { bytes_in, bytes_out, close }
 }
+
+/// As [`relay`], and closed when no byte moves either way for `idle`.
+pub(crate) async fn relay_idle<A, B>(client: A, upstream: &mut B, idle: Option<std::time::Duration>) -> Relayed
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client, io) = Activity::new(client);
+    let close = tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, upstream) => match copied {
+            Ok(_) => CloseReason::Closed,
+            Err(_) => CloseReason::Error,
+        },
+        _ = super::timeouts::watch(&io, idle, None) => CloseReason::IdleTimeout,
+    };
+    let (bytes_in, bytes_out) = io.bytes();
+    Relayed { bytes_in, bytes_out, close }
+}

@@ -13,17 +13,20 @@ use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use meshgate_model::Compiled;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::conn::ServerSettings;
 use crate::conn::accept::{Tracker, accept_until_stopped};
+use crate::conn::detect::{Detected, detect};
 use crate::conn::serve::{ConnSettings, http_builder};
 use crate::conn::tls;
 use crate::core::{ProxyCore, Snapshot};
 use crate::http::{ConnInfo, Target};
-use crate::telemetry::{CloseReason, Opened, Role, Security, Sink};
+use crate::telemetry::{CloseReason, Opened, PlaintextReason, Role, Security, Sink};
+
+mod l4;
 
 /// How the gateway listens and talks upstream.
 #[derive(Debug, Clone)]
@@ -220,6 +223,7 @@ impl PortServer {
             access_log,
             settings: ConnSettings::new(&settings),
             handshake_timeout: settings.handshake_timeout,
+            idle_timeout: settings.idle_timeout,
         };
         let task = tokio::spawn(accept_loop(listener, port, snapshot, builder, stop_rx, tracker.clone(), per_conn));
         PortServer { addr, stop, tracker, task }
@@ -251,6 +255,7 @@ struct PerConnection {
     access_log: bool,
     settings: ConnSettings,
     handshake_timeout: Duration,
+    idle_timeout: Option<Duration>,
 }
 
 async fn accept_loop(
@@ -262,46 +267,109 @@ async fn accept_loop(
     tracker: Arc<Tracker>,
     per_conn: PerConnection,
 ) {
-    let PerConnection { access_log, settings, handshake_timeout } = per_conn;
     let conn_stop = stop.clone();
     accept_until_stopped(listener, stop, &tracker, |stream, peer| {
         let (snapshot, builder, stop) = (snapshot.clone(), builder.clone(), conn_stop.clone());
-        async move {
-            // Whether the port terminates TLS is the configuration's of the moment: a reload
-            // may turn a port's listeners from HTTP to HTTPS.
-            let tls_port = snapshot.load().config.ports.get(&port).is_some_and(|set| set.terminates_tls());
-            let mut info = ConnInfo { port, peer, scheme: "http", access_log, target: Target::Listeners, tls: None };
-            if !tls_port {
-                return super::serve_routes(stream, info, snapshot, &builder, stop, settings).await;
-            }
-            let opened = Opened::now(Role::Gateway, peer);
-            let mut given = None;
-            // The certificate comes from the configuration in force at this handshake: a swap
-            // is seen by the next ClientHello, established connections keep theirs.
-            let select = |sni: Option<&str>, _: &mut dyn Iterator<Item = &[u8]>| {
-                let snapshot = snapshot.load();
-                let Some(cert) = snapshot.config.ports.get(&port).and_then(|set| set.select_cert(sni)) else {
-                    // No listener serves the name: the handshake fails with an alert.
-                    return meshgate_tls::edge::refusing_config();
-                };
-                if sni.is_some() {
-                    given = Some(cert.clone());
-                }
-                Some(cert.server_config())
-            };
-            match tls::accept(stream, select, handshake_timeout).await {
-                Ok(stream) => {
-                    info.scheme = "https";
-                    info.tls = given;
-                    super::serve_routes(stream, info, snapshot, &builder, stop, settings).await;
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, port, "TLS handshake refused: {e}");
-                    let record = opened.closed((0, 0), CloseReason::HandshakeFailed, Security::Tls, None, false);
-                    snapshot.load().sink.connection(&record);
-                }
-            }
-        }
+        async move { serve_connection(stream, peer, port, snapshot, &builder, stop, per_conn).await }
     })
     .await;
+}
+
+/// Serves one connection as its port's listeners say: TCP to its route; a ClientHello for a
+/// passthrough listener to its TLSRoute; HTTPS terminated; HTTP. What the port serves is the
+/// configuration's of the moment: a reload may change it.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    builder: &auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
+    per_conn: PerConnection,
+) {
+    let PerConnection { access_log, settings, handshake_timeout, idle_timeout } = per_conn;
+    let (tcp, passthrough, terminate) = {
+        let snap = snapshot.load();
+        let set = snap.config.ports.get(&port);
+        (
+            set.is_some_and(|s| s.tcp().is_some()),
+            set.is_some_and(|s| s.passes_tls_through()),
+            set.is_some_and(|s| s.terminates_tls()),
+        )
+    };
+    if tcp {
+        let opened = Opened::now(Role::Gateway, peer);
+        let snap = snapshot.load_full();
+        match snap.config.ports.get(&port).and_then(|s| s.tcp()).and_then(|l| l.l4.select(None)) {
+            Some(route) => l4::relay_route(stream, peer, route, &snap, opened, idle_timeout).await,
+            None => {
+                tracing::debug!(%peer, port, "TCP connection closed: no TCPRoute attached to the listener");
+                let security = Security::Plaintext(PlaintextReason::NotMeshed);
+                snap.sink.connection(&opened.closed((0, 0), CloseReason::Refused, security, None, true));
+            }
+        }
+        return;
+    }
+    if passthrough {
+        let opened = Opened::now(Role::Gateway, peer);
+        let detected = detect(&stream, handshake_timeout).await;
+        let snap = snapshot.load_full();
+        let set = snap.config.ports.get(&port);
+        match detected {
+            Detected::Tls(hello) => {
+                let sni = hello.sni.as_deref();
+                if let Some(listener) = set.and_then(|s| s.passthrough(sni)) {
+                    match listener.l4.select(sni) {
+                        Some(route) => return l4::relay_route(stream, peer, route, &snap, opened, idle_timeout).await,
+                        None => {
+                            let why = format!("no TLSRoute of listener {:?} serves {sni:?}", listener.name);
+                            return l4::refuse_tls(stream, &snap, opened, &why).await;
+                        }
+                    }
+                }
+                if !terminate {
+                    return l4::refuse_tls(stream, &snap, opened, &format!("no listener serves {sni:?}")).await;
+                }
+            }
+            _ if !terminate => {
+                tracing::debug!(%peer, port, "connection closed: not a TLS ClientHello on a TLS port");
+                let security = Security::Plaintext(PlaintextReason::NotMeshed);
+                snap.sink.connection(&opened.closed((0, 0), CloseReason::Refused, security, None, true));
+                return;
+            }
+            // Not TLS on a port that also terminates: the handshake refuses it.
+            _ => {}
+        }
+    }
+    let mut info = ConnInfo { port, peer, scheme: "http", access_log, target: Target::Listeners, tls: None };
+    if !terminate {
+        return super::serve_routes(stream, info, snapshot, builder, stop, settings).await;
+    }
+    let opened = Opened::now(Role::Gateway, peer);
+    let mut given = None;
+    // The certificate comes from the configuration in force at this handshake: a swap is seen
+    // by the next ClientHello, established connections keep theirs.
+    let select = |sni: Option<&str>, _: &mut dyn Iterator<Item = &[u8]>| {
+        let snapshot = snapshot.load();
+        let Some(cert) = snapshot.config.ports.get(&port).and_then(|set| set.select_cert(sni)) else {
+            // No listener serves the name: the handshake fails with an alert.
+            return meshgate_tls::edge::refusing_config();
+        };
+        if sni.is_some() {
+            given = Some(cert.clone());
+        }
+        Some(cert.server_config())
+    };
+    match tls::accept(stream, select, handshake_timeout).await {
+        Ok(stream) => {
+            info.scheme = "https";
+            info.tls = given;
+            super::serve_routes(stream, info, snapshot, builder, stop, settings).await;
+        }
+        Err(e) => {
+            tracing::debug!(%peer, port, "TLS handshake refused: {e}");
+            let record = opened.closed((0, 0), CloseReason::HandshakeFailed, Security::Tls, None, false);
+            snapshot.load().sink.connection(&record);
+        }
+    }
 }

@@ -1,0 +1,95 @@
+//! The gateway's connection routes: TLS passed through by SNI (TLSRoute) and opaque TCP
+//! (TCPRoute). A connection goes to a backend picked by weight, then an endpoint by the
+//! backend's balancer (another endpoint when one cannot be reached, three tries); its bytes
+//! are copied both ways and counted until either side closes or it is idle for the idle
+//! timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meshgate_model::rule::Backend;
+use meshgate_model::table::L4Route;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::conn::tcp::relay_idle;
+use crate::core::Snapshot;
+use crate::telemetry::{CloseReason, Opened, PlaintextReason, Security};
+
+/// A fatal `unrecognized_name` alert (RFC 6066 §3) in a TLS 1.2-framed record: what a
+/// ClientHello for a name no TLSRoute serves gets before the close.
+const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// Answers a ClientHello no route serves with an alert, and closes.
+pub(super) async fn refuse_tls(mut stream: TcpStream, snapshot: &Snapshot, opened: Opened, why: &str) {
+    tracing::debug!(peer = %opened_peer(&stream), "TLS connection refused: {why}");
+    let _ = stream.write_all(&UNRECOGNIZED_NAME).await;
+    let _ = stream.shutdown().await;
+    let record =
+        opened.closed((0, 7), CloseReason::Refused, Security::Plaintext(PlaintextReason::NotMeshed), None, true);
+    snapshot.sink.connection(&record);
+}
+
+fn opened_peer(stream: &TcpStream) -> String {
+    stream.peer_addr().map_or_else(|_| "-".into(), |a| a.to_string())
+}
+
+/// Carries `stream` to a backend of `route`; records the connection when it ends.
+pub(super) async fn relay_route(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    route: &L4Route,
+    snapshot: &Snapshot,
+    opened: Opened,
+    idle: Option<Duration>,
+) {
+    let security = Security::Plaintext(PlaintextReason::NotMeshed);
+    let (bytes, close) = match relay_to_backend(&mut stream, peer, route, snapshot, idle).await {
+        Ok(relayed) => ((relayed.bytes_in, relayed.bytes_out), relayed.close),
+        Err(why) => {
+            tracing::warn!(%peer, route = %route.route, "connection closed: {why}");
+            ((0, 0), CloseReason::UpstreamUnreachable)
+        }
+    };
+    let record = opened.closed(bytes, close, security, None, true);
+    snapshot.sink.connection(&record);
+}
+
+async fn relay_to_backend(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    route: &L4Route,
+    snapshot: &Snapshot,
+    idle: Option<Duration>,
+) -> Result<crate::conn::tcp::Relayed, String> {
+    let Some(weighted) = route.pick_backend() else {
+        return Err("no backend with a weight above 0".into());
+    };
+    let backend = match &weighted.backend {
+        Backend::Service(s) => {
+            snapshot.backends.get(s.slot).ok_or_else(|| format!("backend {} is not prepared", s.id))?
+        }
+        Backend::Invalid { reason, message } => return Err(format!("invalid backend ({reason}): {message}")),
+    };
+    let mut avoid = None;
+    let mut last_error = String::new();
+    for _ in 0..3 {
+        let endpoint = match backend.pick(None, avoid.as_ref()) {
+            Ok(e) => e.clone(),
+            Err(_) if !last_error.is_empty() => break,
+            Err(_) => return Err(format!("no healthy endpoint of {}", backend.model.id)),
+        };
+        match endpoint.open_tcp().await {
+            Ok(mut upstream) => {
+                tracing::debug!(%peer, route = %route.route, endpoint = %endpoint.addr, "connection relayed");
+                return Ok(relay_idle(stream, &mut upstream, idle).await);
+            }
+            Err(e) => {
+                tracing::warn!(service = %backend.model.id, endpoint = %endpoint.addr, error = %e, "TCP upstream connect failed");
+                last_error = e.to_string();
+                avoid = Some(endpoint);
+            }
+        }
+    }
+    Err(format!("no endpoint of {} could be reached: {last_error}", backend.model.id))
+}
