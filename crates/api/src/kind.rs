@@ -37,6 +37,9 @@ pub enum Kind {
     TrafficPolicy,
     /// `meshgate.io/v1alpha1` FaultInjection: delays and aborts for an HTTPRoute rule.
     FaultInjection,
+    /// `meshgate.io/v1alpha1` ListenerPolicy: PROXY protocol, timeouts and limits of Gateway
+    /// listeners.
+    ListenerPolicy,
     /// `meshgate.io/v1alpha1` PeerAuthentication: mTLS mode.
     PeerAuthentication,
     /// `meshgate.io/v1alpha1` AuthorizationPolicy: who may call what.
@@ -52,7 +55,7 @@ pub const MESHGATE_GROUP: &str = "meshgate.io";
 
 impl Kind {
     /// Every kind, in the order resources are listed.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Namespace,
         Kind::GatewayClass,
         Kind::Gateway,
@@ -67,6 +70,7 @@ impl Kind {
         Kind::Workload,
         Kind::TrafficPolicy,
         Kind::FaultInjection,
+        Kind::ListenerPolicy,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::MeshConfig,
@@ -89,6 +93,7 @@ impl Kind {
             Kind::Workload => "Workload",
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::FaultInjection => "FaultInjection",
+            Kind::ListenerPolicy => "ListenerPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::MeshConfig => "MeshConfig",
@@ -110,6 +115,7 @@ impl Kind {
             Kind::Workload
             | Kind::TrafficPolicy
             | Kind::FaultInjection
+            | Kind::ListenerPolicy
             | Kind::PeerAuthentication
             | Kind::AuthorizationPolicy
             | Kind::MeshConfig => MESHGATE_GROUP,
@@ -128,6 +134,7 @@ impl Kind {
             Kind::Workload
             | Kind::TrafficPolicy
             | Kind::FaultInjection
+            | Kind::ListenerPolicy
             | Kind::PeerAuthentication
             | Kind::AuthorizationPolicy
             | Kind::MeshConfig => &["v1alpha1"],

@@ -251,3 +251,66 @@ pub struct FaultAbort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<f64>,
 }
+
+/// How a Gateway's listeners take connections: PROXY protocol, timeouts, a connection limit.
+/// What Envoy Gateway's ClientTrafficPolicy sets, for meshgate's gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerPolicy {
+    /// Always `meshgate.io/v1alpha1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// Always `ListenerPolicy`.
+    #[serde(default)]
+    pub kind: String,
+    /// Standard object metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The settings.
+    pub spec: ListenerPolicySpec,
+}
+
+/// What a ListenerPolicy sets; unset fields keep the gateway's defaults (its flags).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerPolicySpec {
+    /// The Gateways (same namespace), or one listener of one (`sectionName`).
+    pub target_refs: Vec<ListenerTargetRef>,
+    /// Accept the PROXY protocol (v1 or v2) from the load balancer in front: the client's
+    /// address is the one its header carries. Connections without a valid header are closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Time an HTTP/1.1 client has to send a request head (a Gateway API duration; `0s`: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
+    /// A connection that moves no byte for this long is closed (`0s`: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Most connections open at once on the listener's port; more are closed on accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+/// PROXY protocol settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyProtocol {
+    /// Require a PROXY header on every connection.
+    pub enabled: bool,
+}
+
+/// A Gateway, or one of its listeners.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTargetRef {
+    /// `gateway.networking.k8s.io`.
+    #[serde(default)]
+    pub group: String,
+    /// `Gateway`.
+    pub kind: String,
+    /// The Gateway's name.
+    pub name: String,
+    /// One listener of it (all when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}

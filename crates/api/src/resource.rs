@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::core::{EndpointSlice, Namespace, Secret, Service};
 use crate::gw::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 use crate::kind::Kind;
-use crate::policy::{FaultInjection, TrafficPolicy};
+use crate::policy::{FaultInjection, ListenerPolicy, TrafficPolicy};
 use crate::security::{AuthorizationPolicy, MeshConfig, PeerAuthentication};
 use crate::workload::Workload;
 
@@ -93,6 +93,8 @@ pub enum Resource {
     TrafficPolicy(Box<TrafficPolicy>),
     /// A FaultInjection.
     FaultInjection(Box<FaultInjection>),
+    /// A ListenerPolicy.
+    ListenerPolicy(Box<ListenerPolicy>),
     /// A PeerAuthentication.
     PeerAuthentication(Box<PeerAuthentication>),
     /// An AuthorizationPolicy.
@@ -119,6 +121,7 @@ impl Resource {
             Resource::Workload(_) => Kind::Workload,
             Resource::TrafficPolicy(_) => Kind::TrafficPolicy,
             Resource::FaultInjection(_) => Kind::FaultInjection,
+            Resource::ListenerPolicy(_) => Kind::ListenerPolicy,
             Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::MeshConfig(_) => Kind::MeshConfig,
@@ -142,6 +145,7 @@ impl Resource {
             Resource::Workload(r) => &r.metadata,
             Resource::TrafficPolicy(r) => &r.metadata,
             Resource::FaultInjection(r) => &r.metadata,
+            Resource::ListenerPolicy(r) => &r.metadata,
             Resource::PeerAuthentication(r) => &r.metadata,
             Resource::AuthorizationPolicy(r) => &r.metadata,
             Resource::MeshConfig(r) => &r.metadata,
@@ -165,6 +169,7 @@ impl Resource {
             Resource::Workload(r) => &mut r.metadata,
             Resource::TrafficPolicy(r) => &mut r.metadata,
             Resource::FaultInjection(r) => &mut r.metadata,
+            Resource::ListenerPolicy(r) => &mut r.metadata,
             Resource::PeerAuthentication(r) => &mut r.metadata,
             Resource::AuthorizationPolicy(r) => &mut r.metadata,
             Resource::MeshConfig(r) => &mut r.metadata,

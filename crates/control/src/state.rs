@@ -56,10 +56,19 @@ impl Audience {
             // stay in the control plane.
             Resource::Secret(s) if s.type_.as_deref() == Some("kubernetes.io/tls") => Audience::Gateways,
             Resource::Secret(_) => Audience::Nobody,
-            Resource::Gateway(_) | Resource::GatewayClass(_) | Resource::TlsRoute(_) | Resource::TcpRoute(_) => {
-                Audience::Gateways
-            }
+            Resource::Gateway(_)
+            | Resource::GatewayClass(_)
+            | Resource::TlsRoute(_)
+            | Resource::TcpRoute(_)
+            | Resource::ListenerPolicy(_) => Audience::Gateways,
             Resource::HttpRoute(r) => {
+                let refs = r.spec.parent_refs.as_deref().unwrap_or_default();
+                Audience::Route {
+                    gateway: refs.iter().any(|p| p.kind.as_deref().unwrap_or("Gateway") == "Gateway"),
+                    mesh: refs.iter().any(|p| p.kind.as_deref() == Some("Service")),
+                }
+            }
+            Resource::GrpcRoute(r) => {
                 let refs = r.spec.parent_refs.as_deref().unwrap_or_default();
                 Audience::Route {
                     gateway: refs.iter().any(|p| p.kind.as_deref().unwrap_or("Gateway") == "Gateway"),

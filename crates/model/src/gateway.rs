@@ -15,7 +15,7 @@ use crate::host::HostPattern;
 use crate::listeners::{NamespaceLabels, place};
 use crate::resolve::Discovery;
 use crate::route::CompiledRoute;
-use crate::status::{age, cond};
+use crate::status::{age, cond, report_refs};
 use crate::table::{Entry, Listener, ListenerSet, RouteTable};
 
 /// Compiles the gateway view of `set`, as a first load would (no certificate from before).
@@ -32,12 +32,16 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
     let placement = place(set, &disc, inputs, &mut conditions);
     let mut entries: Vec<Vec<Entry>> = placement.placed.iter().map(|_| Vec::new()).collect();
 
-    // HTTPRoutes, oldest first.
+    // HTTPRoutes and GRPCRoutes (served as the HTTP/2 requests they are), oldest first of
+    // each kind, into the same route tables.
     let mut routes: Vec<_> = set.http_routes().collect();
     routes.sort_by_key(|(o, _)| (age(o), o.id.clone()));
+    let mut grpc: Vec<_> = set.grpc_routes().collect();
+    grpc.sort_by_key(|(o, _)| (age(o), o.id.clone()));
+    let mut compiled = Vec::new();
     for (o, route) in routes {
         let mut unresolved: Vec<(String, &'static str, String)> = Vec::new();
-        let compiled = CompiledRoute::new(o, route, &disc, &mut unresolved);
+        let c = CompiledRoute::new(o, route, &disc, &mut unresolved);
         let r = RouteRef {
             object: o,
             kind: "HTTPRoute",
@@ -45,24 +49,35 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
             parents: parent_refs!(route.spec.parent_refs),
             hostnames: route.spec.hostnames.iter().flatten().map(|h| HostPattern::parse(h)).collect(),
         };
+        compiled.push((c, r, unresolved));
+    }
+    for (o, route) in grpc {
+        let http = match crate::grpc::as_http_route(route) {
+            Ok(h) => h,
+            Err((field, message)) => {
+                conditions.push(cond(o, field, "Accepted", false, "UnsupportedValue", message));
+                continue;
+            }
+        };
+        let mut unresolved: Vec<(String, &'static str, String)> = Vec::new();
+        let c = disc.over_h2c(|| CompiledRoute::of_kind(o, "GRPCRoute", &http, &disc, &mut unresolved));
+        let r = RouteRef {
+            object: o,
+            kind: "GRPCRoute",
+            protocols: &["HTTP", "HTTPS"],
+            parents: parent_refs!(route.spec.parent_refs),
+            hostnames: route.spec.hostnames.iter().flatten().map(|h| HostPattern::parse(h)).collect(),
+        };
+        compiled.push((c, r, unresolved));
+    }
+    for (c, r, unresolved) in compiled {
         for (slot, hostnames) in attach(set, &placement, &r, &ns_labels, &mut conditions) {
-            entries[slot].extend(compiled.entries(&hostnames));
+            entries[slot].extend(c.entries(&hostnames));
         }
-        if unresolved.is_empty() {
-            conditions.push(cond(
-                o,
-                String::new(),
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "all references resolved".into(),
-            ));
-        }
-        for (field, reason, message) in unresolved {
-            conditions.push(cond(o, field, "ResolvedRefs", false, reason, message));
-        }
+        report_refs(r.object, unresolved, &mut conditions);
     }
 
+    let mut port_settings = crate::listener_policy::port_settings(set, &placement, &mut conditions);
     let l4 = crate::l4::attach_l4(set, &disc, &placement, &ns_labels, &mut conditions);
     let mut ports: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
     for ((p, entries), l4) in placement.placed.into_iter().zip(entries).zip(l4) {
@@ -79,7 +94,14 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
     }
     conditions.append(&mut disc.policy_conditions);
     let config = ProxyConfig {
-        ports: ports.into_iter().map(|(k, v)| (k, ListenerSet::new(v))).collect(),
+        ports: ports
+            .into_iter()
+            .map(|(k, v)| {
+                let mut set = ListenerSet::new(v);
+                set.settings = port_settings.remove(&k).unwrap_or_default();
+                (k, set)
+            })
+            .collect(),
         backends: disc.into_backends(),
         mesh: None,
         downstream: crate::settings::mesh_settings(set).downstream,

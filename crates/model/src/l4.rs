@@ -22,7 +22,7 @@ use crate::host::HostPattern;
 use crate::listeners::{NamespaceLabels, Placement};
 use crate::resolve::{Discovery, Referrer};
 use crate::rule::{Backend, WeightedBackend};
-use crate::status::{Condition, age, cond};
+use crate::status::{Condition, age, cond, report_refs};
 use crate::table::L4Route;
 
 /// A route's rules with their backends resolved, before attachment.
@@ -127,13 +127,4 @@ fn resolve<'a>(
         out.push((Arc::from(format!("{kind} {}/{}#{i}", o.id.ns(), o.id.name)), backends));
     }
     Rules { rules: out }
-}
-
-fn report_refs(o: &Object, unresolved: Vec<(String, &'static str, String)>, conditions: &mut Vec<Condition>) {
-    if unresolved.is_empty() {
-        conditions.push(cond(o, String::new(), "ResolvedRefs", true, "ResolvedRefs", "all references resolved".into()));
-    }
-    for (field, reason, message) in unresolved {
-        conditions.push(cond(o, field, "ResolvedRefs", false, reason, message));
-    }
 }

@@ -28,7 +28,10 @@ pub struct Discovery<'a> {
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     workloads: HashMap<&'a str, Vec<(&'a str, &'a Workload)>>,
     grants: Vec<(&'a str, &'a ReferenceGrant)>,
-    cache: RefCell<HashMap<(String, String, u16), Backend>>,
+    cache: RefCell<HashMap<(String, String, u16, bool), Backend>>,
+    /// Backends resolved now are spoken to over HTTP/2 whatever their port's appProtocol
+    /// (while a GRPCRoute compiles).
+    h2c: std::cell::Cell<bool>,
     resolved: RefCell<Vec<Arc<ServiceBackend>>>,
     /// The TrafficPolicy in force per (namespace, service, port or None for the whole Service).
     policies: HashMap<(&'a str, &'a str, Option<u16>), (String, &'a TrafficPolicySpec)>,
@@ -58,6 +61,7 @@ impl<'a> Discovery<'a> {
             workloads: HashMap::new(),
             grants: Vec::new(),
             cache: RefCell::new(HashMap::new()),
+            h2c: std::cell::Cell::new(false),
             resolved: RefCell::new(Vec::new()),
             policies: HashMap::new(),
             policy_conditions: Vec::new(),
@@ -213,13 +217,21 @@ impl<'a> Discovery<'a> {
                 message: "a Service backendRef needs a port".into(),
             };
         };
-        let key = (ns.to_string(), name.to_string(), port);
+        let key = (ns.to_string(), name.to_string(), port, self.h2c.get());
         if let Some(b) = self.cache.borrow().get(&key) {
             return b.clone();
         }
         let resolved = self.service(ns, name, port);
         self.cache.borrow_mut().insert(key, resolved.clone());
         resolved
+    }
+
+    /// Runs `f` with every backend it resolves spoken to over HTTP/2 (gRPC).
+    pub(crate) fn over_h2c<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.h2c.set(true);
+        let r = f();
+        self.h2c.set(false);
+        r
     }
 
     /// Every Service backend resolved so far, in slot order.
@@ -258,7 +270,7 @@ impl<'a> Discovery<'a> {
             namespace: ns.to_string(),
             name: name.to_string(),
             port,
-            protocol: protocol_of(sp),
+            protocol: if self.h2c.get() { UpstreamProtocol::H2c } else { protocol_of(sp) },
             endpoints,
             slot: resolved.len(),
             policy: Arc::new(self.policy_for(ns, name, port)),

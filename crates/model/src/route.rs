@@ -39,8 +39,23 @@ impl CompiledRoute {
         disc: &Discovery<'_>,
         unresolved: &mut Vec<(String, &'static str, String)>,
     ) -> Self {
-        let key: Arc<str> = format!("{}/{}", o.id.ns(), o.id.name).into();
-        let referrer = Referrer { group: GATEWAY_GROUP, kind: "HTTPRoute", namespace: o.id.ns() };
+        Self::of_kind(o, "HTTPRoute", route, disc, unresolved)
+    }
+
+    /// As [`CompiledRoute::new`] for a route of `kind` (a GRPCRoute served as its HTTPRoute:
+    /// references are checked as the GRPCRoute's).
+    pub(crate) fn of_kind(
+        o: &Object,
+        kind: &'static str,
+        route: &HttpRoute,
+        disc: &Discovery<'_>,
+        unresolved: &mut Vec<(String, &'static str, String)>,
+    ) -> Self {
+        let key: Arc<str> = match kind {
+            "HTTPRoute" => format!("{}/{}", o.id.ns(), o.id.name).into(),
+            kind => format!("{kind} {}/{}", o.id.ns(), o.id.name).into(),
+        };
+        let referrer = Referrer { group: GATEWAY_GROUP, kind, namespace: o.id.ns() };
         let rules = route
             .spec
             .rules

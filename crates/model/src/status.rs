@@ -88,3 +88,18 @@ pub(crate) fn cond(
         severity: Severity::Warning,
     }
 }
+
+/// A route's `ResolvedRefs`: true when every reference resolved, else one condition per
+/// reference that did not (field, reason, message).
+pub(crate) fn report_refs(
+    o: &Object,
+    unresolved: Vec<(String, &'static str, String)>,
+    conditions: &mut Vec<Condition>,
+) {
+    if unresolved.is_empty() {
+        conditions.push(cond(o, String::new(), "ResolvedRefs", true, "ResolvedRefs", "all references resolved".into()));
+    }
+    for (field, reason, message) in unresolved {
+        conditions.push(cond(o, field, "ResolvedRefs", false, reason, message));
+    }
+}

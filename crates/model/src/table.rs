@@ -209,6 +209,8 @@ impl Serialize for ListenerTls {
 pub struct ListenerSet {
     /// The listeners, most specific first.
     pub listeners: Vec<Listener>,
+    /// How the port takes connections (ListenerPolicy).
+    pub settings: PortSettings,
     #[serde(skip)]
     exact: HashMap<String, usize>,
     #[serde(skip)]
@@ -370,4 +372,24 @@ impl L4Table {
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
+}
+
+/// The connection settings of one port; unset fields keep the gateway's flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortSettings {
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
+    /// HTTP/1.1 request-head timeout (`Some(0)`: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<std::time::Duration>,
+    /// Idle timeout (`Some(0)`: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Most connections open at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// `namespace/name` of the policy that set them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }

@@ -16,6 +16,7 @@
 mod attempts;
 mod filters;
 mod forward;
+mod grpc;
 mod outcome;
 pub mod response;
 mod route;
@@ -76,11 +77,15 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
     let start = snapshot.sink.wants_requests().then(SystemTime::now);
     let protocol = if req.version() >= http::Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
     let (mut parts, body) = req.into_parts();
+    let grpc = grpc::is_call(&parts.headers);
     let (body, received) = ClientBody::new(body, start.is_some());
     let method = conn.access_log.then(|| parts.method.clone());
     let path_for_log = conn.access_log.then(|| parts.uri.path().to_string());
     let mut hop = Hop::default();
     let mut out = route_and_forward(&snapshot, &conn, &mut parts, body, &mut hop).await;
+    if grpc {
+        grpc::as_status(&mut out.resp, out.flags);
+    }
     let ttfb = started.elapsed();
     let record = start.map(|start| RequestRecord {
         start,

@@ -164,3 +164,30 @@ pub(super) fn fault_injection(f: &FaultInjection, r: &mut Report) {
         percent(r, "spec.abort.percentage", a.percentage);
     }
 }
+
+pub(super) fn listener_policy(l: &crate::policy::ListenerPolicy, r: &mut Report) {
+    if l.spec.target_refs.is_empty() {
+        r.add("spec.targetRefs", "at least one Gateway");
+    }
+    for (i, t) in l.spec.target_refs.iter().enumerate() {
+        let at = format!("spec.targetRefs[{i}]");
+        if t.group != crate::GATEWAY_GROUP || t.kind != "Gateway" {
+            r.add(
+                at.clone(),
+                format!("must be a Gateway (group {}), got {}/{}", crate::GATEWAY_GROUP, t.group, t.kind),
+            );
+        }
+        if t.name.is_empty() {
+            r.add(format!("{at}.name"), "required");
+        }
+    }
+    if let Some(t) = &l.spec.header_timeout {
+        duration(r, "spec.headerTimeout", Some(t));
+    }
+    if let Some(t) = &l.spec.idle_timeout {
+        duration(r, "spec.idleTimeout", Some(t));
+    }
+    if l.spec.max_connections == Some(0) {
+        r.add("spec.maxConnections", "must be at least 1");
+    }
+}

@@ -97,6 +97,14 @@ impl ResponseBody {
         ResponseBody { inner: Inner::Local { data: (!data.is_empty()).then_some(data) }, recording: None }
     }
 
+    /// The bytes of a body the proxy produced (`None` for a streamed one).
+    pub(crate) fn local_bytes(&self) -> Option<&[u8]> {
+        match &self.inner {
+            Inner::Local { data } => Some(data.as_deref().unwrap_or_default()),
+            Inner::Upstream { .. } => None,
+        }
+    }
+
     /// Completes `record` (and hands it to `sink`) when this body ends or is dropped; `started`
     /// is when the request arrived, `received` counts the request body's bytes.
     pub(crate) fn recorded(

@@ -268,11 +268,71 @@ async fn accept_loop(
     per_conn: PerConnection,
 ) {
     let conn_stop = stop.clone();
+    let live = tracker.clone();
     accept_until_stopped(listener, stop, &tracker, |stream, peer| {
-        let (snapshot, builder, stop) = (snapshot.clone(), builder.clone(), conn_stop.clone());
-        async move { serve_connection(stream, peer, port, snapshot, &builder, stop, per_conn).await }
+        let (snapshot, builder, stop, live) = (snapshot.clone(), builder.clone(), conn_stop.clone(), live.clone());
+        async move {
+            // The port's ListenerPolicy, as the configuration of the moment says.
+            let (proxy_protocol, max, header, idle) = {
+                let snap = snapshot.load();
+                let s = snap.config.ports.get(&port).map(|set| &set.settings);
+                (
+                    s.is_some_and(|s| s.proxy_protocol),
+                    s.and_then(|s| s.max_connections),
+                    s.and_then(|s| s.header_timeout),
+                    s.and_then(|s| s.idle_timeout),
+                )
+            };
+            if let Some(max) = max
+                && live.live.load(std::sync::atomic::Ordering::Acquire) > max as usize
+            {
+                tracing::warn!(%peer, port, max, "connection refused: the listener's maxConnections are open");
+                return;
+            }
+            let mut per_conn = per_conn;
+            if let Some(t) = idle {
+                per_conn.idle_timeout = (!t.is_zero()).then_some(t);
+                per_conn.settings.idle = per_conn.idle_timeout;
+            }
+            if header.is_some() {
+                per_conn.settings.header = header;
+            }
+            let (stream, peer) = if proxy_protocol {
+                match read_proxy_header(stream, peer, per_conn.handshake_timeout).await {
+                    Some(accepted) => accepted,
+                    None => return,
+                }
+            } else {
+                (stream, peer)
+            };
+            serve_connection(stream, peer, port, snapshot, &builder, stop, per_conn).await
+        }
     })
     .await;
+}
+
+/// Reads the PROXY protocol header (v1 or v2) a load balancer sends first: the connection's
+/// client is the address it carries (the balancer's own for `LOCAL`/`UNKNOWN`). A connection
+/// without a valid header within `timeout` is closed.
+async fn read_proxy_header(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<(TcpStream, SocketAddr)> {
+    use tokio::io::AsyncReadExt;
+    match detect(&stream, timeout).await {
+        Detected::Proxy(header) => {
+            let mut skip = vec![0u8; header.len];
+            if stream.read_exact(&mut skip).await.is_err() {
+                return None;
+            }
+            Some((stream, header.source.unwrap_or(peer)))
+        }
+        other => {
+            tracing::debug!(%peer, ?other, "connection closed: this listener requires a PROXY protocol header");
+            None
+        }
+    }
 }
 
 /// Serves one connection as its port's listeners say: TCP to its route; a ClientHello for a

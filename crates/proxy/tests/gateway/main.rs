@@ -5,9 +5,11 @@
 mod clients;
 mod conformance;
 mod edge;
+mod grpc;
 mod harness;
 mod https;
 mod l4;
+mod listener_policy;
 mod mtls;
 mod policy;
 mod records;
