@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 mod cp_push;
+mod edge_tls;
 mod mtls;
 
 #[derive(Parser)]
@@ -60,6 +61,28 @@ enum Cmd {
         secs: u64,
         #[arg(long, default_value_t = 16)]
         conns: usize,
+    },
+    /// Writes `ca.pem`, `tls.crt`, `tls.key` (ECDSA P-256) for the HTTPS benchmark.
+    Cert {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = "bench.local")]
+        name: String,
+    },
+    /// HTTPS at the edge: new TLS connections/s, keep-alive HTTPS req/s, idle connection memory.
+    EdgeTls {
+        /// `name,h1=ADDR,pid=PID` (the HTTPS address).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// The CA that signed the servers' certificate.
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        #[arg(long, default_value = "bench.local")]
+        host: String,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Run the whole comparison and print a markdown table.
     Suite {
@@ -120,6 +143,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Suite { targets, rates, secs, rounds, host } => rt.block_on(suite(targets, rates, secs, rounds, host)),
         Cmd::Mtls { secs, conns } => rt.block_on(mtls::run(secs, conns)),
+        Cmd::Cert { dir, name } => edge_tls::write_cert(&dir, &name),
+        Cmd::EdgeTls { targets, ca, host, secs, rounds } => rt.block_on(edge_tls::run(targets, ca, host, secs, rounds)),
         Cmd::CpPush { meshgate, proxies, services, endpoints, changes } => {
             rt.block_on(cp_push::run(&meshgate, proxies, services, endpoints, changes))
         }

@@ -23,6 +23,9 @@ pub enum Kind {
     TcpRoute,
     /// `gateway.networking.k8s.io/v1beta1` ReferenceGrant.
     ReferenceGrant,
+    /// `gateway.networking.k8s.io/v1` BackendTLSPolicy (also v1alpha3): TLS to a Service.
+    #[serde(rename = "BackendTLSPolicy")]
+    BackendTlsPolicy,
     /// `v1` Namespace (cluster-scoped).
     Namespace,
     /// `v1` Service.
@@ -31,6 +34,8 @@ pub enum Kind {
     EndpointSlice,
     /// `v1` Secret.
     Secret,
+    /// `v1` ConfigMap (CA certificates for BackendTLSPolicy).
+    ConfigMap,
     /// `meshgate.io/v1alpha1` Workload: a process outside Kubernetes.
     Workload,
     /// `meshgate.io/v1alpha1` TrafficPolicy: balancing, timeouts, retries, limits per Service.
@@ -55,7 +60,7 @@ pub const MESHGATE_GROUP: &str = "meshgate.io";
 
 impl Kind {
     /// Every kind, in the order resources are listed.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Namespace,
         Kind::GatewayClass,
         Kind::Gateway,
@@ -64,9 +69,11 @@ impl Kind {
         Kind::TlsRoute,
         Kind::TcpRoute,
         Kind::ReferenceGrant,
+        Kind::BackendTlsPolicy,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Secret,
+        Kind::ConfigMap,
         Kind::Workload,
         Kind::TrafficPolicy,
         Kind::FaultInjection,
@@ -86,6 +93,8 @@ impl Kind {
             Kind::TlsRoute => "TLSRoute",
             Kind::TcpRoute => "TCPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::BackendTlsPolicy => "BackendTLSPolicy",
+            Kind::ConfigMap => "ConfigMap",
             Kind::Namespace => "Namespace",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
@@ -109,8 +118,9 @@ impl Kind {
             | Kind::GrpcRoute
             | Kind::TlsRoute
             | Kind::TcpRoute
-            | Kind::ReferenceGrant => GATEWAY_GROUP,
-            Kind::Namespace | Kind::Service | Kind::Secret => "",
+            | Kind::ReferenceGrant
+            | Kind::BackendTlsPolicy => GATEWAY_GROUP,
+            Kind::Namespace | Kind::Service | Kind::Secret | Kind::ConfigMap => "",
             Kind::EndpointSlice => "discovery.k8s.io",
             Kind::Workload
             | Kind::TrafficPolicy
@@ -130,7 +140,8 @@ impl Kind {
             Kind::GrpcRoute => &["v1"],
             Kind::TlsRoute => &["v1", "v1alpha3", "v1alpha2"],
             Kind::TcpRoute => &["v1alpha2"],
-            Kind::Namespace | Kind::Service | Kind::Secret | Kind::EndpointSlice => &["v1"],
+            Kind::BackendTlsPolicy => &["v1", "v1alpha3"],
+            Kind::Namespace | Kind::Service | Kind::Secret | Kind::ConfigMap | Kind::EndpointSlice => &["v1"],
             Kind::Workload
             | Kind::TrafficPolicy
             | Kind::FaultInjection

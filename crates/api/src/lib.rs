@@ -21,6 +21,7 @@ pub use workload::{TlsMode, Workload, WorkloadSpec, selector_matches};
 
 /// Gateway API types as meshgate reads them (the experimental channel: a superset of standard).
 pub mod gw {
+    pub use gateway_api::apis::standard::backendtlspolicies::{self, BackendTlsPolicy};
     pub use gateway_api::experimental::gatewayclasses::GatewayClass;
     pub use gateway_api::experimental::gateways::{self, Gateway};
     pub use gateway_api::experimental::grpcroutes::{self, GrpcRoute};
@@ -32,7 +33,7 @@ pub mod gw {
 
 /// Kubernetes core types meshgate reads.
 pub mod core {
-    pub use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServicePort};
+    pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};
     pub use k8s_openapi::api::discovery::v1::EndpointSlice;
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

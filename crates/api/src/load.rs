@@ -228,6 +228,8 @@ fn decode_value(source: &Source, value: Value, prefix: &str) -> Result<Vec<Objec
         Kind::GatewayClass => typed(value).map(|r| Resource::GatewayClass(Box::new(r))),
         Kind::Gateway => typed(value).map(|r| Resource::Gateway(Box::new(r))),
         Kind::HttpRoute => typed(value).map(|r| Resource::HttpRoute(Box::new(r))),
+        Kind::BackendTlsPolicy => typed(value).map(|r| Resource::BackendTlsPolicy(Box::new(r))),
+        Kind::ConfigMap => typed(value).map(|r| Resource::ConfigMap(Box::new(r))),
         Kind::GrpcRoute => typed(value).map(|r| Resource::GrpcRoute(Box::new(r))),
         Kind::TlsRoute => typed(value).map(|r| Resource::TlsRoute(Box::new(r))),
         Kind::TcpRoute => typed(value).map(|r| Resource::TcpRoute(Box::new(r))),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
-use crate::core::{EndpointSlice, Namespace, Secret, Service};
-use crate::gw::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
+use crate::core::{ConfigMap, EndpointSlice, Namespace, Secret, Service};
+use crate::gw::{BackendTlsPolicy, Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 use crate::kind::Kind;
 use crate::policy::{FaultInjection, ListenerPolicy, TrafficPolicy};
 use crate::security::{AuthorizationPolicy, MeshConfig, PeerAuthentication};
@@ -79,6 +79,10 @@ pub enum Resource {
     TcpRoute(Box<TcpRoute>),
     /// A ReferenceGrant.
     ReferenceGrant(Box<ReferenceGrant>),
+    /// A BackendTLSPolicy.
+    BackendTlsPolicy(Box<BackendTlsPolicy>),
+    /// A ConfigMap.
+    ConfigMap(Box<ConfigMap>),
     /// A Namespace.
     Namespace(Box<Namespace>),
     /// A Service.
@@ -110,6 +114,8 @@ impl Resource {
             Resource::GatewayClass(_) => Kind::GatewayClass,
             Resource::Gateway(_) => Kind::Gateway,
             Resource::HttpRoute(_) => Kind::HttpRoute,
+            Resource::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
+            Resource::ConfigMap(_) => Kind::ConfigMap,
             Resource::GrpcRoute(_) => Kind::GrpcRoute,
             Resource::TlsRoute(_) => Kind::TlsRoute,
             Resource::TcpRoute(_) => Kind::TcpRoute,
@@ -134,6 +140,8 @@ impl Resource {
             Resource::GatewayClass(r) => &r.metadata,
             Resource::Gateway(r) => &r.metadata,
             Resource::HttpRoute(r) => &r.metadata,
+            Resource::BackendTlsPolicy(r) => &r.metadata,
+            Resource::ConfigMap(r) => &r.metadata,
             Resource::GrpcRoute(r) => &r.metadata,
             Resource::TlsRoute(r) => &r.metadata,
             Resource::TcpRoute(r) => &r.metadata,
@@ -158,6 +166,8 @@ impl Resource {
             Resource::GatewayClass(r) => &mut r.metadata,
             Resource::Gateway(r) => &mut r.metadata,
             Resource::HttpRoute(r) => &mut r.metadata,
+            Resource::BackendTlsPolicy(r) => &mut r.metadata,
+            Resource::ConfigMap(r) => &mut r.metadata,
             Resource::GrpcRoute(r) => &mut r.metadata,
             Resource::TlsRoute(r) => &mut r.metadata,
             Resource::TcpRoute(r) => &mut r.metadata,

@@ -99,6 +99,8 @@ impl ResourceSet {
     typed_iter!(services, Service, crate::core::Service);
     typed_iter!(endpoint_slices, EndpointSlice, crate::core::EndpointSlice);
     typed_iter!(secrets, Secret, crate::core::Secret);
+    typed_iter!(config_maps, ConfigMap, crate::core::ConfigMap);
+    typed_iter!(backend_tls_policies, BackendTlsPolicy, crate::gw::BackendTlsPolicy);
     typed_iter!(workloads, Workload, crate::workload::Workload);
     typed_iter!(traffic_policies, TrafficPolicy, crate::policy::TrafficPolicy);
     typed_iter!(fault_injections, FaultInjection, crate::policy::FaultInjection);

@@ -72,7 +72,8 @@ pub fn validate(object: &Object) -> Vec<Problem> {
         Resource::PeerAuthentication(p) => security::peer_authentication(p, &mut report),
         Resource::AuthorizationPolicy(a) => security::authorization_policy(a, &mut report),
         Resource::MeshConfig(m) => security::mesh_config(object, m, &mut report),
-        Resource::Namespace(_) => {}
+        Resource::BackendTlsPolicy(p) => route::backend_tls_policy(p, &mut report),
+        Resource::Namespace(_) | Resource::ConfigMap(_) => {}
     }
     report.problems
 }

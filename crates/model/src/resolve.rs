@@ -15,7 +15,7 @@ use meshgate_api::Object;
 use meshgate_api::policy::TrafficPolicySpec;
 
 use crate::policy::BackendPolicy;
-use crate::rule::{Backend, Endpoint, ServiceBackend, UpstreamProtocol};
+use crate::rule::{Backend, BackendTls, Endpoint, ServiceBackend, UpstreamProtocol};
 use crate::status::Condition;
 use crate::status::{age, cond};
 
@@ -38,8 +38,17 @@ pub struct Discovery<'a> {
     /// Conditions of every TrafficPolicy.
     pub policy_conditions: Vec<Condition>,
     faults: HashMap<(&'a str, &'a str), &'a meshgate_api::policy::FaultInjectionSpec>,
+    /// BackendTLSPolicies by (namespace, Service): the port name they are for (all ports when
+    /// `None`) and the TLS, or why the policy cannot be used.
+    backend_tls: HashMap<(&'a str, &'a str), Vec<PortTls<'a>>>,
     trust_domain: String,
 }
+
+/// A BackendTLSPolicy's TLS, or why it cannot be used.
+type TlsOrWhy = Result<Arc<BackendTls>, String>;
+
+/// The port name a BackendTLSPolicy targets (`None`: every port), and its TLS.
+type PortTls<'a> = (Option<&'a str>, TlsOrWhy);
 
 /// Who is referring: for ReferenceGrant checks.
 #[derive(Debug, Clone, Copy)]
@@ -66,8 +75,10 @@ impl<'a> Discovery<'a> {
             policies: HashMap::new(),
             policy_conditions: Vec::new(),
             faults: HashMap::new(),
+            backend_tls: HashMap::new(),
             trust_domain: crate::settings::mesh_settings(set).trust_domain,
         };
+        d.index_backend_tls(set);
         for (o, f) in set.fault_injections() {
             d.faults.insert((o.id.ns(), &o.id.name), &f.spec);
         }
@@ -226,6 +237,122 @@ impl<'a> Discovery<'a> {
         resolved
     }
 
+    /// Reads every BackendTLSPolicy (oldest first: the older one wins a Service port both
+    /// target) with its CA certificates; reports each.
+    fn index_backend_tls(&mut self, set: &'a ResourceSet) {
+        let mut policies: Vec<_> = set.backend_tls_policies().collect();
+        policies.sort_by_key(|(o, _)| (age(o), o.id.clone()));
+        for (o, p) in policies {
+            let ns = o.id.ns();
+            let key: Arc<str> = format!("{ns}/{}", o.id.name).into();
+            let v = &p.spec.validation;
+            let mut pem = Vec::new();
+            let mut problem = None;
+            if v.well_known_ca_certificates.as_deref() == Some("System") {
+                match std::fs::read(meshgate_tls::edge::SYSTEM_ROOTS) {
+                    Ok(b) => pem = b,
+                    Err(e) => {
+                        problem = Some((
+                            "NoValidCACertificate",
+                            format!("system roots {}: {e}", meshgate_tls::edge::SYSTEM_ROOTS),
+                        ))
+                    }
+                }
+            }
+            for (i, r) in v.ca_certificate_refs.iter().flatten().enumerate() {
+                let kind = if r.kind == "Secret" { meshgate_api::Kind::Secret } else { meshgate_api::Kind::ConfigMap };
+                let found = set.lookup(kind, ns, &r.name).and_then(|o| match &o.resource {
+                    meshgate_api::Resource::ConfigMap(c) => {
+                        c.data.as_ref()?.get("ca.crt").map(|s| s.as_bytes().to_vec())
+                    }
+                    meshgate_api::Resource::Secret(s) => s
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get("ca.crt"))
+                        .map(|s| s.as_bytes().to_vec())
+                        .or_else(|| s.data.as_ref()?.get("ca.crt").map(|b| b.0.clone())),
+                    _ => None,
+                });
+                match found {
+                    Some(b) => pem.extend(b),
+                    None => {
+                        problem = Some((
+                            "InvalidCACertificateRef",
+                            format!(
+                                "spec.validation.caCertificateRefs[{i}]: {} {ns}/{} with a ca.crt key not found",
+                                r.kind, r.name
+                            ),
+                        ))
+                    }
+                }
+            }
+            let tls = match problem {
+                Some((reason, message)) => {
+                    self.policy_conditions.push(cond(
+                        o,
+                        "spec.validation".into(),
+                        "ResolvedRefs",
+                        false,
+                        reason,
+                        message.clone(),
+                    ));
+                    Err(format!("BackendTLSPolicy {key}: {message}"))
+                }
+                None => match meshgate_tls::edge::origination_configs(&pem) {
+                    Ok((http1, h2)) => {
+                        let msg = format!("TLS to the targets, verified as {}", v.hostname);
+                        self.policy_conditions.push(cond(o, String::new(), "Accepted", true, "Accepted", msg));
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        pem.hash(&mut h);
+                        let roots_hash = h.finish();
+                        Ok(Arc::new(BackendTls {
+                            policy: key.clone(),
+                            hostname: v.hostname.clone(),
+                            roots_hash,
+                            http1,
+                            h2,
+                        }))
+                    }
+                    Err(e) => {
+                        let message = format!("the CA certificates: {e}");
+                        self.policy_conditions.push(cond(
+                            o,
+                            "spec.validation.caCertificateRefs".into(),
+                            "ResolvedRefs",
+                            false,
+                            "NoValidCACertificate",
+                            message.clone(),
+                        ));
+                        Err(format!("BackendTLSPolicy {key}: {message}"))
+                    }
+                },
+            };
+            for t in &p.spec.target_refs {
+                let entry = self.backend_tls.entry((ns, t.name.as_str())).or_default();
+                let section = t.section_name.as_deref();
+                if entry.iter().any(|(s, _)| *s == section) {
+                    let msg = format!("Service {ns}/{} already has an older BackendTLSPolicy for this port", t.name);
+                    self.policy_conditions.push(cond(
+                        o,
+                        "spec.targetRefs".into(),
+                        "Accepted",
+                        false,
+                        "Conflicted",
+                        msg,
+                    ));
+                    continue;
+                }
+                // A policy for one port is found before one for all of them.
+                if section.is_some() {
+                    entry.insert(0, (section, tls.clone()));
+                } else {
+                    entry.push((section, tls.clone()));
+                }
+            }
+        }
+    }
+
     /// Runs `f` with every backend it resolves spoken to over HTTP/2 (gRPC).
     pub(crate) fn over_h2c<R>(&self, f: impl FnOnce() -> R) -> R {
         self.h2c.set(true);
@@ -258,6 +385,18 @@ impl<'a> Discovery<'a> {
                 message: format!("Service {ns}/{name} has no port {port} (ports: {})", have.join(", ")),
             };
         };
+        let tls = match self.backend_tls.get(&(ns, name)).and_then(|ps| {
+            ps.iter().find(|(section, _)| section.is_none_or(|s| Some(s) == sp.name.as_deref())).map(|(_, t)| t)
+        }) {
+            Some(Ok(tls)) => Some(tls.clone()),
+            Some(Err(why)) => {
+                return Backend::Invalid {
+                    reason: "InvalidBackendTLSPolicy",
+                    message: format!("Service {ns}/{name} port {port}: {why}"),
+                };
+            }
+            None => None,
+        };
         let mut endpoints = self.slice_endpoints(ns, name, sp);
         if let Some(selector) = spec.and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) {
             endpoints.extend(self.workload_endpoints(ns, selector, sp));
@@ -272,6 +411,7 @@ impl<'a> Discovery<'a> {
             port,
             protocol: if self.h2c.get() { UpstreamProtocol::H2c } else { protocol_of(sp) },
             endpoints,
+            tls,
             slot: resolved.len(),
             policy: Arc::new(self.policy_for(ns, name, port)),
         });

@@ -300,6 +300,31 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
+/// TLS the proxy originates to a backend outside the mesh (BackendTLSPolicy): the name the
+/// server's certificate must carry (also sent as SNI) and the roots it must chain to.
+#[derive(Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTls {
+    /// `namespace/name` of the policy.
+    pub policy: Arc<str>,
+    /// The server name.
+    pub hostname: String,
+    /// A hash of the CA certificates: the same policy, name and roots are the same TLS.
+    pub roots_hash: u64,
+    /// Client configuration offering ALPN http/1.1.
+    #[serde(skip)]
+    pub http1: Arc<meshgate_tls::rustls::ClientConfig>,
+    /// Client configuration offering ALPN h2.
+    #[serde(skip)]
+    pub h2: Arc<meshgate_tls::rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls").field("policy", &self.policy).field("hostname", &self.hostname).finish()
+    }
+}
+
 /// A Service port resolved to endpoints.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -318,6 +343,9 @@ pub struct ServiceBackend {
     pub endpoints: Vec<Endpoint>,
     /// How requests to it are balanced, timed out, retried, limited.
     pub policy: Arc<crate::policy::BackendPolicy>,
+    /// TLS to the endpoints (a BackendTLSPolicy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Arc<BackendTls>>,
     /// Index in [`crate::ProxyConfig::backends`]: where the proxy keeps this backend's
     /// runtime state (pools, balancer), found without hashing on the request path.
     #[serde(skip)]

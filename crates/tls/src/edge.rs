@@ -159,6 +159,44 @@ impl EdgeCert {
     }
 }
 
+/// Where Debian keeps the system's trusted roots (`wellKnownCACertificates: System`).
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The client configurations for TLS to a backend (BackendTLSPolicy): the server verified
+/// against the roots in `ca_pem` (web PKI rules, the name checked by the dialler's server
+/// name), TLS 1.3 and 1.2; one offering ALPN http/1.1, one h2.
+pub fn origination_configs(ca_pem: &[u8]) -> Result<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut bad = 0;
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        match c {
+            Ok(c) => {
+                if roots.add(c).is_err() {
+                    bad += 1;
+                }
+            }
+            Err(e) => return Err(format!("not PEM certificates: {e}")),
+        }
+    }
+    if roots.is_empty() {
+        return Err(if bad > 0 {
+            format!("none of the {bad} certificate(s) is a usable CA certificate")
+        } else {
+            "no PEM certificate (expected -----BEGIN CERTIFICATE-----)".into()
+        });
+    }
+    let base = rustls::ClientConfig::builder_with_provider(crate::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut h1 = base.clone();
+    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut h2 = base;
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((Arc::new(h1), Arc::new(h2)))
+}
+
 fn name_covers(name: &str, host: &str) -> bool {
     match name.strip_prefix("*.") {
         Some(rest) => host.split_once('.').is_some_and(|(label, tail)| !label.is_empty() && tail == rest),

@@ -11,6 +11,8 @@ pub mod svid;
 pub mod testing;
 pub mod verify;
 
+pub use rustls;
+
 use std::sync::{Arc, OnceLock};
 
 pub use ca::{CaError, CaPem, CertificateAuthority};

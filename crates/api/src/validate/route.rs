@@ -537,3 +537,38 @@ pub(super) fn grpc_route(route: &crate::gw::GrpcRoute, r: &mut Report) {
         }
     }
 }
+
+pub(super) fn backend_tls_policy(p: &crate::gw::BackendTlsPolicy, r: &mut Report) {
+    let spec = &p.spec;
+    if spec.target_refs.is_empty() {
+        r.add("spec.targetRefs", "at least one Service");
+    }
+    for (i, t) in spec.target_refs.iter().enumerate() {
+        if !(t.group.is_empty() && t.kind == "Service") {
+            r.add(format!("spec.targetRefs[{i}]"), format!("must be a core Service, got {}/{}", t.group, t.kind));
+        }
+    }
+    let v = &spec.validation;
+    if let Err(msg) = syntax::hostname(&v.hostname, false) {
+        r.add("spec.validation.hostname", msg);
+    }
+    let refs = v.ca_certificate_refs.as_deref().unwrap_or_default();
+    match (refs.is_empty(), v.well_known_ca_certificates.as_deref()) {
+        (true, None) => r.add("spec.validation", "set caCertificateRefs or wellKnownCACertificates"),
+        (false, Some(_)) => {
+            r.add("spec.validation", "caCertificateRefs and wellKnownCACertificates exclude each other")
+        }
+        (_, Some(w)) if w != "System" => {
+            r.add("spec.validation.wellKnownCACertificates", format!("must be System, got {w:?}"))
+        }
+        _ => {}
+    }
+    for (i, c) in refs.iter().enumerate() {
+        if !(c.group.is_empty() && matches!(c.kind.as_str(), "ConfigMap" | "Secret")) {
+            r.add(
+                format!("spec.validation.caCertificateRefs[{i}]"),
+                format!("must be a ConfigMap or Secret, got {}/{}", c.group, c.kind),
+            );
+        }
+    }
+}

@@ -23,6 +23,8 @@ struct PoolKey {
     connect: Duration,
     idle: Duration,
     identity: Option<String>,
+    /// The BackendTLSPolicy's TLS: policy, server name, roots.
+    origination: Option<(Arc<str>, String, u64)>,
 }
 
 /// Backend counters and endpoint pools by key, held weakly: the snapshots hold them.
@@ -66,6 +68,7 @@ impl Registry {
                             connect: b.policy.connect_timeout,
                             idle: b.policy.idle_timeout,
                             identity: e.identity.clone(),
+                            origination: b.tls.as_ref().map(|t| (t.policy.clone(), t.hostname.clone(), t.roots_hash)),
                         };
                         match pools.get(&key).and_then(Weak::upgrade) {
                             Some(p) => p,
@@ -79,6 +82,9 @@ impl Registry {
                                     b.policy.connect_timeout,
                                     b.policy.idle_timeout,
                                 );
+                                if let Some(tls) = &b.tls {
+                                    pool.originate_tls(tls.clone());
+                                }
                                 #[cfg(test)]
                                 {
                                     pool.memory = self.memory.lock().ok().and_then(|m| m.get(&e.addr).cloned());

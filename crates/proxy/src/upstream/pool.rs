@@ -107,6 +107,8 @@ pub struct EndpointPool {
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Held while dialling the HTTP/2 connection.
     h2_dial: tokio::sync::Mutex<()>,
+    /// TLS to an endpoint outside the mesh (BackendTLSPolicy).
+    origination: Option<Arc<meshgate_model::rule::BackendTls>>,
     in_flight: AtomicUsize,
     /// The SPIFFE ID expected of it (mTLS), for records.
     identity: Option<Arc<str>>,
@@ -180,6 +182,16 @@ impl EndpointPool {
             h2_dial: tokio::sync::Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             health: Health::default(),
+            origination: None,
+        }
+    }
+
+    /// Dials TLS (a BackendTLSPolicy) to the endpoint: the server verified against the
+    /// policy's roots as its hostname, ALPN as the protocol spoken. Not for meshed endpoints
+    /// (their sidecar's mTLS is the TLS).
+    pub fn originate_tls(&mut self, tls: Arc<meshgate_model::rule::BackendTls>) {
+        if self.tls.is_none() {
+            self.origination = Some(tls);
         }
     }
 
@@ -192,6 +204,8 @@ impl EndpointPool {
     pub fn security(&self) -> crate::telemetry::Security {
         if self.tls.is_some() {
             crate::telemetry::Security::Mutual
+        } else if self.origination.is_some() {
+            crate::telemetry::Security::Tls
         } else {
             crate::telemetry::Security::Plaintext(crate::telemetry::PlaintextReason::NotMeshed)
         }
@@ -361,9 +375,30 @@ impl EndpointPool {
     /// otherwise.
     pub async fn open_tcp(&self) -> Result<Opaque, UpstreamError> {
         let tcp = self.connect().await?;
-        match &self.tls {
-            None => Ok(Opaque::Plain(tcp)),
-            Some(dial) => Ok(Opaque::Tls(Box::new(self.tls_handshake_with(tcp, dial, true).await?))),
+        match (&self.tls, &self.origination) {
+            (Some(dial), _) => Ok(Opaque::Tls(Box::new(self.tls_handshake_with(tcp, dial, true).await?))),
+            (None, Some(o)) => Ok(Opaque::Tls(Box::new(self.originate(tcp, o, false).await?))),
+            (None, None) => Ok(Opaque::Plain(tcp)),
+        }
+    }
+
+    /// The TLS handshake of a BackendTLSPolicy, bounded by the connect timeout.
+    async fn originate(
+        &self,
+        tcp: TcpStream,
+        o: &meshgate_model::rule::BackendTls,
+        h2: bool,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let fail = |reason: String| UpstreamError::Tls { addr: self.addr, reason };
+        let name = rustls_pki_types::ServerName::try_from(o.hostname.clone())
+            .map_err(|e| fail(format!("server name {:?}: {e}", o.hostname)))?;
+        let config = if h2 { o.h2.clone() } else { o.http1.clone() };
+        match tokio::time::timeout(self.connect_timeout, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+            .await
+        {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(fail(format!("{e} (BackendTLSPolicy {}, verifying {})", o.policy, o.hostname))),
+            Err(_) => Err(fail("TLS handshake timed out".into())),
         }
     }
 
@@ -410,8 +445,22 @@ impl EndpointPool {
             });
             return Ok(sender);
         }
-        let io = TokioIo::new(self.connect().await?);
-        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        let tcp = self.connect().await?;
+        let (sender, conn) = match &self.origination {
+            Some(o) => {
+                let tls = self.originate(tcp, o, false).await?;
+                let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(tls)).await?;
+                let addr = self.addr;
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(%addr, error = %e, "upstream TLS connection closed with error");
+                    }
+                });
+                return Ok(sender);
+            }
+            None => http1::Builder::new().handshake(TokioIo::new(tcp)).await?,
+        };
         let addr = self.addr;
         tokio::spawn(async move {
             let _slot = slot;
@@ -426,9 +475,13 @@ impl EndpointPool {
         // One multiplexed connection: counted, but never waited for.
         let slot = ConnectionSlot::counted(self.state.clone());
         let tcp = self.connect().await?;
-        let sender = match &self.tls {
-            None => spawn_h2(TokioIo::new(tcp), slot, self.addr).await?,
-            Some(dial) => {
+        let sender = match (&self.tls, &self.origination) {
+            (None, Some(o)) => {
+                let tls = self.originate(tcp, o, true).await?;
+                spawn_h2(TokioIo::new(tls), slot, self.addr).await?
+            }
+            (None, None) => spawn_h2(TokioIo::new(tcp), slot, self.addr).await?,
+            (Some(dial), _) => {
                 let tls = self.tls_handshake(tcp, dial).await?;
                 spawn_h2(TokioIo::new(tls), slot, self.addr).await?
             }

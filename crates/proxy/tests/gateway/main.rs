@@ -2,6 +2,7 @@
 //! HTTP/1.1 and HTTP/2 clients. Routing cases follow the Gateway API conformance suite.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity, missing_docs, unreachable_pub)]
 
+mod backend_tls;
 mod clients;
 mod conformance;
 mod edge;

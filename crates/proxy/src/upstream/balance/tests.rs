@@ -39,6 +39,7 @@ fn backend_with(endpoints: Vec<Endpoint>, policy: BackendPolicy, state: Arc<Back
         protocol: UpstreamProtocol::Http1,
         endpoints,
         policy: Arc::new(policy),
+        tls: None,
         slot: 0,
     });
     BackendRt::new(model, pools, state)
