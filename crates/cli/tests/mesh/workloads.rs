@@ -298,3 +298,84 @@ fn name_lookups_never_fail_while_configuration_changes() {
     assert!(n > 100, "only {n} lookups: {text}");
     assert_eq!(bad, 0, "lookups failed or stalled while the configuration changed: {text}");
 }
+
+/// A WebSocket echo server with nothing but the standard library: answers each text frame
+/// with `echo: ...`; a request that is not an upgrade gets 400.
+const WS_SERVER: &str = r#"
+import base64, hashlib, socketserver, sys
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            c = self.rfile.read(1)
+            if not c:
+                return
+            head += c
+        lines = head.decode().split("\r\n")
+        h = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+        if h.get("upgrade", "").lower() != "websocket":
+            self.wfile.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 15\r\nConnection: close\r\n\r\nnot a websocket")
+            return
+        accept = base64.b64encode(hashlib.sha1((h["sec-websocket-key"] + GUID).encode()).digest()).decode()
+        self.wfile.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
+        self.wfile.flush()
+        while True:
+            b = self.rfile.read(2)
+            if len(b) < 2 or b[0] & 0x0F == 8:
+                return
+            n = b[1] & 0x7F
+            mask = self.rfile.read(4) if b[1] & 0x80 else b"\0\0\0\0"
+            data = bytes(x ^ mask[i % 4] for i, x in enumerate(self.rfile.read(n)))
+            out = b"echo: " + data
+            self.wfile.write(bytes([0x81, len(out)]) + out)
+            self.wfile.flush()
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// A WebSocket client: the handshake, then three masked text frames, printing the status line
+/// and each answer.
+const WS_CLIENT: &str = r#"
+import base64, os, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port), timeout=10)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall(("GET /chat HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (host, key)).encode())
+f = s.makefile("rb")
+print(f.readline().decode().strip())
+while f.readline() not in (b"\r\n", b""):
+    pass
+for i in range(3):
+    msg = ("hello %d" % i).encode()
+    mask = os.urandom(4)
+    s.sendall(bytes([0x81, 0x80 | len(msg)]) + mask + bytes(x ^ mask[j % 4] for j, x in enumerate(msg)))
+    b = f.read(2)
+    print(f.read(b[1] & 0x7F).decode())
+"#;
+
+#[test]
+fn a_websocket_passes_through_both_sidecars() {
+    let mut lab = Lab::start();
+    lab.spawn(
+        &["-n", "shop", "--service-account", "chat", "--name", "chat-1", "--service", "chat:8080"],
+        &["python3", "-c", WS_SERVER, "8080"],
+    );
+    lab.workload_ip("shop", "chat-1");
+    let out = lab
+        .run(
+            &["-n", "shop", "--service-account", "order", "--name", "ws-client"],
+            &["python3", "-c", WS_CLIENT, "chat", "8080"],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["HTTP/1.1 101 Switching Protocols", "echo: hello 0", "echo: hello 1", "echo: hello 2"],
+        "{}",
+        text(&out)
+    );
+}
