@@ -390,3 +390,73 @@ async fn a_secret_in_another_namespace_needs_a_reference_grant() {
     );
     assert_eq!(compiled.config.ports[&18443].listeners.len(), 2);
 }
+
+/// A ClientHello offering TLS 1.1 only (legacy_version 3.2, no supported_versions extension,
+/// one CBC suite, SNI shop.example.com).
+fn tls11_client_hello() -> Vec<u8> {
+    let name = b"shop.example.com";
+    let mut sni = vec![0x00, 0x00]; // server_name extension
+    let list_len = name.len() + 3;
+    sni.extend(((list_len + 2) as u16).to_be_bytes());
+    sni.extend((list_len as u16).to_be_bytes());
+    sni.push(0); // host_name
+    sni.extend((name.len() as u16).to_be_bytes());
+    sni.extend(name);
+    let mut body = vec![0x03, 0x02];
+    body.extend([7u8; 32]); // random
+    body.push(0); // session id
+    body.extend([0x00, 0x02, 0x00, 0x2f]); // TLS_RSA_WITH_AES_128_CBC_SHA
+    body.extend([0x01, 0x00]); // null compression
+    body.extend((sni.len() as u16).to_be_bytes());
+    body.extend(sni);
+    let mut hs = vec![0x01];
+    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend(body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend((hs.len() as u16).to_be_bytes());
+    record.extend(hs);
+    record
+}
+
+#[tokio::test]
+async fn old_tls_versions_get_an_alert_and_stalled_handshakes_do_not_crowd_out_others() {
+    let pki = Pki::new();
+    let options = meshgate_proxy::GatewayOptions {
+        server: meshgate_proxy::conn::ServerSettings {
+            handshake_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let m = Mesh::start_with(&(https_gateway(&["shop"]) + &pki.secrets()), &V123, options).await;
+    // TLS 1.1 only: a fatal alert record, then the close.
+    let mut tcp = TcpStream::connect(m.addr()).await.unwrap();
+    tcp.write_all(&tls11_client_hello()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut answer)).await;
+    assert_eq!(answer.first(), Some(&0x15), "an alert record: {answer:?}");
+    assert_eq!(answer.get(5), Some(&2), "fatal: {answer:?}");
+    // 300 clients that start a handshake and stall (half a ClientHello), at once.
+    let hello = tls11_client_hello();
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(m.addr()).await.unwrap();
+        s.write_all(&hello[..20]).await.unwrap();
+        stalled.push(s);
+    }
+    // Everyone else is served meanwhile.
+    let started = Instant::now();
+    let stream = connect(m.addr(), "shop.example.com", pki.client(&[b"h2"], &[13], true)).await.unwrap();
+    assert_eq!(Sender::new(stream).await.get("shop.example.com", "/").await.unwrap().0, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "served after {:?}", started.elapsed());
+    // And the stalled ones are closed at the handshake timeout.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut closed = 0;
+    for s in &mut stalled {
+        let mut buf = [0u8; 16];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 300, "stalled handshakes still open");
+}
