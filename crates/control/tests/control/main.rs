@@ -2,6 +2,7 @@
 //! subscribed over mTLS gRPC, real upstreams.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
 
+mod certs;
 mod harness;
 mod push;
 mod rotation;
