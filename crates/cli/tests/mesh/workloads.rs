@@ -361,7 +361,13 @@ fn a_websocket_passes_through_both_sidecars() {
         &["-n", "shop", "--service-account", "chat", "--name", "chat-1", "--service", "chat:8080"],
         &["python3", "-c", WS_SERVER, "8080"],
     );
-    lab.workload_ip("shop", "chat-1");
+    let ip = lab.workload_ip("shop", "chat-1");
+    // The server is up when a plain GET (through its sidecar, PERMISSIVE) gets its 400.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !plain_get(SocketAddr::from((ip, 8080)), "/").is_ok_and(|r| r.starts_with("HTTP/1.1 400")) {
+        assert!(Instant::now() < deadline, "the WebSocket server never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = lab
         .run(
             &["-n", "shop", "--service-account", "order", "--name", "ws-client"],
