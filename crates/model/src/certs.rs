@@ -53,7 +53,7 @@ pub(crate) fn listener_tls(
             "Programmed",
             false,
             "Invalid",
-            format!("listener {:?}: protocol HTTPS needs tls.certificateRefs", l.name),
+            format!("listener {:?}: protocol {} needs tls.certificateRefs", l.name, l.protocol),
         ));
         return None;
     };
@@ -104,7 +104,7 @@ pub(crate) fn listener_tls(
             "ResolvedRefs",
             false,
             "InvalidCertificateRef",
-            format!("listener {:?}: protocol HTTPS needs at least one certificateRef", l.name),
+            format!("listener {:?}: protocol {} needs at least one certificateRef", l.name, l.protocol),
         ));
     }
     if certs.is_empty() {

@@ -131,20 +131,12 @@ pub(crate) fn place<'a>(
                 },
                 "TLS" => match l.tls.as_ref().and_then(|t| t.mode.clone()) {
                     Some(GatewayListenersTlsMode::Passthrough) => (None, ListenerProtocol::TlsPassthrough),
-                    _ => {
-                        conditions.push(cond(
-                            o,
-                            format!("{field}.tls.mode"),
-                            "Programmed",
-                            false,
-                            "UnsupportedValue",
-                            format!(
-                                "listener {:?}: protocol TLS is served with tls.mode Passthrough (TLSRoute by SNI); terminating it is not served yet",
-                                l.name
-                            ),
-                        ));
-                        continue;
-                    }
+                    // Terminate (the default): the gateway's certificate, then the decrypted
+                    // bytes to the TLSRoute's backends.
+                    _ => match listener_tls(set, disc, o, l, &field, inputs, conditions) {
+                        Some(tls) => (Some(tls), ListenerProtocol::TlsTerminate),
+                        None => continue,
+                    },
                 },
                 "TCP" => (None, ListenerProtocol::Tcp),
                 other => {

@@ -158,6 +158,8 @@ pub enum ListenerProtocol {
     Https,
     /// TLS connections passed through by SNI, unterminated (TLSRoute).
     TlsPassthrough,
+    /// TLS the gateway terminates, the decrypted bytes to a TLSRoute's backends.
+    TlsTerminate,
     /// Opaque TCP connections (TCPRoute).
     Tcp,
 }
@@ -258,7 +260,17 @@ impl ListenerSet {
         self.catch_all.and_then(|i| self.listeners.get(i))
     }
 
-    /// Whether the port terminates TLS (its listeners are HTTPS).
+    /// The listener whose TLS the gateway terminates to carry bytes, not requests, for a
+    /// ClientHello naming `sni` (as [`ListenerSet::select_cert`] chooses the listener).
+    pub fn tls_terminate(&self, sni: Option<&str>) -> Option<&Listener> {
+        let listener = match sni {
+            Some(name) => self.select(name)?,
+            None => self.catch_all.and_then(|i| self.listeners.get(i)).or_else(|| self.listeners.first())?,
+        };
+        (listener.protocol == ListenerProtocol::TlsTerminate).then_some(listener)
+    }
+
+    /// Whether the port terminates TLS (its listeners are HTTPS, or TLS in Terminate mode).
     pub fn terminates_tls(&self) -> bool {
         self.listeners.iter().any(|l| l.tls.is_some())
     }

@@ -407,6 +407,7 @@ async fn serve_connection(
     }
     let opened = Opened::now(Role::Gateway, peer);
     let mut given = None;
+    let mut sni_seen = None;
     // The certificate comes from the configuration in force at this handshake: a swap is seen
     // by the next ClientHello, established connections keep theirs.
     let select = |sni: Option<&str>, _: &mut dyn Iterator<Item = &[u8]>| {
@@ -418,10 +419,22 @@ async fn serve_connection(
         if sni.is_some() {
             given = Some(cert.clone());
         }
+        sni_seen = sni.map(str::to_string);
         Some(cert.server_config())
     };
     match tls::accept(stream, select, handshake_timeout).await {
         Ok(stream) => {
+            // A TLS listener in Terminate mode carries bytes: its TLSRoute's backends get them.
+            let snap = snapshot.load_full();
+            let sni = sni_seen.as_deref();
+            if let Some(listener) = snap.config.ports.get(&port).and_then(|s| s.tls_terminate(sni)) {
+                let Some(route) = listener.l4.select(sni) else {
+                    tracing::debug!(%peer, port, "TLS connection closed: no TLSRoute of listener {:?} serves {sni:?}", listener.name);
+                    let record = opened.closed((0, 0), CloseReason::Refused, Security::Tls, None, true);
+                    return snap.sink.connection(&record);
+                };
+                return l4::relay_route(stream, peer, route, &snap, opened, idle_timeout).await;
+            }
             info.scheme = "https";
             info.tls = given;
             super::serve_routes(stream, info, snapshot, builder, stop, settings).await;

@@ -12,6 +12,7 @@ use meshgate_proxy::telemetry::{CloseReason, ConnRecord, RequestRecord, Telemetr
 use meshgate_tls::edge::EdgeCert;
 use meshgate_tls::testing::{EdgeCa, KeyAlg};
 use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -255,7 +256,7 @@ spec:
     let (_, compiled) = meshgate_proxy::source::load(&[dir.path().to_path_buf()]).unwrap();
     let all: Vec<String> = compiled.problems().map(ToString::to_string).collect();
     let has = |s: &str| all.iter().any(|p| p.contains(s));
-    assert!(has("spec.listeners[0].tls.mode") && has("terminating it is not served yet"), "{all:?}");
+    assert!(has("protocol TLS needs at least one certificateRef"), "{all:?}");
     assert!(has("NotAllowedByListeners") && has("speaks HTTP, which does not carry TCPRoute"), "{all:?}");
     assert!(has("BackendNotFound"), "{all:?}");
     // Bad input is refused with the field.
@@ -328,4 +329,50 @@ stringData:
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("infra-backend-v1"), "{response}");
+}
+
+#[tokio::test]
+async fn a_tls_listener_in_terminate_mode_carries_the_decrypted_bytes_to_its_tlsroute() {
+    let ca = EdgeCa::new().unwrap();
+    let (crt, key) = ca.issue(&["db.example.com"], KeyAlg::EcdsaP256, -60, 3600).unwrap();
+    let plain = line_server("plain", None).await;
+    let indent = |pem: &str| pem.trim_end().lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let yaml = format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: meshgate
+  listeners:
+  - {{name: tls, port: {{port}}, protocol: TLS, hostname: db.example.com, tls: {{mode: Terminate, certificateRefs: [{{name: db}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha3
+kind: TLSRoute
+metadata: {{name: db, namespace: infra}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [db.example.com]
+  rules: [{{backendRefs: [{{name: db-plain, port: 8080}}]}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: db, namespace: infra}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{}  tls.key: |
+{}"#,
+        indent(&crt),
+        indent(&key)
+    ) + &service_yaml("infra", "db-plain", plain, None);
+    let m = Mesh::start_raw(&yaml).await;
+    let client = tokio_rustls::TlsConnector::from(ca.client(&[], &[13, 12]).unwrap());
+    let tcp = TcpStream::connect(m.addr()).await.unwrap();
+    let mut s = client.connect(ServerName::try_from("db.example.com").unwrap(), tcp).await.unwrap();
+    // The gateway's certificate; the backend speaks plaintext behind it.
+    let presented = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(presented.as_ref(), rustls_pki_types::CertificateDer::from_pem_slice(crt.as_bytes()).unwrap().as_ref());
+    assert_eq!(ask(&mut s, "select 1").await, "plain: select 1");
+    assert_eq!(ask(&mut s, "select 2").await, "plain: select 2");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use meshgate_model::rule::Backend;
 use meshgate_model::table::L4Route;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::conn::tcp::relay_idle;
@@ -35,8 +35,8 @@ fn opened_peer(stream: &TcpStream) -> String {
 }
 
 /// Carries `stream` to a backend of `route`; records the connection when it ends.
-pub(super) async fn relay_route(
-    mut stream: TcpStream,
+pub(super) async fn relay_route<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     route: &L4Route,
     snapshot: &Snapshot,
@@ -55,8 +55,8 @@ pub(super) async fn relay_route(
     snapshot.sink.connection(&record);
 }
 
-async fn relay_to_backend(
-    stream: &mut TcpStream,
+async fn relay_to_backend<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     peer: SocketAddr,
     route: &L4Route,
     snapshot: &Snapshot,
