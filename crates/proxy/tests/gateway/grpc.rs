@@ -69,6 +69,11 @@ spec:
   parentRefs: [{name: gw}]
   hostnames: [kv.example.com]
   rules:
+  - matches: [{method: {service: etcdserverpb.KV, method: Range}, headers: [{name: x-mirror, value: "yes"}]}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: kv-b, port: 8080}}
+    backendRefs: [{name: kv-a, port: 8080}]
   - matches: [{method: {service: etcdserverpb.KV, method: Range}, headers: [{name: x-tenant, value: blue}]}]
     filters:
     - type: RequestHeaderModifier
@@ -136,6 +141,26 @@ async fn grpc_routes_match_service_method_and_headers_and_split_by_weight() {
     // An upstream's own gRPC error passes through as it is.
     let e = kv.delete_range(DeleteRangeRequest::default()).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (Code::FailedPrecondition, "kv-a keeps everything"));
+}
+
+#[tokio::test]
+async fn a_mirrored_grpc_call_reaches_the_mirror_and_the_caller_gets_the_primary_answer() {
+    let (m, calls) = lab().await;
+    let mut kv = client(&m).await;
+    for _ in 0..5 {
+        let mut req = Request::new(RangeRequest { key: b"k".to_vec(), ..Default::default() });
+        req.metadata_mut().insert("x-mirror", "yes".parse().unwrap());
+        let r = kv.range(req).await.unwrap().into_inner();
+        assert!(value(&r).starts_with("kv-a "), "{}", value(&r));
+    }
+    for _ in 0..100 {
+        if calls["kv-b"].load(Ordering::Relaxed) == 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls["kv-a"].load(Ordering::Relaxed), 5);
+    assert_eq!(calls["kv-b"].load(Ordering::Relaxed), 5, "every call mirrored, over HTTP/2");
 }
 
 #[tokio::test]
