@@ -243,7 +243,9 @@ impl EndpointPool {
         loop {
             let (mut sender, reused) = match self.take_idle().await {
                 Some(s) => (s, true),
-                None => match self.idle_or_connect_h1().await {
+                // Boxed: the wait for a freed connection and the dial are rare (no idle connection);
+                // inline, their state would be moved with every request's future.
+                None => match Box::pin(self.idle_or_connect_h1()).await {
                     Ok(s) => s,
                     Err(error) => return Err(SendError { error, request: Some(req) }),
                 },
