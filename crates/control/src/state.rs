@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use meshgate_api::{ConfigError, Object, ObjectRef, Resource, ResourceSet};
 use meshgate_model::settings::MeshSettings;
-use meshgate_model::{Condition, Severity, compile_gateway};
+use meshgate_model::{Condition, Severity, compile_gateway_with};
 use tokio::sync::broadcast;
 
 use crate::store::{Store, StoreError, key_of};
@@ -98,6 +98,9 @@ pub struct Snapshot {
     pub conditions_of: HashMap<ObjectRef, Vec<usize>>,
     /// Mesh-wide settings.
     pub settings: MeshSettings,
+    /// The certificates HTTPS listeners serve, by Secret: what a gateway keeps in force when
+    /// an edit breaks a Secret, so the status said here matches what it serves.
+    pub certs: HashMap<String, Arc<meshgate_tls::edge::EdgeCert>>,
 }
 
 /// What changed from one version to the next.
@@ -180,7 +183,11 @@ impl State {
         if changed.is_empty() && removed.is_empty() && !errors_changed && old.version > 0 {
             return Ok(None);
         }
-        let compiled = compile_gateway(&set);
+        let last_good = |secret: &str| old.certs.get(secret).cloned();
+        let inputs = meshgate_model::CompileInputs { last_good: &last_good, now: std::time::SystemTime::now() };
+        let compiled = compile_gateway_with(&set, &inputs);
+        let certs =
+            compiled.config.ports.values().flat_map(|p| p.certs()).map(|c| (c.secret.to_string(), c.clone())).collect();
         let mut conditions = compiled.conditions;
         for e in &errors {
             if let Some(id) = &e.object {
@@ -205,7 +212,16 @@ impl State {
         for (i, c) in conditions.iter().enumerate() {
             conditions_of.entry(c.object.clone()).or_default().push(i);
         }
-        self.current.store(Arc::new(Snapshot { version, entries, set, errors, conditions, conditions_of, settings }));
+        self.current.store(Arc::new(Snapshot {
+            version,
+            entries,
+            set,
+            errors,
+            conditions,
+            conditions_of,
+            settings,
+            certs,
+        }));
         let change = Arc::new(Change { version, changed, removed });
         let _ = self.changes.send(change.clone());
         Ok(Some(change))

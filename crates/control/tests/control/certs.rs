@@ -75,4 +75,18 @@ async fn a_tls_secret_edited_in_the_control_plane_is_served_within_a_second() {
     cp.apply(&secret(&(other.0, renewed.1.clone()))).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(presented(tls_port, &ca).await, Some(der(&renewed.0)), "the last good certificate stays");
+    // And the control plane's status says so, as the gateway serves it.
+    let (_, s) = cp.call(http::Method::GET, "/api/v1/status", "").await;
+    let said: Vec<String> = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["object"]["name"] == "gw" && c["status"] == false)
+        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        said.iter().any(|m| m.contains("does not match the certificate") && m.contains("stays in force")),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|m| m.contains("not served")), "the control plane says the listener is down: {said:?}");
 }
