@@ -263,11 +263,7 @@ impl ListenerSet {
     /// The listener whose TLS the gateway terminates to carry bytes, not requests, for a
     /// ClientHello naming `sni` (as [`ListenerSet::select_cert`] chooses the listener).
     pub fn tls_terminate(&self, sni: Option<&str>) -> Option<&Listener> {
-        let listener = match sni {
-            Some(name) => self.select(name)?,
-            None => self.catch_all.and_then(|i| self.listeners.get(i)).or_else(|| self.listeners.first())?,
-        };
-        (listener.protocol == ListenerProtocol::TlsTerminate).then_some(listener)
+        self.for_client_hello(sni).filter(|l| l.protocol == ListenerProtocol::TlsTerminate)
     }
 
     /// Whether the port terminates TLS (its listeners are HTTPS, or TLS in Terminate mode).
@@ -299,11 +295,16 @@ impl ListenerSet {
     /// `Host` selects for requests), or for a client without SNI the catch-all listener's, else
     /// the port's first listener's. `None`: no listener serves that name.
     pub fn select_cert(&self, sni: Option<&str>) -> Option<&Arc<EdgeCert>> {
-        let listener = match sni {
-            Some(name) => self.select(name)?,
-            None => self.catch_all.and_then(|i| self.listeners.get(i)).or_else(|| self.listeners.first())?,
-        };
-        listener.tls.as_ref()?.select(sni)
+        self.for_client_hello(sni)?.tls.as_ref()?.select(sni)
+    }
+
+    /// The listener a ClientHello naming `sni` is for: the one its name selects (as `Host` does
+    /// for requests); without SNI the catch-all listener, else the port's first.
+    fn for_client_hello(&self, sni: Option<&str>) -> Option<&Listener> {
+        match sni {
+            Some(name) => self.select(name),
+            None => self.catch_all.and_then(|i| self.listeners.get(i)).or_else(|| self.listeners.first()),
+        }
     }
 
     /// Every certificate served on the port, by Secret.

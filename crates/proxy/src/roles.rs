@@ -45,3 +45,34 @@ pub(crate) async fn serve_routes<S>(
     let record = opened.closed((served.bytes_in, served.bytes_out), served.close, security, None, false);
     snapshot.load().sink.connection(&record);
 }
+
+/// Opaque TCP to one endpoint of `backend` (over mTLS to a meshed endpoint, TLS under a
+/// BackendTLSPolicy): a connect failure tries another endpoint, up to three; then the bytes go
+/// both ways until either side closes or none moves for `idle`. The one way every role carries
+/// a connection to a Service. `Err` says why no endpoint took it.
+pub(crate) async fn tcp_to_backend<S>(
+    stream: &mut S,
+    backend: &crate::upstream::balance::BackendRt,
+    idle: Option<std::time::Duration>,
+) -> Result<(crate::conn::tcp::Relayed, Arc<crate::upstream::pool::EndpointPool>), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut avoid = None;
+    let mut last_error = None;
+    for _ in 0..3 {
+        let Ok(endpoint) = backend.pick(None, avoid.as_ref()).cloned() else { break };
+        match endpoint.open_tcp().await {
+            Ok(mut upstream) => return Ok((crate::conn::tcp::relay_idle(stream, &mut upstream, idle).await, endpoint)),
+            Err(e) => {
+                tracing::warn!(service = %backend.model.id, endpoint = %endpoint.addr, error = %e, "TCP upstream connect failed");
+                last_error = Some(e.to_string());
+                avoid = Some(endpoint);
+            }
+        }
+    }
+    Err(match last_error {
+        Some(e) => format!("no endpoint of {} could be reached: {e}", backend.model.id),
+        None => format!("no healthy upstream: no endpoint of {} is ready", backend.model.id),
+    })
+}

@@ -64,10 +64,11 @@ pub fn cert_pem(der: &[u8]) -> String {
     pem_block("CERTIFICATE", der)
 }
 
-fn pem_block(label: &str, der: &[u8]) -> String {
+/// Standard base64 with padding (RFC 4648 §4): PEM bodies, WebSocket keys.
+pub fn base64(bytes: &[u8]) -> String {
     const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
-    for chunk in der.chunks(3) {
+    let mut b64 = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
         let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
@@ -77,6 +78,11 @@ fn pem_block(label: &str, der: &[u8]) -> String {
             }
         }
     }
+    b64
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    let b64 = base64(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).unwrap_or(""));

@@ -23,13 +23,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client, io) = Activity::new(client);
-    let close = match tokio::io::copy_bidirectional(&mut client, upstream).await {
-        Ok(_) => CloseReason::Closed,
-        Err(_) => CloseReason::Error,
-    };
-    let (bytes_in, bytes_out) = io.bytes();
-    Relayed { bytes_in, bytes_out, close }
+    relay_idle(client, upstream, None).await
 }
 
 /// As [`relay`], and closed when no byte moves either way for `idle`.

@@ -191,20 +191,8 @@ fn upstream_request(parts: &mut Parts, asked: Asked) -> Request<RequestBody> {
 
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 §4.1).
 fn websocket_key() -> HeaderValue {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-    let mut out = String::with_capacity(24);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(B64[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+    HeaderValue::from_str(&meshgate_tls::base64(&bytes)).unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
 }
 
 #[cfg(test)]

@@ -383,12 +383,12 @@ async fn serve_connection(
                         Some(route) => return l4::relay_route(stream, peer, route, &snap, opened, idle_timeout).await,
                         None => {
                             let why = format!("no TLSRoute of listener {:?} serves {sni:?}", listener.name);
-                            return l4::refuse_tls(stream, &snap, opened, &why).await;
+                            return l4::refuse_tls(stream, peer, &snap, opened, &why).await;
                         }
                     }
                 }
                 if !terminate {
-                    return l4::refuse_tls(stream, &snap, opened, &format!("no listener serves {sni:?}")).await;
+                    return l4::refuse_tls(stream, peer, &snap, opened, &format!("no listener serves {sni:?}")).await;
                 }
             }
             _ if !terminate => {

@@ -31,7 +31,6 @@ use crate::conn::tcp::{Relayed, relay};
 use crate::core::ProxyCore;
 use crate::http::{ConnInfo, Target};
 use crate::telemetry::{CloseReason, Opened, PlaintextReason, Role, Security};
-use crate::upstream::balance::BackendRt;
 use crate::upstream::pool::{EndpointPool, UpstreamError};
 
 /// Settings of a sidecar.
@@ -251,9 +250,12 @@ impl Sidecar {
                 return;
             };
             drop(snapshot);
-            match tcp_to_service(&mut stream, &backend, dst).await {
-                Some((relayed, security)) => record(Some(relayed), security),
-                None => record(None, not_meshed),
+            match super::tcp_to_backend(&mut stream, &backend, None).await {
+                Ok((relayed, endpoint)) => record(Some(relayed), endpoint.security()),
+                Err(why) => {
+                    tracing::warn!(service = %backend.model.id, %dst, "TCP connection closed: {why}");
+                    record(None, not_meshed);
+                }
             }
             return;
         }
@@ -312,29 +314,6 @@ pub fn hosts_text(mesh: &MeshOutbound) -> String {
         text.push_str(&format!("{ip} {}\n", names.join(" ")));
     }
     text
-}
-
-/// Opaque TCP to one endpoint of a Service (over mTLS to meshed endpoints); a connect failure
-/// tries another endpoint, up to three. `None` when none could be reached.
-async fn tcp_to_service(stream: &mut TcpStream, backend: &BackendRt, dst: SocketAddr) -> Option<(Relayed, Security)> {
-    let mut avoid = None;
-    for _ in 0..3 {
-        let endpoint = match backend.pick(None, avoid.as_ref()) {
-            Ok(e) => e.clone(),
-            Err(_) => {
-                tracing::warn!(service = %backend.model.id, %dst, "TCP connection closed: no healthy upstream");
-                return None;
-            }
-        };
-        match tcp_to_endpoint(stream, &endpoint).await {
-            Ok(relayed) => return Some((relayed, endpoint.security())),
-            Err(e) => {
-                tracing::warn!(service = %backend.model.id, endpoint = %endpoint.addr, error = %e, "TCP upstream connect failed");
-                avoid = Some(endpoint);
-            }
-        }
-    }
-    None
 }
 
 /// Opaque TCP to one endpoint; `Err` only when it could not be reached.

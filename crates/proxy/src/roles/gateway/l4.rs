@@ -12,7 +12,6 @@ use meshgate_model::table::L4Route;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::conn::tcp::relay_idle;
 use crate::core::Snapshot;
 use crate::telemetry::{CloseReason, Opened, PlaintextReason, Security};
 
@@ -21,17 +20,19 @@ use crate::telemetry::{CloseReason, Opened, PlaintextReason, Security};
 const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
 /// Answers a ClientHello no route serves with an alert, and closes.
-pub(super) async fn refuse_tls(mut stream: TcpStream, snapshot: &Snapshot, opened: Opened, why: &str) {
-    tracing::debug!(peer = %opened_peer(&stream), "TLS connection refused: {why}");
+pub(super) async fn refuse_tls(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    snapshot: &Snapshot,
+    opened: Opened,
+    why: &str,
+) {
+    tracing::debug!(%peer, "TLS connection refused: {why}");
     let _ = stream.write_all(&UNRECOGNIZED_NAME).await;
     let _ = stream.shutdown().await;
     let record =
         opened.closed((0, 7), CloseReason::Refused, Security::Plaintext(PlaintextReason::NotMeshed), None, true);
     snapshot.sink.connection(&record);
-}
-
-fn opened_peer(stream: &TcpStream) -> String {
-    stream.peer_addr().map_or_else(|_| "-".into(), |a| a.to_string())
 }
 
 /// Carries `stream` to a backend of `route`; records the connection when it ends.
@@ -71,25 +72,7 @@ async fn relay_to_backend<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Backend::Invalid { reason, message } => return Err(format!("invalid backend ({reason}): {message}")),
     };
-    let mut avoid = None;
-    let mut last_error = String::new();
-    for _ in 0..3 {
-        let endpoint = match backend.pick(None, avoid.as_ref()) {
-            Ok(e) => e.clone(),
-            Err(_) if !last_error.is_empty() => break,
-            Err(_) => return Err(format!("no healthy endpoint of {}", backend.model.id)),
-        };
-        match endpoint.open_tcp().await {
-            Ok(mut upstream) => {
-                tracing::debug!(%peer, route = %route.route, endpoint = %endpoint.addr, "connection relayed");
-                return Ok(relay_idle(stream, &mut upstream, idle).await);
-            }
-            Err(e) => {
-                tracing::warn!(service = %backend.model.id, endpoint = %endpoint.addr, error = %e, "TCP upstream connect failed");
-                last_error = e.to_string();
-                avoid = Some(endpoint);
-            }
-        }
-    }
-    Err(format!("no endpoint of {} could be reached: {last_error}", backend.model.id))
+    let (relayed, endpoint) = crate::roles::tcp_to_backend(stream, backend, idle).await?;
+    tracing::debug!(%peer, route = %route.route, endpoint = %endpoint.addr, "connection relayed");
+    Ok(relayed)
 }
