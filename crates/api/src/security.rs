@@ -240,6 +240,18 @@ pub struct MeshConfigSpec {
     /// How every proxy treats its clients' connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downstream: Option<DownstreamSettings>,
+    /// Access logs of every proxy (off by default; `--access-log` turns them on for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogSettings>,
+}
+
+/// Access logs: one JSON line per request and per opaque TCP connection, on standard output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessLogSettings {
+    /// On or off (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 /// How proxies treat their clients' (downstream) connections.

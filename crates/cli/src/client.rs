@@ -331,19 +331,10 @@ pub(crate) async fn ca_status(api: &Api) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// `YYYY-MM-DD` of Unix seconds (UTC), without a date library.
+/// `YYYY-MM-DD` of Unix seconds (UTC).
 fn unix_date(secs: i64) -> String {
-    // Howard Hinnant's days-from-civil, inverted.
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    meshgate_proxy::telemetry::access::rfc3339(t)[..10].to_string()
 }
 
 pub(crate) async fn certs(admin: &str) -> anyhow::Result<bool> {

@@ -14,15 +14,17 @@ pub(crate) struct Options {
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) drain_timeout: Duration,
     pub(crate) access_log: bool,
+    pub(crate) metrics: Option<SocketAddr>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) header_timeout: Option<Duration>,
 }
 
 pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
+    let telemetry = crate::proxy::telemetry(opts.access_log);
     let gateway = Gateway::new(GatewayOptions {
         bind: opts.bind,
         drain_timeout: opts.drain_timeout,
-        access_log: opts.access_log,
+        sink: telemetry.clone(),
         server: meshgate_proxy::conn::ServerSettings {
             idle_timeout: opts.idle_timeout,
             header_timeout: opts.header_timeout,
@@ -43,9 +45,13 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("{}", text.join("\n"));
     }
-    crate::proxy::serve_admin(opts.admin, meshgate_proxy::admin::Roles::gateway(gateway.core().clone())).await?;
+    let roles = meshgate_proxy::admin::Roles::gateway(gateway.core().clone()).with_telemetry(telemetry.clone());
+    crate::proxy::serve_admin_and_metrics(opts.admin, opts.metrics, roles).await?;
     if let Some(addr) = opts.admin {
-        tracing::info!(%addr, "admin endpoint: /ready /config_dump");
+        tracing::info!(%addr, "admin endpoint: /ready /config_dump /certs /metrics /tap");
+    }
+    if let Some(addr) = opts.metrics {
+        tracing::info!(%addr, "metrics: /metrics /stats/prometheus");
     }
     let watcher = tokio::spawn(source::watch(opts.paths.clone(), gateway.clone()));
     crate::release_cold_pages(gateway.core().clone());
@@ -53,6 +59,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
     tracing::info!(timeout = ?opts.drain_timeout, "shutting down: draining connections");
     watcher.abort();
     gateway.drain().await;
+    telemetry.access.flush(Duration::from_secs(2));
     tracing::info!("stopped");
     Ok(())
 }

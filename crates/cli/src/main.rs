@@ -70,9 +70,14 @@ enum Command {
         /// How long in-flight requests may take to finish on shutdown.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         drain_timeout: Duration,
-        /// Log one line per request.
+        /// Access logs: a JSON line per request and per TCP connection on standard output,
+        /// whatever MeshConfig spec.accessLog says.
         #[arg(long)]
         access_log: bool,
+        /// Prometheus metrics (/metrics, /stats/prometheus) on this address too (Istio's
+        /// 15020); "off": on the admin endpoint only.
+        #[arg(long, default_value = "0.0.0.0:15020")]
+        metrics: String,
         /// Close client connections that move no byte for this long ("0s": never).
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         idle_timeout: Duration,
@@ -311,12 +316,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { paths, strict } => validate::run(&paths, strict),
-        Command::Gateway { paths, bind, admin, drain_timeout, access_log, idle_timeout, header_timeout } => {
+        Command::Gateway { paths, bind, admin, drain_timeout, access_log, metrics, idle_timeout, header_timeout } => {
             serve(async move {
                 let admin = parse_admin(&admin)?;
+                let metrics = proxy::parse_metrics(&metrics)?;
                 let idle_timeout = (!idle_timeout.is_zero()).then_some(idle_timeout);
-                let opts =
-                    gateway::Options { paths, bind, admin, drain_timeout, access_log, idle_timeout, header_timeout };
+                let opts = gateway::Options {
+                    paths,
+                    bind,
+                    admin,
+                    drain_timeout,
+                    access_log,
+                    metrics,
+                    idle_timeout,
+                    header_timeout,
+                };
                 gateway::run(opts).await
             })
         }

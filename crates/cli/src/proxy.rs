@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +12,7 @@ use meshgate_proxy::cp::ControlPlaneAddr;
 use meshgate_proxy::managed::ManagedGateway;
 use meshgate_proxy::managed::ManagedSidecar;
 use meshgate_proxy::roles::sidecar::SidecarOptions;
+use meshgate_proxy::telemetry::{Telemetry, TelemetryOptions};
 use meshgate_proxy::{GatewayOptions, admin};
 
 /// `meshgate proxy` flags.
@@ -50,7 +52,12 @@ pub(crate) struct Args {
     /// Admin endpoint; "off" disables it.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub(crate) admin: String,
-    /// Log one line per request.
+    /// Prometheus metrics (/metrics, /stats/prometheus) on this address too (Istio's 15020);
+    /// "off": on the admin endpoint only.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub(crate) metrics: String,
+    /// Access logs: a JSON line per request and per TCP connection on standard output,
+    /// whatever MeshConfig spec.accessLog says.
     #[arg(long)]
     pub(crate) access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
@@ -67,6 +74,8 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--role {}: gateway or sidecar", args.role);
     }
     let admin = crate::parse_admin(&args.admin)?;
+    let metrics = parse_metrics(&args.metrics)?;
+    let telemetry = telemetry(args.access_log);
     let bundle_path = args.ca_bundle.clone().unwrap_or_else(|| meshgate_control::run::bundle_path(&args.state_dir));
     let bundle_pem = std::fs::read_to_string(&bundle_path)
         .with_context(|| format!("cannot read the CA bundle {} (--ca-bundle)", bundle_path.display()))?;
@@ -76,22 +85,24 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
     if args.role == "sidecar" {
         let workload = args.workload.clone().context("--role sidecar needs --workload NAME (its Workload)")?;
         let mut opts = SidecarOptions::new(format!("{}/{workload}", args.namespace));
-        opts.access_log = args.access_log;
+        opts.sink = telemetry.clone();
         opts.drain_timeout = args.drain_timeout;
         let managed = ManagedSidecar::start(target, id.clone(), args.token.clone(), opts, node).await?;
         let roles =
-            meshgate_proxy::admin::Roles::sidecar(managed.sidecar.core.clone(), managed.sidecar.inbound.clone());
-        serve_admin(admin, roles).await?;
+            meshgate_proxy::admin::Roles::sidecar(managed.sidecar.core.clone(), managed.sidecar.inbound.clone())
+                .with_telemetry(telemetry.clone());
+        serve_admin_and_metrics(admin, metrics, roles).await?;
         tracing::info!(%id, "sidecar proxy started");
         crate::release_cold_pages(managed.sidecar.core.clone());
         crate::gateway::shutdown_signal_quiet().await;
         managed.stop().await;
+        telemetry.access.flush(Duration::from_secs(2));
         return Ok(());
     }
     let options = GatewayOptions {
         bind: args.bind,
         drain_timeout: args.drain_timeout,
-        access_log: args.access_log,
+        sink: telemetry.clone(),
         server: meshgate_proxy::conn::ServerSettings {
             header_timeout: args.header_timeout,
             ..meshgate_proxy::conn::ServerSettings::default()
@@ -99,11 +110,13 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         ..GatewayOptions::default()
     };
     let managed = ManagedGateway::start(target, id.clone(), args.token.clone(), options, node).await?;
-    serve_admin(admin, meshgate_proxy::admin::Roles::gateway(managed.gateway.core().clone())).await?;
+    let roles = meshgate_proxy::admin::Roles::gateway(managed.gateway.core().clone()).with_telemetry(telemetry.clone());
+    serve_admin_and_metrics(admin, metrics, roles).await?;
     tracing::info!(%id, "gateway proxy started");
     crate::release_cold_pages(managed.gateway.core().clone());
     crate::gateway::shutdown_signal_quiet().await;
     managed.stop().await;
+    telemetry.access.flush(Duration::from_secs(2));
     Ok(())
 }
 
@@ -124,6 +137,35 @@ pub(crate) fn control_plane(
 /// The node a proxy reports to the control plane.
 pub(crate) fn node_name() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into())
+}
+
+/// A proxy's telemetry: metrics, access logs (on when `access_log`, else as the MeshConfig
+/// says), `tap`.
+pub(crate) fn telemetry(access_log: bool) -> Arc<Telemetry> {
+    Arc::new(Telemetry::new(TelemetryOptions { access_log }))
+}
+
+/// `--metrics ADDR|off`.
+pub(crate) fn parse_metrics(s: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if s == "off" {
+        return Ok(None);
+    }
+    Ok(Some(s.parse().map_err(|e| anyhow::anyhow!("--metrics {s:?}: {e}"))?))
+}
+
+/// Serves the admin endpoint on `admin` and the metrics alone on `metrics` (each when given).
+pub(crate) async fn serve_admin_and_metrics(
+    admin: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    roles: admin::Roles,
+) -> anyhow::Result<()> {
+    if let Some(addr) = metrics {
+        let listener = admin::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on metrics address {addr} (--metrics ADDR, or off)"))?;
+        tokio::spawn(admin::serve(listener, roles.clone().metrics_only()));
+    }
+    serve_admin(admin, roles).await
 }
 
 /// Serves the admin endpoint of `gateway` on `addr`, when there is one.

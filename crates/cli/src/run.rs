@@ -195,7 +195,20 @@ async fn wait_ready(sidecar: &mut Child) -> anyhow::Result<()> {
         Ok(false)
     };
     match tokio::time::timeout(Duration::from_secs(40), ready).await {
-        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(true)) => {
+            // What the sidecar writes from now on (its access log) goes on to our standard
+            // error: standard output stays the application's.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut out = tokio::io::stderr();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if out.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(())
+        }
         Ok(Ok(false)) => {
             let status = sidecar.wait().await.ok();
             bail!("the sidecar exited before it was ready ({})", status.map_or("?".into(), |s| s.to_string()))

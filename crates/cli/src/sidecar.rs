@@ -44,9 +44,12 @@ pub(crate) struct Args {
     /// Admin endpoint inside the namespace; "off" disables it.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub(crate) admin: String,
-    /// Log one line per request.
+    /// Access logs: a JSON line per request and per TCP connection on standard output.
     #[arg(long)]
     pub(crate) access_log: bool,
+    /// Prometheus metrics inside the namespace (Istio's 15020); "off": admin endpoint only.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub(crate) metrics: String,
     /// How long connections may take to finish on shutdown.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -87,16 +90,19 @@ pub(crate) async fn main(args: Args, privileged: Privileged) -> anyhow::Result<(
         &args.service_account,
     )?;
     let mut opts = SidecarOptions::new(format!("{}/{}", args.namespace, args.name));
-    opts.access_log = args.access_log;
+    let telemetry = crate::proxy::telemetry(args.access_log);
+    opts.sink = telemetry.clone();
     opts.drain_timeout = args.drain_timeout;
     opts.hosts_file = privileged.hosts_file;
     let admin = crate::parse_admin(&args.admin)?;
+    let metrics = crate::proxy::parse_metrics(&args.metrics)?;
     let managed = ManagedSidecar::start(target, id.clone(), args.token, opts, crate::proxy::node_name()).await?;
     if tokio::time::timeout(Duration::from_secs(30), managed.configured()).await.is_err() {
         anyhow::bail!("no configuration from the control plane within 30 s");
     }
-    let roles = meshgate_proxy::admin::Roles::sidecar(managed.sidecar.core.clone(), managed.sidecar.inbound.clone());
-    crate::proxy::serve_admin(admin, roles).await?;
+    let roles = meshgate_proxy::admin::Roles::sidecar(managed.sidecar.core.clone(), managed.sidecar.inbound.clone())
+        .with_telemetry(telemetry.clone());
+    crate::proxy::serve_admin_and_metrics(admin, metrics, roles).await?;
     tracing::info!(%id, "sidecar ready");
     // The signal `meshgate run` waits for before starting the application.
     let mut out = std::io::stdout().lock();
@@ -111,5 +117,6 @@ pub(crate) async fn main(args: Args, privileged: Privileged) -> anyhow::Result<(
     term.recv().await;
     tracing::info!("draining");
     managed.stop().await;
+    telemetry.access.flush(Duration::from_secs(2));
     Ok(())
 }

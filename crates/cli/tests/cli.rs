@@ -186,6 +186,7 @@ async fn gateway_serves_reports_and_drains_on_sigterm() {
         .arg("-f")
         .arg(dir.path())
         .args(["--bind", "127.0.0.1", "--admin", &format!("127.0.0.1:{admin}"), "--drain-timeout", "5s"])
+        .args(["--metrics", "off"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -218,7 +219,7 @@ async fn gateway_refuses_to_start_on_invalid_config() {
         .arg("gateway")
         .arg("-f")
         .arg(dir.path())
-        .args(["--admin", "off"])
+        .args(["--admin", "off", "--metrics", "off"])
         .output()
         .await
         .unwrap();
@@ -265,9 +266,9 @@ async fn concurrent_callers_have_their_retries_capped_and_the_access_log_shows_u
         .arg("-f")
         .arg(dir.path())
         .args(["--bind", "127.0.0.1", "--admin", &format!("127.0.0.1:{admin}"), "--access-log"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .args(["--metrics", "off"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -291,10 +292,13 @@ async fn concurrent_callers_have_their_retries_capped_and_the_access_log_shows_u
     let pid = child.id().unwrap().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output()).await.unwrap().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    let urx = log.lines().filter(|l| l.contains("flags=URX")).count();
-    let lines = log.lines().filter(|l| l.contains(" route=")).count();
-    assert_eq!(lines, 256, "one access log line per request:\n{log}");
+    let log = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let requests: Vec<_> = lines.iter().filter(|l| l["kind"] == "request").collect();
+    let urx = requests.iter().filter(|l| l["response_flags"].as_str().unwrap_or("").contains("URX")).count();
+    assert_eq!(requests.len(), 256, "one access log line per request:\n{log}");
+    assert!(requests.iter().all(|l| l["route"].is_string() && l["method"] == "GET" && l["path"] == "/"), "{log}");
     assert!(urx > 0, "no request had its retries cut short at 64 in flight:\n{log}");
     assert_eq!(urx, failed, "every failed request is a URX in the access log");
     // Capped near the budget, not starved: most requests still succeed through their retries.

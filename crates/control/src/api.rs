@@ -73,6 +73,12 @@ fn parse_ref(kind: &str, ns: &str, name: &str) -> Result<ObjectRef, String> {
 }
 
 async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incoming>) -> Reply {
+    // Scraped without a token, as istiod's are: counts only, nothing secret.
+    if req.method() == Method::GET && (req.uri().path() == "/metrics" || req.uri().path() == "/stats/prometheus") {
+        let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(cp))));
+        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+        return r;
+    }
     if !authorized(&req, token) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong token (Authorization: Bearer TOKEN)");
     }

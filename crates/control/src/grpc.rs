@@ -126,10 +126,12 @@ impl<S: Store> Identity for IdentityService<S> {
             Some(id) => id,
             None => {
                 if req.token.is_empty() {
+                    crate::metrics::CpMetrics::count(&cp.metrics.refused);
                     tracing::warn!(%addr, "certificate request refused: no join token and no client certificate");
                     return Err(Status::unauthenticated("a join token (or a valid SVID) is required"));
                 }
                 let grant = crate::tokens::redeem(&cp.store, &req.token).await.map_err(|e| {
+                    crate::metrics::CpMetrics::count(&cp.metrics.refused);
                     tracing::warn!(%addr, "certificate request refused: {e}");
                     Status::permission_denied(e.to_string())
                 })?;
@@ -143,11 +145,13 @@ impl<S: Store> Identity for IdentityService<S> {
         let (chain, bundle) = {
             let ca = cp.ca.lock().map_err(|_| Status::internal("CA unavailable"))?;
             let chain = ca.sign(&req.csr, &identity, Some(ttl)).map_err(|e| {
+                crate::metrics::CpMetrics::count(&cp.metrics.refused);
                 tracing::warn!(%addr, %identity, "certificate request refused: {e}");
                 Status::invalid_argument(e.to_string())
             })?;
             (chain, ca.bundle())
         };
+        crate::metrics::CpMetrics::count(&cp.metrics.issued);
         tracing::info!(%addr, %identity, "certificate issued");
         Ok(Response::new(CertifyResponse {
             chain,
@@ -265,6 +269,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
             let mut sent_keys = HashMap::new();
             let mut bundle_sent = 0;
             let mut next = full(&cp.state.snapshot(), &role, &ns, &mut sent_keys);
+            let mut pushed_at: Option<std::time::Instant> = None;
             loop {
                 let bv = *bundle.borrow_and_update();
                 if bv != bundle_sent {
@@ -283,6 +288,8 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                     if tx.send(Ok(next)).await.is_err() {
                         break;
                     }
+                    crate::metrics::CpMetrics::count(&cp.metrics.pushes);
+                    pushed_at = Some(std::time::Instant::now());
                 }
                 next = tokio::select! {
                     _ = stopping.changed() => break,
@@ -292,6 +299,9 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                         match msg {
                             Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Ack(a)) })) => {
                                 let v = a.version.parse().unwrap_or(0);
+                                if let Some(at) = pushed_at.take() {
+                                    cp.metrics.acked(at.elapsed());
+                                }
                                 cp.update_proxy(conn, |r| { r.acked = r.acked.max(v); if v >= r.sent { r.nack = None; } });
                             }
                             Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Credentials(c)) })) => {
@@ -300,6 +310,8 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                             }
                             Ok(Some(DiscoveryRequest { kind: Some(ReqKind::Nack(n)) })) => {
                                 tracing::warn!(%identity, version = %n.version, "proxy refused configuration: {}", n.error);
+                                crate::metrics::CpMetrics::count(&cp.metrics.nacks);
+                                pushed_at = None;
                                 cp.update_proxy(conn, |r| r.nack = Some(n.error.clone()));
                             }
                             Ok(Some(_)) => {}

@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod api;
 pub mod ca;
 pub mod grpc;
+pub mod metrics;
 pub mod plane;
 pub mod run;
 pub mod state;

@@ -104,6 +104,8 @@ pub struct ControlPlane<S: Store> {
     pub options: Options,
     /// Set when the control plane stops: proxy streams end so proxies resubscribe elsewhere.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Its own metrics.
+    pub metrics: crate::metrics::CpMetrics,
 }
 
 impl<S: Store> std::fmt::Debug for ControlPlane<S> {
@@ -144,6 +146,7 @@ impl<S: Store> ControlPlane<S> {
             next_conn: AtomicU64::new(1),
             options,
             stopping: tokio::sync::watch::channel(false).0,
+            metrics: crate::metrics::CpMetrics::default(),
         });
         cp.state.reload(&cp.store).await?;
         Ok(cp)

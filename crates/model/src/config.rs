@@ -26,6 +26,8 @@ pub struct ProxyConfig {
     pub mesh: Option<MeshOutbound>,
     /// How clients' connections are treated (MeshConfig `spec.downstream`).
     pub downstream: Downstream,
+    /// Access logs (MeshConfig `spec.accessLog`).
+    pub telemetry: crate::settings::Telemetry,
 }
 
 impl ProxyConfig {
@@ -112,4 +114,6 @@ pub struct MeshOutbound {
     pub inbound: InboundPolicy,
     /// This workload's SPIFFE ID.
     pub identity: Option<String>,
+    /// The workloads as this one's records name them.
+    pub peers: Arc<crate::peer::MeshPeers>,
 }

@@ -93,6 +93,7 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
         });
     }
     conditions.append(&mut disc.policy_conditions);
+    let settings = crate::settings::mesh_settings(set);
     let config = ProxyConfig {
         ports: ports
             .into_iter()
@@ -104,7 +105,8 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
             .collect(),
         backends: disc.into_backends(),
         mesh: None,
-        downstream: crate::settings::mesh_settings(set).downstream,
+        downstream: settings.downstream,
+        telemetry: settings.telemetry,
     };
     Compiled { config, conditions }
 }

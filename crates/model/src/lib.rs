@@ -2,7 +2,7 @@
 //! built once per configuration change and read lock-free on every request.
 //!
 //! Modules, each depending only on those listed before it: `status`, `host`, `matching`,
-//! `policy`, `rule`, `table`, `settings`; `resolve` (Services to endpoints), `security`
+//! `policy`, `peer`, `rule`, `table`, `settings`; `resolve` (Services to endpoints), `security`
 //! (inbound policy); `config` (the compiled types); `route` (HTTPRoute rules); `listeners`
 //! and `attach` (the gateway compiler's two steps); `gateway` and `mesh` (the compilers).
 
@@ -17,6 +17,7 @@ pub mod listener_policy;
 mod listeners;
 pub mod matching;
 pub mod mesh;
+pub mod peer;
 pub mod policy;
 pub mod resolve;
 mod route;

@@ -104,6 +104,7 @@ pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> Proxy
         _ => None,
     });
     let labels = me.map(|w| w.effective_labels()).unwrap_or_default();
+    let peers = mesh_peers(set, namespace, workload, me, &labels);
     let inbound = compile_inbound(set, &settings, &WorkloadRef { namespace, labels });
     let identity = me
         .and_then(|w| w.spec.service_account.as_ref())
@@ -185,7 +186,62 @@ pub fn compile_mesh(set: &ResourceSet, namespace: &str, workload: &str) -> Proxy
     ProxyConfig {
         ports: BTreeMap::new(),
         backends,
-        mesh: Some(MeshOutbound { services, endpoints, registry_only: settings.registry_only, inbound, identity }),
+        mesh: Some(MeshOutbound {
+            services,
+            endpoints,
+            registry_only: settings.registry_only,
+            inbound,
+            identity,
+            peers: Arc::new(peers),
+        }),
         downstream: settings.downstream,
+        telemetry: settings.telemetry,
     }
+}
+
+/// The workloads as `namespace/workload`'s records name them: itself, every workload by its
+/// address, and the Service that targets each of its ports (the first by name when several
+/// do, as a caller would not say which it dialled).
+fn mesh_peers(
+    set: &ResourceSet,
+    namespace: &str,
+    workload: &str,
+    me: Option<&meshgate_api::Workload>,
+    labels: &BTreeMap<&str, &str>,
+) -> crate::peer::MeshPeers {
+    use crate::peer::{MeshPeers, Peer};
+    let mut peers = MeshPeers {
+        me: Some(Arc::new(match me {
+            Some(_) => Peer::new(namespace, workload, labels),
+            None => Peer::named(namespace, workload),
+        })),
+        ..MeshPeers::default()
+    };
+    for (o, w) in set.workloads() {
+        if let Ok(ip) = w.spec.address.parse::<IpAddr>() {
+            let peer = Arc::new(Peer::new(o.id.ns(), &o.id.name, &w.effective_labels()));
+            peers.by_ip.entry(ip).or_insert(peer);
+        }
+    }
+    let Some(me) = me else { return peers };
+    for (o, svc) in set.services() {
+        let Some(spec) = &svc.spec else { continue };
+        let selected =
+            spec.selector.as_ref().is_some_and(|s| !s.is_empty() && meshgate_api::selector_matches(s, labels));
+        if o.id.ns() != namespace || !selected {
+            continue;
+        }
+        for sp in spec.ports.iter().flatten() {
+            let target = match &sp.target_port {
+                Some(meshgate_api::core::IntOrString::Int(p)) => Some(*p),
+                Some(meshgate_api::core::IntOrString::String(named)) => me.spec.ports.get(named).copied(),
+                None => Some(sp.port),
+            };
+            if let Some(target) = target.and_then(|p| u16::try_from(p).ok()) {
+                let id: Arc<str> = format!("{}/{}:{}", o.id.ns(), o.id.name, sp.port).into();
+                peers.services.entry(target).or_insert(id);
+            }
+        }
+    }
+    peers
 }

@@ -444,7 +444,12 @@ impl<'a> Discovery<'a> {
                 }
                 for a in &ep.addresses {
                     if let Ok(ip) = a.parse::<IpAddr>() {
-                        out.push(Endpoint { addr: SocketAddr::new(ip, port), origin: origin.clone(), identity: None });
+                        out.push(Endpoint {
+                            addr: SocketAddr::new(ip, port),
+                            origin: origin.clone(),
+                            identity: None,
+                            workload: None,
+                        });
                     }
                 }
             }
@@ -473,7 +478,12 @@ impl<'a> Discovery<'a> {
                 }
                 _ => None,
             };
-            out.push(Endpoint { addr: SocketAddr::new(ip, port), origin: format!("Workload {ns}/{wname}"), identity });
+            out.push(Endpoint {
+                addr: SocketAddr::new(ip, port),
+                origin: format!("Workload {ns}/{wname}"),
+                identity,
+                workload: Some(Arc::new(crate::peer::Peer::new(ns, wname, &w.effective_labels()))),
+            });
         }
         out
     }

@@ -362,6 +362,9 @@ pub struct Endpoint {
     /// The SPIFFE ID its meshgate proxy presents, when it is reached over mTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The workload behind it (none for an address of an EndpointSlice).
+    #[serde(skip)]
+    pub workload: Option<Arc<crate::peer::Peer>>,
 }
 
 #[cfg(test)]

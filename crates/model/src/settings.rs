@@ -22,6 +22,16 @@ pub struct MeshSettings {
     pub registry_only: bool,
     /// How proxies treat their clients' connections.
     pub downstream: Downstream,
+    /// What proxies record besides metrics.
+    pub telemetry: Telemetry,
+}
+
+/// What proxies record besides metrics (MeshConfig `spec.accessLog`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Telemetry {
+    /// A JSON line per request and per opaque TCP connection.
+    pub access_log: bool,
 }
 
 /// How proxies treat their clients' connections (MeshConfig `spec.downstream`).
@@ -54,6 +64,7 @@ impl Default for MeshSettings {
             workload_ttl_secs: 24 * 3600,
             registry_only: false,
             downstream: Downstream::default(),
+            telemetry: Telemetry::default(),
         }
     }
 }
@@ -79,6 +90,7 @@ pub fn mesh_settings(set: &ResourceSet) -> MeshSettings {
         {
             s.downstream.header_timeout = (!d.is_zero()).then_some(d);
         }
+        s.telemetry.access_log = m.spec.access_log.as_ref().and_then(|a| a.enabled).unwrap_or(false);
     }
     s
 }

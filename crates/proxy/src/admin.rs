@@ -1,6 +1,7 @@
 //! The admin endpoint (loopback by default): readiness, the effective configuration of every
-//! role the proxy plays (gateway listeners, sidecar outbound Services, sidecar inbound policy)
-//! and its certificates.
+//! role the proxy plays (gateway listeners, sidecar outbound Services, sidecar inbound policy),
+//! its certificates, its metrics (`/metrics`, `/stats/prometheus`) and `tap` (a live stream of
+//! its requests). The metrics listener (Istio's 15020) serves the metrics alone.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,7 +10,8 @@ use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -17,6 +19,9 @@ use tokio::net::TcpListener;
 
 use crate::core::ProxyCore;
 use crate::roles::inbound::Inbound;
+use crate::telemetry::Telemetry;
+
+type AdminBody = BoxBody<Bytes, Infallible>;
 
 /// What the admin endpoint shows: the core, and the roles played over it.
 #[derive(Debug, Clone)]
@@ -27,17 +32,33 @@ pub struct Roles {
     pub gateway: bool,
     /// The sidecar's inbound side, when the proxy is a sidecar.
     pub inbound: Option<Arc<Inbound>>,
+    /// Metrics and `tap`.
+    pub telemetry: Option<Arc<Telemetry>>,
+    /// Serve the metrics only (the metrics listener).
+    pub metrics_only: bool,
 }
 
 impl Roles {
     /// A gateway.
     pub fn gateway(core: Arc<ProxyCore>) -> Self {
-        Roles { core, gateway: true, inbound: None }
+        Roles { core, gateway: true, inbound: None, telemetry: None, metrics_only: false }
     }
 
     /// A sidecar: outbound over `core`, and `inbound`.
     pub fn sidecar(core: Arc<ProxyCore>, inbound: Arc<Inbound>) -> Self {
-        Roles { core, gateway: false, inbound: Some(inbound) }
+        Roles { core, gateway: false, inbound: Some(inbound), telemetry: None, metrics_only: false }
+    }
+
+    /// The same, with metrics and `tap` from `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// The same roles, for the metrics listener: `/metrics` and `/stats/prometheus` only.
+    pub fn metrics_only(mut self) -> Self {
+        self.metrics_only = true;
+        self
     }
 }
 
@@ -70,19 +91,32 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<AdminBody> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     r
 }
 
-fn route(roles: &Roles, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(roles: &Roles, req: &Request<Incoming>) -> Response<AdminBody> {
     let core = &roles.core;
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if path == "/metrics" || path == "/stats/prometheus" {
+        let mut out = String::with_capacity(64 * 1024);
+        render_metrics(core, roles.telemetry.as_deref(), &mut out);
+        return reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", out);
+    }
+    if roles.metrics_only {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics\n");
+    }
+    match path {
+        "/tap" => match &roles.telemetry {
+            Some(t) => tap(t, req.uri().query().unwrap_or("")),
+            None => reply(StatusCode::NOT_FOUND, "text/plain", "this proxy has no telemetry\n"),
+        },
         "/ready" => {
             if core.is_ready() {
                 reply(StatusCode::OK, "text/plain", "LIVE\n")
@@ -135,7 +169,119 @@ fn route(roles: &Roles, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             };
             reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&v).unwrap_or_default())
         }
-        "/" => reply(StatusCode::OK, "text/plain", "meshgate admin: /ready /config_dump /certs\n"),
+        "/" => reply(StatusCode::OK, "text/plain", "meshgate admin: /ready /config_dump /certs /metrics /tap\n"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /ready or /config_dump\n"),
+    }
+}
+
+/// A live stream of this proxy's requests matching `query` (`path`, `method`, `authority`), one
+/// JSON object per line. A reader that falls behind is told how many it missed.
+fn tap(telemetry: &Telemetry, query: &str) -> Response<AdminBody> {
+    use tokio_stream::StreamExt;
+    use tokio_stream::wrappers::BroadcastStream;
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+    let filter = crate::telemetry::tap::Filter::from_query(query);
+    let hello = serde_json::json!({"tap": "listening", "filter": {"path": filter.path, "method": filter.method, "authority": filter.authority}});
+    let first = tokio_stream::once(Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!("{hello}\n")))));
+    let records = BroadcastStream::new(telemetry.tap.subscribe()).filter_map(move |item| {
+        let line = match item {
+            Ok(r) if filter.matches(&r) => crate::telemetry::access::request_json(&r),
+            Ok(_) => return None,
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                serde_json::json!({"dropped": n, "why": "this reader fell behind"})
+            }
+        };
+        Some(Ok(http_body::Frame::data(Bytes::from(format!("{line}\n")))))
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(first.chain(records))));
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    r
+}
+
+/// The proxy's metrics in Prometheus text: Istio's standard metrics, then its own (backends'
+/// policy events, TLS handshakes, configuration, certificates, access log).
+fn render_metrics(core: &ProxyCore, telemetry: Option<&Telemetry>, out: &mut String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let help = |out: &mut String, name: &str, kind: &str, text: &str| {
+        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+    };
+    if let Some(t) = telemetry {
+        t.metrics.render(out);
+        help(
+            out,
+            "meshgate_access_log_lines_total",
+            "counter",
+            "Access log lines written, and dropped while the writer was behind.",
+        );
+        let _ = writeln!(out, "meshgate_access_log_lines_total{{outcome=\"written\"}} {}", t.access.written());
+        let _ = writeln!(out, "meshgate_access_log_lines_total{{outcome=\"dropped\"}} {}", t.access.dropped());
+    }
+    crate::telemetry::handshakes::render(out);
+    let snap = core.snapshot();
+    type Event = fn(&crate::upstream::state::BackendEvents) -> &std::sync::atomic::AtomicU64;
+    let events: [(&str, &str, Event); 4] = [
+        ("meshgate_retries_total", "Retries made, by destination Service.", |e| &e.retries),
+        ("meshgate_retry_budget_refused_total", "Retries the retry budget refused.", |e| &e.budget_refused),
+        ("meshgate_circuit_breaker_refused_total", "Requests a circuit breaker refused (UO).", |e| &e.overflow),
+        ("meshgate_outlier_ejections_total", "Endpoints ejected by outlier detection.", |e| &e.ejections),
+    ];
+    let service = |id: &str| match crate::telemetry::metrics::split_backend(id) {
+        Some((ns, name)) => format!("destination_service=\"{name}.{ns}.svc.cluster.local\""),
+        None => "destination_service=\"unknown\"".to_string(),
+    };
+    for (name, text, field) in events {
+        help(out, name, "counter", text);
+        for b in &snap.backends {
+            let _ = writeln!(out, "{name}{{{}}} {}", service(&b.model.id), field(&b.state.events).load(Relaxed));
+        }
+    }
+    help(out, "meshgate_upstream_requests_active", "gauge", "Requests in flight, by destination Service.");
+    for b in &snap.backends {
+        let _ = writeln!(out, "meshgate_upstream_requests_active{{{}}} {}", service(&b.model.id), b.state.active());
+    }
+    help(out, "meshgate_config_version", "gauge", "Version of the configuration in force.");
+    let _ = writeln!(out, "meshgate_config_version {}", snap.version);
+    help(out, "meshgate_config_applied_timestamp_seconds", "gauge", "When the configuration in force was applied.");
+    let applied = snap.applied_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let _ = writeln!(out, "meshgate_config_applied_timestamp_seconds {applied}");
+    let (rejected, last) = crate::telemetry::rejected();
+    help(out, "meshgate_config_rejected_total", "counter", "Configurations refused (NACKed); the one in force stayed.");
+    let _ = writeln!(out, "meshgate_config_rejected_total {rejected}");
+    help(
+        out,
+        "meshgate_config_last_rejected_timestamp_seconds",
+        "gauge",
+        "When a configuration was last refused (0: never).",
+    );
+    let _ = writeln!(out, "meshgate_config_last_rejected_timestamp_seconds {last}");
+    help(out, "meshgate_ready", "gauge", "1 while the proxy serves a configuration and is not draining.");
+    let _ = writeln!(out, "meshgate_ready {}", u8::from(core.is_ready()));
+    if let Some(tls) = core.tls() {
+        let m = tls.material();
+        help(
+            out,
+            "meshgate_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When this proxy's certificate and its trusted roots expire.",
+        );
+        let not_after = m.svid.not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let _ = writeln!(out, "meshgate_certificate_expiry_timestamp_seconds{{kind=\"svid\",serial=\"\"}} {not_after}");
+        for root in &m.bundle.roots {
+            let d = meshgate_tls::svid::describe(root);
+            let _ = writeln!(
+                out,
+                "meshgate_certificate_expiry_timestamp_seconds{{kind=\"root\",serial=\"{}\"}} {}",
+                d.serial, d.not_after
+            );
+        }
+        help(
+            out,
+            "meshgate_certificate_rotation_timestamp_seconds",
+            "gauge",
+            "When this proxy renews its certificate next.",
+        );
+        let next = m.next_rotation.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let _ = writeln!(out, "meshgate_certificate_rotation_timestamp_seconds {next}");
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use meshgate_model::peer::Peer;
 use meshgate_model::{Compiled, Condition, ProxyConfig};
 
 use crate::telemetry::Sink;
@@ -36,6 +37,8 @@ pub struct Snapshot {
     pub backends: Vec<Arc<BackendRt>>,
     /// This proxy's SPIFFE ID (the source of the requests it sends upstream).
     pub identity: Option<Arc<str>>,
+    /// This proxy's workload (the source of the requests it sends upstream), for records.
+    pub peer: Arc<Peer>,
     /// Where request and connection records go.
     pub sink: Sink,
 }
@@ -52,6 +55,7 @@ impl Snapshot {
 pub struct ProxyCore {
     tls: Option<Arc<meshgate_tls::MeshTls>>,
     identity: Option<Arc<str>>,
+    peer: Arc<Peer>,
     sink: Sink,
     snapshot: Arc<ArcSwap<Snapshot>>,
     registry: Registry,
@@ -74,9 +78,21 @@ impl ProxyCore {
         Self::with_sink(tls, crate::telemetry::noop())
     }
 
-    /// The same, with records handed to `sink`.
+    /// The same, with records handed to `sink`; the proxy's workload is named after its
+    /// identity's service account (a gateway's), or `meshgate-gateway` without one.
     pub fn with_sink(tls: Option<Arc<meshgate_tls::MeshTls>>, sink: Sink) -> Arc<Self> {
+        let peer = match tls.as_ref().and_then(|t| t.id().workload().map(|(ns, sa)| Peer::named(ns, sa))) {
+            Some(p) => p,
+            None => Peer::named("meshgate-system", "meshgate-gateway"),
+        };
+        Self::build(tls, sink, peer)
+    }
+
+    /// A core whose records name `peer` as this proxy's workload until a configuration names
+    /// it (a sidecar's names its Workload).
+    pub fn build(tls: Option<Arc<meshgate_tls::MeshTls>>, sink: Sink, peer: Peer) -> Arc<Self> {
         let identity: Option<Arc<str>> = tls.as_ref().map(|t| Arc::from(t.id().as_str()));
+        let peer = Arc::new(peer);
         let empty = Snapshot {
             version: 0,
             applied_at: SystemTime::now(),
@@ -85,11 +101,13 @@ impl ProxyCore {
             conditions: Vec::new(),
             backends: Vec::new(),
             identity: identity.clone(),
+            peer: peer.clone(),
             sink: sink.clone(),
         };
         Arc::new(ProxyCore {
             tls,
             identity,
+            peer,
             sink,
             snapshot: Arc::new(ArcSwap::from_pointee(empty)),
             registry: Registry::default(),
@@ -137,6 +155,11 @@ impl ProxyCore {
         self.start_housekeeping();
         let backends = self.registry.prepare(&compiled.config, self.tls.as_ref());
         let version = self.versions.fetch_add(1, Ordering::AcqRel) + 1;
+        self.sink.configure(&compiled.config.telemetry);
+        let peer = match compiled.config.mesh.as_ref().and_then(|m| m.peers.me.clone()) {
+            Some(me) => me,
+            None => self.peer.clone(),
+        };
         let snapshot = Snapshot {
             version,
             applied_at: SystemTime::now(),
@@ -145,6 +168,7 @@ impl ProxyCore {
             conditions: compiled.conditions,
             backends,
             identity: self.identity.clone(),
+            peer,
             sink: self.sink.clone(),
         };
         self.snapshot.store(Arc::new(snapshot));

@@ -324,6 +324,7 @@ async fn session(
                 ReqKind::Ack(Ack { version: resp.version })
             }
             Err(error) => {
+                crate::telemetry::note_rejected();
                 tracing::error!(version = %resp.version, "configuration refused; keeping version {version}: {error}");
                 ReqKind::Nack(Nack { version: resp.version, error })
             }

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// A set of response flags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Flags(u32);
 
 macro_rules! flags {

@@ -16,7 +16,7 @@
 mod attempts;
 mod filters;
 mod forward;
-mod grpc;
+pub(crate) mod grpc;
 mod outcome;
 pub mod response;
 mod route;
@@ -50,8 +50,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `http`, or `https` on a connection whose TLS the gateway terminated.
     pub scheme: &'static str,
-    /// Write an access log line per request.
-    pub access_log: bool,
     /// Where the connection's requests are routed.
     pub target: Target,
     /// On a TLS connection whose client sent SNI: the certificate it was given. A request for
@@ -79,8 +77,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
     let (mut parts, body) = req.into_parts();
     let grpc = grpc::is_call(&parts.headers);
     let (body, received) = ClientBody::new(body, start.is_some());
-    let method = conn.access_log.then(|| parts.method.clone());
-    let path_for_log = conn.access_log.then(|| parts.uri.path().to_string());
+    let details = (start.is_some() && snapshot.sink.wants_details()).then(|| crate::telemetry::Details::of(&parts));
     let mut hop = Hop::default();
     let mut out = route_and_forward(&snapshot, &conn, &mut parts, body, &mut hop).await;
     if grpc {
@@ -107,27 +104,19 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
         proxy_time: ttfb.saturating_sub(hop.upstream_wait + hop.waited),
         source: snapshot.identity.clone(),
         destination: hop.destination,
+        source_workload: Some(snapshot.peer.clone()),
+        destination_workload: hop.destination_workload,
+        grpc,
+        grpc_status: if grpc { grpc::status_of(out.resp.headers()) } else { None },
         security: hop.security,
         peer: conn.peer,
+        details,
     });
     if !out.flags.is_empty() {
         // Like Linkerd's l5d-proxy-error: says why, without a trip to the logs.
         if let Ok(v) = HeaderValue::from_str(&out.flags.to_string()) {
             out.resp.headers_mut().insert(X_MESHGATE_FLAGS.clone(), v);
         }
-    }
-    if let (Some(method), Some(path)) = (method, path_for_log) {
-        tracing::info!(
-            target: "meshgate::access",
-            "{method} {path} {} {} route={} upstream={} flags={} attempts={} {:.3}ms",
-            out.resp.status().as_u16(),
-            conn.peer,
-            out.rule.map_or_else(|| "-".to_string(), |r| format!("{}#{}", r.route, r.index)),
-            out.upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
-            out.flags,
-            out.attempts,
-            ttfb.as_secs_f64() * 1000.0,
-        );
     }
     match record {
         Some(record) => out.resp.map(|body| body.recorded(record, started, snapshot.sink.clone(), received)),

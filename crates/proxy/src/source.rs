@@ -63,6 +63,7 @@ pub async fn apply_files(paths: &[PathBuf], gateway: &Arc<Gateway>) -> Option<u6
     match result {
         Err(errors) => {
             let current = gateway.snapshot().version;
+            crate::telemetry::note_rejected();
             tracing::error!(
                 errors = errors.len(),
                 "configuration rejected; version {current} stays in force:\n{errors}"
@@ -81,6 +82,7 @@ pub async fn apply_files(paths: &[PathBuf], gateway: &Arc<Gateway>) -> Option<u6
                 }
                 Err(bind_errors) => {
                     let current = gateway.snapshot().version;
+                    crate::telemetry::note_rejected();
                     for e in &bind_errors {
                         tracing::error!("configuration rejected; version {current} stays in force: {e}");
                     }

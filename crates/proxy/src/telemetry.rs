@@ -2,11 +2,22 @@
 //! when the response body ends or the client goes away, a [`ConnRecord`] when a connection
 //! closes, both handed to one [`TelemetrySink`]. Metrics, traces, access logs, the service
 //! graph and `tap` are sinks that read these records; nothing else on the hot path reports.
-//! Records hold shared strings and plain values: making one allocates nothing.
+//! Records hold shared strings and plain values: making one allocates nothing (the request
+//! line an access log or `tap` shows is kept only while one of them is on).
+
+pub mod access;
+pub mod handshakes;
+pub mod metrics;
+mod sink;
+pub mod tap;
+
+pub use sink::{Telemetry, TelemetryOptions};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use meshgate_model::peer::Peer;
 
 use crate::flags::Flags;
 
@@ -23,7 +34,7 @@ pub enum Role {
 
 /// Why a hop is plaintext: a reason, never a bare bool, so that metrics, logs and the
 /// dashboard can say which.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PlaintextReason {
     /// PERMISSIVE accepted a plaintext client (the "insecure channel" warning).
     Permissive,
@@ -40,7 +51,7 @@ pub enum PlaintextReason {
 
 /// How the hop this proxy answers for is secured: the downstream connection for an inbound
 /// proxy, the upstream one for the gateway and a sidecar's outbound side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Security {
     /// Mutual TLS, both SPIFFE identities verified.
     Mutual,
@@ -96,11 +107,57 @@ pub struct RequestRecord {
     pub source: Option<Arc<str>>,
     /// The callee's SPIFFE ID, when known.
     pub destination: Option<Arc<str>>,
+    /// The calling workload, when known.
+    pub source_workload: Option<Arc<Peer>>,
+    /// The called workload, when known.
+    pub destination_workload: Option<Arc<Peer>>,
+    /// A gRPC call.
+    pub grpc: bool,
+    /// The gRPC status of a gRPC call (`grpc-status` of the trailers, or of a trailers-only
+    /// response); `None` for other requests.
+    pub grpc_status: Option<u16>,
     /// How the hop this proxy answers for was secured (`None`: the proxy answered itself, no
     /// hop was made).
     pub security: Option<Security>,
     /// The downstream client's address.
     pub peer: SocketAddr,
+    /// The request line, while an access log or `tap` wants it.
+    pub details: Option<Box<Details>>,
+}
+
+/// What an access log line and `tap` show of a request beyond the record's counters: kept
+/// only while one of them is on.
+#[derive(Debug, Clone)]
+pub struct Details {
+    /// The method.
+    pub method: http::Method,
+    /// `:authority` or `Host`.
+    pub authority: String,
+    /// The path and query.
+    pub path: String,
+    /// `x-request-id`.
+    pub request_id: Option<String>,
+    /// `user-agent`.
+    pub user_agent: Option<String>,
+    /// The W3C trace id the request carried (or was given).
+    pub trace_id: Option<String>,
+}
+
+impl Details {
+    /// The request line of `parts`.
+    pub fn of(parts: &http::request::Parts) -> Box<Self> {
+        let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let authority = parts.uri.authority().map(|a| a.as_str().to_string()).or_else(|| header("host"));
+        let trace_id = header("traceparent").and_then(|t| t.split('-').nth(1).map(str::to_string));
+        Box::new(Details {
+            method: parts.method.clone(),
+            authority: authority.unwrap_or_default(),
+            path: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+            request_id: header("x-request-id"),
+            user_agent: header("user-agent"),
+            trace_id,
+        })
+    }
 }
 
 /// Why a connection closed.
@@ -147,6 +204,21 @@ pub struct ConnRecord {
     pub close: CloseReason,
     /// Opaque TCP (no HTTP requests on it).
     pub opaque: bool,
+    /// The caller's SPIFFE ID as the metrics name it: the client's on an inbound proxy, this
+    /// proxy's own on an outbound one.
+    pub source: Option<Arc<str>>,
+    /// The calling workload, when known.
+    pub source_workload: Option<Arc<Peer>>,
+    /// The callee's SPIFFE ID, when known.
+    pub destination: Option<Arc<str>>,
+    /// The called workload, when known.
+    pub destination_workload: Option<Arc<Peer>>,
+    /// The Service an opaque connection went to (`namespace/name:port`).
+    pub backend: Option<Arc<str>>,
+    /// The endpoint it was relayed to.
+    pub endpoint: Option<SocketAddr>,
+    /// Why it ended the way it did (`UF`: no endpoint could be reached, `UH`: none ready).
+    pub flags: Flags,
 }
 
 /// A connection accepted, its record to come.
@@ -184,7 +256,38 @@ impl Opened {
             security,
             close,
             opaque,
+            source: None,
+            source_workload: None,
+            destination: None,
+            destination_workload: None,
+            backend: None,
+            endpoint: None,
+            flags: Flags::NONE,
         }
+    }
+}
+
+impl ConnRecord {
+    /// The same record, relayed to `pool` of `backend` (or to nowhere, `flags` saying why).
+    pub(crate) fn relayed(
+        mut self,
+        backend: Option<&Arc<str>>,
+        pool: Option<&crate::upstream::pool::EndpointPool>,
+    ) -> Self {
+        self.backend = backend.cloned();
+        if let Some(p) = pool {
+            self.endpoint = Some(p.addr);
+            self.destination = p.identity().cloned();
+            self.destination_workload = p.workload().cloned();
+        }
+        self
+    }
+
+    /// The same record, from `source` (its SPIFFE ID) and `workload`.
+    pub(crate) fn sourced(mut self, source: Option<Arc<str>>, workload: Option<Arc<Peer>>) -> Self {
+        self.source = source;
+        self.source_workload = workload;
+        self
     }
 }
 
@@ -196,6 +299,12 @@ pub trait TelemetrySink: Send + Sync + std::fmt::Debug + 'static {
     fn wants_requests(&self) -> bool {
         true
     }
+    /// Whether request records should carry their [`Details`] (an access log or `tap` is on).
+    fn wants_details(&self) -> bool {
+        false
+    }
+    /// The configuration changed (access logs, tracing).
+    fn configure(&self, _settings: &meshgate_model::settings::Telemetry) {}
     /// A request has ended.
     fn request(&self, record: &RequestRecord);
     /// A connection has closed.
@@ -212,6 +321,24 @@ impl TelemetrySink for NoopSink {
     }
     fn request(&self, _: &RequestRecord) {}
     fn connection(&self, _: &ConnRecord) {}
+}
+
+static REJECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LAST_REJECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts a configuration this proxy refused (a NACK, or files that did not load): the one
+/// in force stays.
+pub fn note_rejected() {
+    use std::sync::atomic::Ordering;
+    REJECTED.fetch_add(1, Ordering::Relaxed);
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST_REJECTED.store(now, Ordering::Relaxed);
+}
+
+/// Configurations refused so far, and when the last was (Unix seconds, 0: never).
+pub fn rejected() -> (u64, u64) {
+    use std::sync::atomic::Ordering;
+    (REJECTED.load(Ordering::Relaxed), LAST_REJECTED.load(Ordering::Relaxed))
 }
 
 /// A sink shared by every connection and request of a proxy.

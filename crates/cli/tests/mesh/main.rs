@@ -6,4 +6,5 @@
 
 mod harness;
 mod lab;
+mod telemetry;
 mod workloads;

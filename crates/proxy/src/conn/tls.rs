@@ -43,8 +43,19 @@ where
         };
         start.into_stream(chosen?).await.map_err(AcceptError::Handshake)
     };
-    match tokio::time::timeout(timeout, handshake).await {
+    use crate::telemetry::handshakes::{Outcome, Side, count};
+    let result = match tokio::time::timeout(timeout, handshake).await {
         Ok(r) => r,
         Err(_) => Err(AcceptError::Timeout),
-    }
+    };
+    count(
+        Side::Server,
+        match &result {
+            Ok(_) => Outcome::Ok,
+            Err(AcceptError::Timeout) => Outcome::Timeout,
+            Err(AcceptError::NoConfig(_)) => Outcome::UnknownServerName,
+            Err(AcceptError::Handshake(e)) => Outcome::of_io(e),
+        },
+    );
+    result
 }

@@ -23,6 +23,8 @@ struct PoolKey {
     connect: Duration,
     idle: Duration,
     identity: Option<String>,
+    /// The workload behind it (its labels name it in records).
+    workload: Option<Arc<meshgate_model::peer::Peer>>,
     /// The BackendTLSPolicy's TLS: policy, server name, roots.
     origination: Option<(Arc<str>, String, u64)>,
 }
@@ -68,6 +70,7 @@ impl Registry {
                             connect: b.policy.connect_timeout,
                             idle: b.policy.idle_timeout,
                             identity: e.identity.clone(),
+                            workload: e.workload.clone(),
                             origination: b.tls.as_ref().map(|t| (t.policy.clone(), t.hostname.clone(), t.roots_hash)),
                         };
                         match pools.get(&key).and_then(Weak::upgrade) {
@@ -85,6 +88,7 @@ impl Registry {
                                 if let Some(tls) = &b.tls {
                                     pool.originate_tls(tls.clone());
                                 }
+                                pool.set_workload(e.workload.clone());
                                 #[cfg(test)]
                                 {
                                     pool.memory = self.memory.lock().ok().and_then(|m| m.get(&e.addr).cloned());

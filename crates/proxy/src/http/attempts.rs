@@ -25,6 +25,7 @@ use crate::flags::Flags;
 use crate::headers::strip_hop_by_hop;
 use crate::upstream::balance::Outcome as Outcome5;
 use crate::upstream::pool::{EndpointPool, SendError, UpstreamError};
+use crate::upstream::state::BackendEvents;
 
 /// The retry and timeout policy in force for one request.
 struct Effective<'p> {
@@ -93,6 +94,7 @@ pub(super) async fn run(
                 backend.model.id,
                 backend.policy().limits.max_requests
             );
+            BackendEvents::count(&backend.state.events.overflow);
             return Outcome::local(StatusCode::SERVICE_UNAVAILABLE, msg, Some(rule), flags | Flags::UPSTREAM_OVERFLOW);
         };
         let endpoint = match pick_endpoint(backend, hash, last.as_ref(), &mut hop.waited).await {
@@ -162,6 +164,7 @@ pub(super) async fn run(
                     UpstreamError::Overflow(msg) => {
                         let msg = format!("{msg} (Service {})", backend.model.id);
                         let flags = flags | Flags::UPSTREAM_OVERFLOW;
+                        BackendEvents::count(&backend.state.events.overflow);
                         return Outcome::local(StatusCode::SERVICE_UNAVAILABLE, msg, Some(rule), flags);
                     }
                     e if e.is_connect() => {
@@ -207,6 +210,7 @@ pub(super) async fn run(
             _retry_guard = Some(guard);
         }
         drop(active);
+        BackendEvents::count(&backend.state.events.retries);
         // Exponential backoff with full jitter.
         let cap = policy.backoff.saturating_mul(1u32 << attempt.min(16)).min(policy.max_backoff);
         let pause = cap.mul_f64(fastrand::f64());

@@ -67,6 +67,7 @@ pub(super) async fn to_pod(pool: &Arc<EndpointPool>, parts: &mut Parts, body: Cl
     let sent_at = tokio::time::Instant::now();
     let result = pool.send(req).await;
     hop.destination = pool.identity().cloned();
+    hop.destination_workload = pool.workload().cloned();
     hop.security = Some(pool.security());
     hop.upstream_wait = sent_at.elapsed();
     match result {
@@ -142,6 +143,7 @@ pub(super) async fn pick_endpoint(
         )),
         Err(NoEndpoint::AllEjected { total, until }) => {
             let Some(_pending) = backend.state.enter_pending() else {
+                crate::upstream::state::BackendEvents::count(&backend.state.events.overflow);
                 return Err((
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(

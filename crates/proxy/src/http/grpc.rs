@@ -15,8 +15,13 @@ use crate::flags::Flags;
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
+/// The `grpc-status` of a response head or trailers.
+pub(crate) fn status_of(headers: &HeaderMap) -> Option<u16> {
+    std::str::from_utf8(headers.get(&GRPC_STATUS)?.as_bytes()).ok()?.trim().parse().ok()
+}
+
 /// Whether a request is a gRPC call.
-pub(super) fn is_call(headers: &HeaderMap) -> bool {
+pub(crate) fn is_call(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 

@@ -45,6 +45,8 @@ pub(super) struct Hop {
     pub(super) backend: Option<Arc<str>>,
     /// The last endpoint's identity.
     pub(super) destination: Option<Arc<str>>,
+    /// The last endpoint's workload.
+    pub(super) destination_workload: Option<Arc<meshgate_model::peer::Peer>>,
     /// How the last attempt was secured.
     pub(super) security: Option<Security>,
     /// Time spent waiting on upstreams (every attempt, send to response head or failure).
@@ -60,6 +62,7 @@ impl Hop {
             self.backend = Some(backend.clone());
         }
         self.destination = endpoint.identity().cloned();
+        self.destination_workload = endpoint.workload().cloned();
         self.security = Some(endpoint.security());
         self.upstream_wait += latency;
     }

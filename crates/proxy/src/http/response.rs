@@ -165,6 +165,10 @@ impl Body for ResponseBody {
                 Some(Ok(f)) => {
                     if let Some(data) = f.data_ref() {
                         recording.record.response_bytes += data.len() as u64;
+                    } else if recording.record.grpc
+                        && let Some(trailers) = f.trailers_ref()
+                    {
+                        recording.record.grpc_status = super::grpc::status_of(trailers);
                     }
                     inner.is_end_stream()
                 }

@@ -77,7 +77,6 @@ async fn get(core: &Arc<ProxyCore>) -> (u16, String, Duration) {
         port: 80,
         peer: SocketAddr::from(([10, 9, 9, 9], 40000)),
         scheme: "http",
-        access_log: false,
         target: Target::Listeners,
         tls: None,
     };

@@ -37,8 +37,6 @@ pub struct GatewayOptions {
     pub server: ServerSettings,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
-    /// Log one line per request.
-    pub access_log: bool,
     /// This proxy's mTLS identity, for endpoints reached over mTLS.
     pub tls: Option<Arc<meshgate_tls::MeshTls>>,
     /// Where request and connection records go.
@@ -51,7 +49,6 @@ impl Default for GatewayOptions {
             bind: IpAddr::from([0, 0, 0, 0]),
             server: ServerSettings::default(),
             drain_timeout: Duration::from_secs(10),
-            access_log: false,
             tls: None,
             sink: crate::telemetry::noop(),
         }
@@ -148,13 +145,7 @@ impl Gateway {
         }
         let version = self.core.publish(compiled, sources);
         for (port, listener, who) in opened {
-            let server = PortServer::start(
-                listener,
-                port,
-                self.core.cell(),
-                self.options.server.clone(),
-                self.options.access_log,
-            );
+            let server = PortServer::start(listener, port, self.core.cell(), self.options.server.clone());
             tracing::info!(addr = %server.local_addr(), listeners = %who, "listening");
             ports.insert(port, server);
         }
@@ -208,19 +199,12 @@ struct PortServer {
 impl PortServer {
     /// Starts accepting on `listener`; requests are routed with whatever snapshot is current
     /// when each arrives.
-    fn start(
-        listener: TcpListener,
-        port: u16,
-        snapshot: Arc<ArcSwap<Snapshot>>,
-        settings: ServerSettings,
-        access_log: bool,
-    ) -> Self {
+    fn start(listener: TcpListener, port: u16, snapshot: Arc<ArcSwap<Snapshot>>, settings: ServerSettings) -> Self {
         let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
         let (stop, stop_rx) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
         let builder = Arc::new(http_builder(&settings));
         let per_conn = PerConnection {
-            access_log,
             settings: ConnSettings::new(&settings),
             handshake_timeout: settings.handshake_timeout,
             idle_timeout: settings.idle_timeout,
@@ -252,7 +236,6 @@ impl PortServer {
 /// What every connection of a port is served with.
 #[derive(Debug, Clone, Copy)]
 struct PerConnection {
-    access_log: bool,
     settings: ConnSettings,
     handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
@@ -347,7 +330,7 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
     per_conn: PerConnection,
 ) {
-    let PerConnection { access_log, settings, handshake_timeout, idle_timeout } = per_conn;
+    let PerConnection { settings, handshake_timeout, idle_timeout } = per_conn;
     let (tcp, passthrough, terminate) = {
         let snap = snapshot.load();
         let set = snap.config.ports.get(&port);
@@ -401,7 +384,7 @@ async fn serve_connection(
             _ => {}
         }
     }
-    let mut info = ConnInfo { port, peer, scheme: "http", access_log, target: Target::Listeners, tls: None };
+    let mut info = ConnInfo { port, peer, scheme: "http", target: Target::Listeners, tls: None };
     if !terminate {
         return super::serve_routes(stream, info, snapshot, builder, stop, settings).await;
     }

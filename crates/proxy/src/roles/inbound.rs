@@ -105,6 +105,8 @@ pub struct Inbound {
     opts: InboundOptions,
     target: AppTarget,
     policy: ArcSwap<InboundPolicy>,
+    /// The workloads as records name them (callers by address, this one, its Services).
+    peers: ArcSwap<meshgate_model::peer::MeshPeers>,
     /// This workload's SPIFFE ID (the destination of what arrives here).
     identity: Option<Arc<str>>,
     /// The configuration's request-head timeout, in milliseconds (0: off).
@@ -140,6 +142,7 @@ impl Inbound {
             opts,
             target,
             policy: ArcSwap::from_pointee(policy),
+            peers: ArcSwap::from_pointee(meshgate_model::peer::MeshPeers::default()),
             identity: tls.as_ref().map(|t| Arc::from(t.id().as_str())),
             header_timeout_ms: std::sync::atomic::AtomicU64::new(
                 meshgate_model::Downstream::default().header_timeout.map_or(0, |d| d.as_millis() as u64),
@@ -168,6 +171,11 @@ impl Inbound {
     /// Replaces the policy; connections and requests from now on use it.
     pub fn set_policy(&self, policy: InboundPolicy) {
         self.policy.store(Arc::new(policy));
+    }
+
+    /// Replaces what records name the workloads by.
+    pub fn set_peers(&self, peers: Arc<meshgate_model::peer::MeshPeers>) {
+        self.peers.store(peers);
     }
 
     /// Sets the configuration's request-head timeout (`None`: off) for connections from now on.
@@ -207,8 +215,15 @@ impl Inbound {
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let opened = Opened::now(Role::SidecarInbound, peer);
-        let (bytes, close, security, identity, opaque) = self.clone().accept(stream, peer).await;
-        self.opts.sink.connection(&opened.closed(bytes, close, security, identity, opaque));
+        let (bytes, close, security, identity, opaque, port) = self.clone().accept(stream, peer).await;
+        let peers = self.peers.load();
+        let mut record = opened
+            .closed(bytes, close, security, identity.clone(), opaque)
+            .sourced(identity, peers.at(peer.ip()).cloned());
+        record.destination = self.identity.clone();
+        record.destination_workload = peers.me.clone();
+        record.backend = port.and_then(|p| peers.services.get(&p).cloned());
+        self.opts.sink.connection(&record);
     }
 
     /// Serves one accepted connection: (bytes in and out, why it closed, how it was secured,
@@ -217,8 +232,9 @@ impl Inbound {
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-    ) -> ((u64, u64), CloseReason, telemetry::Security, Option<Arc<str>>, bool) {
-        let refused = |close| ((0, 0), close, telemetry::Security::Plaintext(PlaintextReason::NotMeshed), None, false);
+    ) -> ((u64, u64), CloseReason, telemetry::Security, Option<Arc<str>>, bool, Option<u16>) {
+        let refused =
+            |close| ((0, 0), close, telemetry::Security::Plaintext(PlaintextReason::NotMeshed), None, false, None);
         let app = match self.target {
             AppTarget::Fixed(app) => app,
             AppTarget::OriginalDst => match meshgate_intercept::original_dst(&stream) {
@@ -271,7 +287,7 @@ impl Inbound {
             } else {
                 self.http(stream, security, Some(principal.clone()), peer, app).await
             };
-            return (bytes, close, telemetry::Security::Mutual, Some(principal), opaque);
+            return (bytes, close, telemetry::Security::Mutual, Some(principal), opaque, Some(port));
         }
         if !is_tls && mode == Mode::Strict {
             tracing::warn!(
@@ -290,10 +306,10 @@ impl Inbound {
         let kind = security.kind();
         if matches!(detected, Detected::Http1 | Detected::Http2) {
             let (bytes, close) = self.http(stream, security, None, peer, app).await;
-            (bytes, close, kind, None, false)
+            (bytes, close, kind, None, false, Some(port))
         } else {
             let (bytes, close) = self.tcp(stream, &security, peer, app).await;
-            (bytes, close, kind, None, true)
+            (bytes, close, kind, None, true, Some(port))
         }
     }
 
@@ -383,7 +399,18 @@ impl Inbound {
             }
             _ => None,
         };
-        let caller = Arc::new(Caller { security, principal, xfcc, pool: self.pool(app), app, peer });
+        let peers = self.peers.load();
+        let caller = Arc::new(Caller {
+            security,
+            principal,
+            xfcc,
+            pool: self.pool(app),
+            app,
+            peer,
+            source_workload: peers.at(peer.ip()).cloned(),
+            destination_workload: peers.me.clone(),
+            service: peers.services.get(&app.port()).cloned(),
+        });
         let me = self.clone();
         let handler = move |req| me.clone().request(req, caller.clone());
         let stop = Some(self.stop.subscribe());
@@ -403,6 +430,8 @@ impl Inbound {
         let start = self.opts.sink.wants_requests().then(SystemTime::now);
         let protocol = if req.version() >= Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
         let (parts, body) = req.into_parts();
+        let grpc = crate::http::grpc::is_call(&parts.headers);
+        let details = (start.is_some() && self.opts.sink.wants_details()).then(|| telemetry::Details::of(&parts));
         let (body, received) = ClientBody::new(body, start.is_some());
         let (resp, flags, upstream_wait) = self.forward(Request::from_parts(parts, body), &caller).await;
         let Some(start) = start else { return resp };
@@ -411,7 +440,7 @@ impl Inbound {
             start,
             role: Role::SidecarInbound,
             route: None,
-            backend: None,
+            backend: caller.service.clone(),
             endpoint: Some(caller.app),
             protocol,
             status: resp.status().as_u16(),
@@ -424,8 +453,13 @@ impl Inbound {
             proxy_time: ttfb.saturating_sub(upstream_wait.unwrap_or_default()),
             source: caller.principal.clone(),
             destination: self.identity.clone(),
+            source_workload: caller.source_workload.clone(),
+            destination_workload: caller.destination_workload.clone(),
+            grpc,
+            grpc_status: if grpc { crate::http::grpc::status_of(resp.headers()) } else { None },
             security: Some(caller.security.kind()),
             peer: caller.peer,
+            details,
         };
         resp.map(|body| body.recorded(record, started, self.opts.sink.clone(), received))
     }
@@ -530,6 +564,12 @@ struct Caller {
     xfcc: Option<HeaderValue>,
     pool: Arc<EndpointPool>,
     app: SocketAddr,
+    /// The calling workload (by its address), for records.
+    source_workload: Option<Arc<meshgate_model::peer::Peer>>,
+    /// This workload, for records.
+    destination_workload: Option<Arc<meshgate_model::peer::Peer>>,
+    /// The Service targeting the port called, for records.
+    service: Option<Arc<str>>,
 }
 
 fn namespace_of(s: &Security) -> Option<&str> {

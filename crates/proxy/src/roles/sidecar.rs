@@ -47,8 +47,8 @@ pub struct SidecarOptions {
     pub sniff_timeout: Duration,
     /// How long connections may take to finish on shutdown.
     pub drain_timeout: Duration,
-    /// Log one line per request.
-    pub access_log: bool,
+    /// Where request and connection records go.
+    pub sink: crate::telemetry::Sink,
     /// The workload's namespace `/etc/hosts` (bind-mounted by `ip netns exec`), rewritten in
     /// place with every Service's names: opened before privileges are dropped.
     pub hosts_file: Option<std::fs::File>,
@@ -63,7 +63,7 @@ impl SidecarOptions {
             inbound: SocketAddr::from(([0, 0, 0, 0], 15006)),
             sniff_timeout: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(5),
-            access_log: false,
+            sink: crate::telemetry::noop(),
             hosts_file: None,
         }
     }
@@ -78,7 +78,6 @@ pub struct Sidecar {
     workload: String,
     sniff_timeout: Duration,
     drain_timeout: Duration,
-    access_log: bool,
     /// The namespace's hosts file and the text last written to it.
     hosts: Option<Arc<Mutex<(std::fs::File, String)>>>,
     settings: ServerSettings,
@@ -102,7 +101,11 @@ impl Sidecar {
         let inbound_listener = TcpListener::bind(opts.inbound).await?;
         let outbound_addr = outbound.local_addr()?;
         let inbound_addr = inbound_listener.local_addr()?;
-        let core = ProxyCore::new(tls.clone());
+        let peer = match opts.workload.split_once('/') {
+            Some((ns, name)) => meshgate_model::peer::Peer::named(ns, name),
+            None => meshgate_model::peer::Peer::unknown(),
+        };
+        let core = ProxyCore::build(tls.clone(), opts.sink.clone(), peer);
         let inbound = Inbound::new(
             AppTarget::OriginalDst,
             tls,
@@ -117,7 +120,6 @@ impl Sidecar {
             workload: opts.workload,
             sniff_timeout: opts.sniff_timeout,
             drain_timeout: opts.drain_timeout,
-            access_log: opts.access_log,
             hosts: opts.hosts_file.map(|f| Arc::new(Mutex::new((f, String::new())))),
             builder: http_builder(&settings),
             settings,
@@ -142,6 +144,7 @@ impl Sidecar {
             return Err("not a sidecar configuration (no mesh section)".into());
         };
         self.inbound.set_policy(mesh.inbound.clone());
+        self.inbound.set_peers(mesh.peers.clone());
         self.inbound.set_header_timeout(config.downstream.header_timeout);
         if let Some(file) = &self.hosts {
             let text = hosts_text(mesh);
@@ -198,7 +201,7 @@ impl Sidecar {
     /// HTTP to `target` (a Service's virtual IP, or a meshed pod, as this connection's original
     /// destination said once), each request with the configuration current when it arrives.
     async fn serve_http(&self, stream: TcpStream, peer: SocketAddr, target: Target, port: u16) {
-        let info = ConnInfo { port, peer, scheme: "http", access_log: self.access_log, target, tls: None };
+        let info = ConnInfo { port, peer, scheme: "http", target, tls: None };
         let cell = self.core.cell();
         let settings = ConnSettings::new(&self.settings);
         super::serve_routes(stream, info, cell, &self.builder, self.stop.subscribe(), settings).await;
@@ -208,12 +211,20 @@ impl Sidecar {
         let opened = Opened::now(Role::SidecarOutbound, peer);
         let not_meshed = Security::Plaintext(PlaintextReason::NotMeshed);
         // Opaque TCP: relayed here, recorded here (HTTP connections are recorded as served).
-        let record = |relayed: Option<Relayed>, security: Security| {
+        let record = |relayed: Option<Relayed>, security: Security, to: Option<(&Arc<str>, &EndpointPool)>| {
             let (bytes, close) = match relayed {
                 Some(r) => ((r.bytes_in, r.bytes_out), r.close),
                 None => ((0, 0), CloseReason::UpstreamUnreachable),
             };
-            self.core.sink().connection(&opened.closed(bytes, close, security, None, true));
+            let snapshot = self.core.snapshot();
+            let mut r = opened
+                .closed(bytes, close, security, None, true)
+                .sourced(snapshot.identity.clone(), Some(snapshot.peer.clone()))
+                .relayed(to.map(|t| t.0), to.map(|t| t.1));
+            if close == CloseReason::UpstreamUnreachable {
+                r.flags = crate::flags::Flags::UPSTREAM_CONNECT_FAILURE;
+            }
+            self.core.sink().connection(&r);
         };
         let dst = match meshgate_intercept::original_dst(&stream) {
             Ok(dst) if stream.local_addr().is_ok_and(|l| l == dst) => {
@@ -231,7 +242,7 @@ impl Sidecar {
             // No configuration yet (the application starts after it, so this is a race with
             // shutdown): behave as without a mesh.
             drop(snapshot);
-            record(passthrough(&mut stream, dst).await, not_meshed);
+            record(passthrough(&mut stream, dst).await, not_meshed, None);
             return;
         };
         if let Some(service) = mesh.services.get(&dst) {
@@ -251,10 +262,12 @@ impl Sidecar {
             };
             drop(snapshot);
             match super::tcp_to_backend(&mut stream, &backend, None).await {
-                Ok((relayed, endpoint)) => record(Some(relayed), endpoint.security()),
+                Ok((relayed, endpoint)) => {
+                    record(Some(relayed), endpoint.security(), Some((&backend.model.id, &endpoint)));
+                }
                 Err(why) => {
                     tracing::warn!(service = %backend.model.id, %dst, "TCP connection closed: {why}");
-                    record(None, not_meshed);
+                    record(None, not_meshed, None);
                 }
             }
             return;
@@ -269,11 +282,12 @@ impl Sidecar {
             if is_http(detect(&stream, self.sniff_timeout).await) {
                 self.serve_http(stream, peer, Target::Pod(dst), dst.port()).await;
             } else {
+                let backend = snapshot_backend_id(&self.core, &dst);
                 match tcp_to_endpoint(&mut stream, &pool).await {
-                    Ok(relayed) => record(Some(relayed), pool.security()),
+                    Ok(relayed) => record(Some(relayed), pool.security(), backend.as_ref().map(|b| (b, &*pool))),
                     Err(e) => {
                         tracing::warn!(endpoint = %pool.addr, error = %e, "TCP upstream connect failed");
-                        record(None, pool.security());
+                        record(None, pool.security(), None);
                     }
                 }
             }
@@ -290,8 +304,15 @@ impl Sidecar {
             return;
         }
         drop(snapshot);
-        record(passthrough(&mut stream, dst).await, not_meshed);
+        record(passthrough(&mut stream, dst).await, not_meshed, None);
     }
+}
+
+/// The Service of the meshed pod at `dst` (a client dialled it directly).
+fn snapshot_backend_id(core: &ProxyCore, dst: &SocketAddr) -> Option<Arc<str>> {
+    let snapshot = core.snapshot();
+    let at = snapshot.config.mesh.as_ref()?.endpoints.get(dst)?;
+    Some(snapshot.backends.get(at.slot)?.model.id.clone())
 }
 
 fn is_http(detected: Detected) -> bool {

@@ -209,6 +209,7 @@ impl BackendRt {
         let times = h.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
         let length = (outlier.base_ejection * times).min(outlier.max_ejection);
         h.ejected_until.store(now + nanos(length), Ordering::Relaxed);
+        crate::upstream::state::BackendEvents::count(&self.state.events.ejections);
         h.consecutive_5xx.store(0, Ordering::Relaxed);
         h.consecutive_gateway.store(0, Ordering::Relaxed);
         h.consecutive_connect.store(0, Ordering::Relaxed);

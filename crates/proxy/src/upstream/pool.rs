@@ -112,6 +112,8 @@ pub struct EndpointPool {
     in_flight: AtomicUsize,
     /// The SPIFFE ID expected of it (mTLS), for records.
     identity: Option<Arc<str>>,
+    /// The workload behind it, for records.
+    workload: Option<Arc<meshgate_model::peer::Peer>>,
     /// Tests: connections are pipes to this in-memory server instead of TCP.
     #[cfg(test)]
     pub(crate) memory: Option<super::memory::Upstream>,
@@ -169,6 +171,7 @@ impl EndpointPool {
         let identity = tls.as_ref().map(|t| Arc::from(t.expected.as_str()));
         EndpointPool {
             identity,
+            workload: None,
             #[cfg(test)]
             memory: None,
             addr,
@@ -193,6 +196,16 @@ impl EndpointPool {
         if self.tls.is_none() {
             self.origination = Some(tls);
         }
+    }
+
+    /// Names the workload behind the endpoint, for records.
+    pub fn set_workload(&mut self, workload: Option<Arc<meshgate_model::peer::Peer>>) {
+        self.workload = workload;
+    }
+
+    /// The workload behind the endpoint, when known.
+    pub fn workload(&self) -> Option<&Arc<meshgate_model::peer::Peer>> {
+        self.workload.as_ref()
     }
 
     /// The SPIFFE ID it must present (when reached over mTLS).
@@ -395,12 +408,22 @@ impl EndpointPool {
         let name = rustls_pki_types::ServerName::try_from(o.hostname.clone())
             .map_err(|e| fail(format!("server name {:?}: {e}", o.hostname)))?;
         let config = if h2 { o.h2.clone() } else { o.http1.clone() };
+        use crate::telemetry::handshakes::{Outcome, Side, count};
         match tokio::time::timeout(self.connect_timeout, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
             .await
         {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(fail(format!("{e} (BackendTLSPolicy {}, verifying {})", o.policy, o.hostname))),
-            Err(_) => Err(fail("TLS handshake timed out".into())),
+            Ok(Ok(s)) => {
+                count(Side::Client, Outcome::Ok);
+                Ok(s)
+            }
+            Ok(Err(e)) => {
+                count(Side::Client, Outcome::of_io(&e));
+                Err(fail(format!("{e} (BackendTLSPolicy {}, verifying {})", o.policy, o.hostname)))
+            }
+            Err(_) => {
+                count(Side::Client, Outcome::Timeout);
+                Err(fail("TLS handshake timed out".into()))
+            }
         }
     }
 
@@ -424,16 +447,27 @@ impl EndpointPool {
         let connector = tokio_rustls::TlsConnector::from(config);
         let name = rustls_pki_types::ServerName::IpAddress(self.addr.ip().into());
         let fail = |reason: String| UpstreamError::Tls { addr: self.addr, reason };
+        use crate::telemetry::handshakes::{Outcome, Side, count};
         let tls = match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(fail(e.to_string())),
-            Err(_) => return Err(fail("handshake timed out".into())),
+            Ok(Err(e)) => {
+                count(Side::Client, Outcome::of_io(&e));
+                return Err(fail(e.to_string()));
+            }
+            Err(_) => {
+                count(Side::Client, Outcome::Timeout);
+                return Err(fail("handshake timed out".into()));
+            }
         };
-        let peer = meshgate_tls::PeerIdentity::from_connection(tls.get_ref().1)
-            .ok_or_else(|| fail("the server presented no SPIFFE identity".into()))?;
+        let Some(peer) = meshgate_tls::PeerIdentity::from_connection(tls.get_ref().1) else {
+            count(Side::Client, Outcome::BadCertificate);
+            return Err(fail("the server presented no SPIFFE identity".into()));
+        };
         if peer.id != dial.expected {
+            count(Side::Client, Outcome::BadCertificate);
             return Err(fail(format!("server identity {} is not the expected {}", peer.id, dial.expected)));
         }
+        count(Side::Client, Outcome::Ok);
         Ok(tls)
     }
 

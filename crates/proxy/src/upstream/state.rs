@@ -21,9 +21,31 @@ pub struct BackendState {
     max_pending: AtomicUsize,
     /// Second (since the clock base) and retries granted in it, packed: `second << 32 | count`.
     retry_window: AtomicU64,
+    /// What happened to it, for metrics.
+    pub events: BackendEvents,
     /// Woken when a connection may be free for a request waiting on `maxConnections`: one came
     /// back from a request or closed. (Nothing waits on `maxRequests`: it refuses at once.)
     pub freed: Notify,
+}
+
+/// Counts of what a backend's policy did, for metrics (they outlive reloads with the state).
+#[derive(Debug, Default)]
+pub struct BackendEvents {
+    /// Retries made.
+    pub retries: AtomicU64,
+    /// Retries the budget refused.
+    pub budget_refused: AtomicU64,
+    /// Requests a circuit breaker refused (maxRequests, maxConnections, maxPending).
+    pub overflow: AtomicU64,
+    /// Endpoints ejected by outlier detection.
+    pub ejections: AtomicU64,
+}
+
+impl BackendEvents {
+    /// Counts one.
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Marks a request in flight until dropped.
@@ -92,6 +114,7 @@ impl BackendState {
             return Some(RetryGuard(self.clone()));
         }
         self.retries.fetch_sub(1, Ordering::Relaxed);
+        BackendEvents::count(&self.events.budget_refused);
         None
     }
 

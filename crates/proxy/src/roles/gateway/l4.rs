@@ -5,6 +5,7 @@
 //! timeout.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use meshgate_model::rule::Backend;
@@ -45,24 +46,30 @@ pub(super) async fn relay_route<S: AsyncRead + AsyncWrite + Unpin>(
     idle: Option<Duration>,
 ) {
     let security = Security::Plaintext(PlaintextReason::NotMeshed);
-    let (bytes, close) = match relay_to_backend(&mut stream, peer, route, snapshot, idle).await {
-        Ok(relayed) => ((relayed.bytes_in, relayed.bytes_out), relayed.close),
+    let from = |r: crate::telemetry::ConnRecord| r.sourced(snapshot.identity.clone(), Some(snapshot.peer.clone()));
+    let record = match relay_to_backend(&mut stream, peer, route, snapshot, idle).await {
+        Ok((relayed, backend, endpoint)) => {
+            let security = endpoint.security();
+            let r = opened.closed((relayed.bytes_in, relayed.bytes_out), relayed.close, security, None, true);
+            from(r).relayed(Some(backend), Some(&endpoint))
+        }
         Err(why) => {
             tracing::warn!(%peer, route = %route.route, "connection closed: {why}");
-            ((0, 0), CloseReason::UpstreamUnreachable)
+            let mut r = from(opened.closed((0, 0), CloseReason::UpstreamUnreachable, security, None, true));
+            r.flags = crate::flags::Flags::UPSTREAM_CONNECT_FAILURE;
+            r
         }
     };
-    let record = opened.closed(bytes, close, security, None, true);
     snapshot.sink.connection(&record);
 }
 
-async fn relay_to_backend<S: AsyncRead + AsyncWrite + Unpin>(
+async fn relay_to_backend<'a, S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     peer: SocketAddr,
     route: &L4Route,
-    snapshot: &Snapshot,
+    snapshot: &'a Snapshot,
     idle: Option<Duration>,
-) -> Result<crate::conn::tcp::Relayed, String> {
+) -> Result<(crate::conn::tcp::Relayed, &'a Arc<str>, Arc<crate::upstream::pool::EndpointPool>), String> {
     let Some(weighted) = route.pick_backend() else {
         return Err("no backend with a weight above 0".into());
     };
@@ -74,5 +81,5 @@ async fn relay_to_backend<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let (relayed, endpoint) = crate::roles::tcp_to_backend(stream, backend, idle).await?;
     tracing::debug!(%peer, route = %route.route, endpoint = %endpoint.addr, "connection relayed");
-    Ok(relayed)
+    Ok((relayed, &backend.model.id, endpoint))
 }

@@ -13,6 +13,7 @@ fn backend(n: usize, policy: BackendPolicy) -> BackendRt {
             addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)),
             origin: String::new(),
             identity: None,
+            workload: None,
         })
         .collect();
     backend_with(endpoints, policy, state)
