@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """order: the lab's front service. On every request it asks inventory for the items (plain
 HTTP to http://inventory:8080, a name like any other: no mesh code in it) and answers with
-what it got, or with why it got nothing."""
+what it got, or with why it got nothing. Like every app in a mesh with tracing, it passes the
+trace headers of the request it serves on to the calls it makes (the proxies cannot tell which
+outgoing call belongs to which incoming request)."""
 import argparse
 import json
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+# W3C Trace Context and B3 (single and multi header), and the request id.
+TRACE_HEADERS = ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
+                 "x-b3-sampled", "x-b3-flags", "x-request-id"]
 
 
 def main():
@@ -23,6 +30,9 @@ def main():
 
         def do_GET(self):
             req = urllib.request.Request(args.inventory + "/items")
+            for h in TRACE_HEADERS:
+                if self.headers.get(h):
+                    req.add_header(h, self.headers[h])
             if args.inventory_host:
                 req.add_header("Host", args.inventory_host)
             status = 200

@@ -12,6 +12,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 mod client;
 mod control;
 mod gateway;
+mod observe;
 mod proxy;
 mod run;
 mod sidecar;
@@ -127,6 +128,67 @@ enum Command {
     },
     /// List connected proxies: SYNCED, STALE or NACKED, with version and reason.
     ProxyStatus {
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// The service graph's edges in a live table (rate, success, latency, the proxies' share,
+    /// mTLS), refreshing.
+    Top {
+        /// The sliding window statistics cover.
+        #[arg(long, default_value = "30s")]
+        window: String,
+        /// Redraw this often.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Print the table once and exit.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// Success rate, request rate and latency per workload or Service (what each served).
+    Stat {
+        /// workload or service.
+        kind: String,
+        /// Only this one.
+        name: Option<String>,
+        /// Only in this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// The sliding window statistics cover.
+        #[arg(long, default_value = "60s")]
+        window: String,
+        /// `json` for the rows as JSON.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+        #[command(flatten)]
+        api: ApiFlags,
+    },
+    /// A live stream of the requests a workload's proxy handles (the gateway: --admin).
+    Tap {
+        /// The Workload (its sidecar is tapped from inside its network namespace).
+        workload: Option<String>,
+        /// The Workload's namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Tap the proxy whose admin endpoint is here instead (the gateway's: 127.0.0.1:15000).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Only paths starting with this.
+        #[arg(long)]
+        path: Option<String>,
+        /// Only this method.
+        #[arg(long)]
+        method: Option<String>,
+        /// Only this host.
+        #[arg(long)]
+        authority: Option<String>,
+        /// `json` for one JSON object per request.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+        /// Stop after this many requests.
+        #[arg(long)]
+        max: Option<u64>,
         #[command(flatten)]
         api: ApiFlags,
     },
@@ -345,6 +407,23 @@ fn main() -> ExitCode {
         }
         Command::ProxyStatus { api: flags } => block(async move { client::proxy_status(&api(&flags)?).await }),
         Command::Analyze { api: flags } => block(async move { client::analyze(&api(&flags)?).await }),
+        Command::Top { window, interval, once, api: flags } => {
+            block(async move { observe::top(&api(&flags)?, &window, interval, once).await })
+        }
+        Command::Stat { kind, name, namespace, window, output, api: flags } => block(async move {
+            let json = output.as_deref() == Some("json");
+            observe::stat(&api(&flags)?, &kind, name.as_deref(), namespace.as_deref(), &window, json).await
+        }),
+        Command::Tap { workload, namespace, admin, path, method, authority, output, max, api: flags } => {
+            block(async move {
+                let args = observe::TapArgs { path, method, authority, json: output.as_deref() == Some("json"), max };
+                match (admin, workload) {
+                    (Some(addr), _) => observe::tap_admin(addr, &args).await,
+                    (None, Some(w)) => observe::tap_workload(&api(&flags)?, &namespace, &w, &args).await,
+                    (None, None) => anyhow::bail!("tap what? a Workload name, or --admin ADDR of a proxy"),
+                }
+            })
+        }
         Command::Token { action: TokenAction::Create { namespace, service_account, ttl, api: flags } } => {
             block(async move { client::token_create(&api(&flags)?, &namespace, &service_account, ttl.as_secs()).await })
         }

@@ -25,6 +25,7 @@ const GRPC: &str = "127.0.0.1:15012";
 const API: &str = "127.0.0.1:15014";
 const GATEWAY: &str = "127.0.0.1:8080";
 const ADMIN: &str = "127.0.0.1:15000";
+const METRICS: &str = "127.0.0.1:15020";
 
 /// A process of the lab, stopped with SIGTERM in reverse order of start.
 struct Proc {
@@ -222,9 +223,13 @@ pub(crate) async fn run(dir: PathBuf, state_dir: PathBuf) -> anyhow::Result<()> 
     std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
     // One lab per state directory, and nothing of a running one is touched by a second `up`.
     let _lock = LabLock::acquire(&state_dir)?;
-    for (addr, what) in
-        [(GRPC, "control plane gRPC"), (API, "control plane API"), (GATEWAY, "gateway"), (ADMIN, "gateway admin")]
-    {
+    for (addr, what) in [
+        (GRPC, "control plane gRPC"),
+        (API, "control plane API"),
+        (GATEWAY, "gateway"),
+        (ADMIN, "gateway admin"),
+        (METRICS, "gateway metrics"),
+    ] {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             bail!("{addr} ({what}) is not free: {e}; is another meshgate lab, control plane or gateway running?");
         }
@@ -394,6 +399,8 @@ async fn start(lab: &mut Lab, dir: &Path, apps: &Path, store: &Path, root: bool)
             "127.0.0.1",
             "--admin",
             ADMIN,
+            "--metrics",
+            METRICS,
             "--control-plane",
             GRPC,
             "--state-dir",
@@ -452,11 +459,11 @@ async fn start(lab: &mut Lab, dir: &Path, apps: &Path, store: &Path, root: bool)
         async || matches!(get("/", None).await, Ok((200, body)) if version_of(&body) != "none"),
     )
     .await?;
-    print_tips(root);
+    print_tips(root, &lab.state_dir);
     Ok(())
 }
 
-fn print_tips(root: bool) {
+fn print_tips(root: bool, state_dir: &Path) {
     println!();
     println!(
         "meshgate lab is up: gateway → order → inventory (99% v1, 1% v2){}",
@@ -467,6 +474,25 @@ fn print_tips(root: bool) {
     println!("  meshgate proxy-status                        # the proxies and the config each runs");
     println!("  meshgate get workloads -n shop               # each with its own address");
     println!("  curl http://127.0.0.1:15000/config_dump      # the gateway's effective config");
+    println!();
+    println!("Watch:");
+    println!(
+        "  meshgate top                                 # live edges: rate, success, latency, the proxies' share, mTLS"
+    );
+    println!("  meshgate stat workload -n shop               # what each workload served");
+    println!("  meshgate tap --admin 127.0.0.1:15000         # live requests through the gateway");
+    if root {
+        println!("  meshgate tap order-1 -n shop                 # live requests through order's sidecar");
+    }
+    println!("  curl http://127.0.0.1:15020/metrics          # the gateway's Prometheus metrics (Istio's names)");
+    println!("  curl http://127.0.0.1:15014/metrics          # the control plane's");
+    println!(
+        "  service graph (JSON): http://127.0.0.1:15014/api/graph?window=60s (Bearer token in {})",
+        meshgate_control::run::token_path(state_dir).display()
+    );
+    if state_dir != crate::default_state_dir() {
+        println!("  (meshgate commands: add --state-dir {})", state_dir.display());
+    }
     println!();
     println!("Try:");
     println!(

@@ -118,6 +118,20 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
             json_reply(StatusCode::OK, &json!({ "version": cp.state.snapshot().version, "proxies": proxies }))
         }
         (&Method::POST, ["api", "v1", "tokens"]) => create_token(cp, req).await,
+        (&Method::GET, ["api", "v1", "stat", kind]) => {
+            let window = query.split('&').find_map(|kv| kv.strip_prefix("window=")).unwrap_or("60s");
+            match crate::graph::parse_window(window).and_then(|w| cp.graph.stat(kind, w)) {
+                Ok(v) => json_reply(StatusCode::OK, &v),
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+            }
+        }
+        (&Method::GET, ["api", "graph"] | ["api", "v1", "graph"]) => {
+            let window = query.split('&').find_map(|kv| kv.strip_prefix("window=")).unwrap_or("60s");
+            match crate::graph::parse_window(window) {
+                Ok(w) => json_reply(StatusCode::OK, &cp.graph.json(w)),
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+            }
+        }
         (&Method::GET, ["api", "v1", "bundle"]) => {
             let pem = cp.bundle().to_pem();
             json_reply(StatusCode::OK, &json!({ "trustDomain": cp.options.trust_domain.to_string(), "pem": pem }))

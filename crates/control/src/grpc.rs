@@ -13,8 +13,10 @@ use meshgate_identity::SpiffeId;
 use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
 use meshgate_proto::meshgate::discovery_server::{Discovery, DiscoveryServer};
 use meshgate_proto::meshgate::identity_server::{Identity, IdentityServer};
+use meshgate_proto::meshgate::telemetry_server::{Telemetry, TelemetryServer};
 use meshgate_proto::meshgate::{
-    CertifyRequest, CertifyResponse, DiscoveryRequest, DiscoveryResponse, Resource as WireResource,
+    CertifyRequest, CertifyResponse, DiscoveryRequest, DiscoveryResponse, EdgeReport, ReportSummary,
+    Resource as WireResource,
 };
 use meshgate_tls::PeerIdentity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -105,11 +107,31 @@ pub async fn serve<S: Store>(
     };
     let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::from_arc(Arc::new(IdentityService(cp.clone()))))
-        .add_service(DiscoveryServer::from_arc(Arc::new(DiscoveryService(cp))))
+        .add_service(DiscoveryServer::from_arc(Arc::new(DiscoveryService(cp.clone()))))
+        .add_service(TelemetryServer::from_arc(Arc::new(TelemetryService(cp))))
         .serve_with_incoming(ReceiverStream::new(rx));
     tokio::select! {
         r = server => r,
         () = accept => Ok(()),
+    }
+}
+
+struct TelemetryService<S: Store>(Arc<ControlPlane<S>>);
+
+#[tonic::async_trait]
+impl<S: Store> Telemetry for TelemetryService<S> {
+    async fn report(&self, req: Request<Streaming<EdgeReport>>) -> Result<Response<ReportSummary>, Status> {
+        // Proxies with a mesh identity only: the graph is what they saw.
+        if req.extensions().get::<Caller>().and_then(|c| c.id.as_ref()).is_none() {
+            return Err(Status::unauthenticated("telemetry reports need a client certificate"));
+        }
+        let mut stream = req.into_inner();
+        let mut accepted = 0;
+        while let Some(report) = stream.message().await? {
+            self.0.graph.record(&report);
+            accepted += 1;
+        }
+        Ok(Response::new(ReportSummary { accepted }))
     }
 }
 

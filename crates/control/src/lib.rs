@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod api;
 pub mod ca;
+pub mod graph;
 pub mod grpc;
 pub mod metrics;
 pub mod plane;

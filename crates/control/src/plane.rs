@@ -106,6 +106,8 @@ pub struct ControlPlane<S: Store> {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Its own metrics.
     pub metrics: crate::metrics::CpMetrics,
+    /// The service graph, from the proxies' reports.
+    pub graph: crate::graph::Graph,
 }
 
 impl<S: Store> std::fmt::Debug for ControlPlane<S> {
@@ -147,6 +149,7 @@ impl<S: Store> ControlPlane<S> {
             options,
             stopping: tokio::sync::watch::channel(false).0,
             metrics: crate::metrics::CpMetrics::default(),
+            graph: crate::graph::Graph::default(),
         });
         cp.state.reload(&cp.store).await?;
         Ok(cp)

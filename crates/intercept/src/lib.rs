@@ -14,7 +14,8 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 
 pub use netns::{
-    BRIDGE_IP, Pod, bridge_exists, cleanup_all, exec, pod_namespaces, reclaim_abandoned, remove_bridge_if_unused, root,
+    BRIDGE_IP, Pod, bridge_exists, cleanup_all, exec, pod_name, pod_namespaces, reclaim_abandoned,
+    remove_bridge_if_unused, root,
 };
 pub use rules::{Backend, RuleSpec, install};
 pub use sys::release_startup_pages;

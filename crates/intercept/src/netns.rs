@@ -195,7 +195,7 @@ fn veth_name(ip: Ipv4Addr) -> String {
 }
 
 /// The namespace name for the workload at `ip` (`mg-10-77-1-2`).
-fn pod_name(ip: Ipv4Addr) -> String {
+pub fn pod_name(ip: Ipv4Addr) -> String {
     format!("mg-{}", ip.to_string().replace('.', "-"))
 }
 

@@ -16,6 +16,7 @@ use meshgate_identity::{SpiffeId, TrustDomain};
 use meshgate_proto::meshgate::discovery_client::DiscoveryClient;
 use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
 use meshgate_proto::meshgate::identity_client::IdentityClient;
+use meshgate_proto::meshgate::telemetry_client::TelemetryClient;
 use meshgate_proto::meshgate::{Ack, CertifyRequest, Credentials, DiscoveryRequest, Hello, Nack};
 use meshgate_tls::{MeshTls, TrustBundle};
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -334,4 +335,65 @@ async fn session(
         }
     }
     Ok(())
+}
+
+/// How often a proxy reports its edges for the service graph.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Streams this proxy's edge statistics to the control plane (`Telemetry.Report`) every
+/// [`REPORT_INTERVAL`]: what changed in its metrics since the last report. At most a few
+/// reports wait while the control plane is slow; a report that cannot be queued (or is lost
+/// with a broken stream) is dropped, and the next one says how many were.
+pub async fn report(target: ControlPlaneAddr, mesh: Arc<MeshTls>, role: String, sink: crate::telemetry::Sink) {
+    if sink.metrics().is_none() {
+        return;
+    }
+    let mut deltas = crate::telemetry::report::Deltas::default();
+    let mut dropped = 0u64;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let material = mesh.material();
+        let ch = match channel(&target, material.bundle.clone(), Some(&material.svid)) {
+            Ok(ch) => ch,
+            Err(e) => {
+                tracing::debug!(error = %e, "telemetry report: no channel");
+                tokio::time::sleep(REPORT_INTERVAL).await;
+                continue;
+            }
+        };
+        let (tx, rx) = mpsc::channel::<meshgate_proto::meshgate::EdgeReport>(4);
+        let mut client = TelemetryClient::new(ch);
+        let call = tokio::spawn(async move { client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+        let mut ticker = tokio::time::interval(REPORT_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Some(metrics) = sink.metrics() else { return };
+            let edges = deltas.next(metrics);
+            let report = meshgate_proto::meshgate::EdgeReport {
+                role: role.clone(),
+                interval_ms: REPORT_INTERVAL.as_millis() as u64,
+                edges,
+                dropped,
+            };
+            match tx.try_send(report) {
+                Ok(()) => {
+                    dropped = 0;
+                    backoff = Duration::from_millis(500);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    tracing::debug!("telemetry report dropped: the control plane is behind");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+        if let Ok(Err(s)) = call.await {
+            tracing::debug!("telemetry report stream ended: {}: {}", s.code(), s.message());
+        }
+        dropped += 1;
+        tokio::time::sleep(backoff + Duration::from_millis(fastrand::u64(0..500))).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
 }

@@ -113,6 +113,8 @@ impl ManagedGateway {
                     .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
             })
         });
+        let sink = gateway.core().sink().clone();
+        tasks.push(tokio::spawn(crate::cp::report(target.clone(), mesh.clone(), "gateway".into(), sink)));
         let sub = Subscriber { target, mesh, renewal, role: "gateway".into(), node, workload: String::new() };
         tasks.push(tokio::spawn(subscribe(sub, apply)));
         Ok(ManagedGateway { gateway, id, tasks })
@@ -179,6 +181,8 @@ impl ManagedSidecar {
                 sc.apply(config, vec!["control plane".to_string()]).await.map(|_| ())
             })
         });
+        let sink = sidecar.core.sink().clone();
+        tasks.push(tokio::spawn(crate::cp::report(target.clone(), mesh.clone(), "sidecar".into(), sink)));
         let sub = Subscriber { target, mesh, renewal, role: "sidecar".into(), node, workload };
         tasks.push(tokio::spawn(subscribe(sub, apply)));
         Ok(ManagedSidecar { sidecar, id, tasks })

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod handshakes;
 pub mod metrics;
+pub mod report;
 mod sink;
 pub mod tap;
 
@@ -302,6 +303,10 @@ pub trait TelemetrySink: Send + Sync + std::fmt::Debug + 'static {
     /// Whether request records should carry their [`Details`] (an access log or `tap` is on).
     fn wants_details(&self) -> bool {
         false
+    }
+    /// The metrics this sink keeps, for the service-graph report.
+    fn metrics(&self) -> Option<&metrics::Metrics> {
+        None
     }
     /// The configuration changed (access logs, tracing).
     fn configure(&self, _settings: &meshgate_model::settings::Telemetry) {}

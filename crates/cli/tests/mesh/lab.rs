@@ -13,7 +13,7 @@ use meshgate_testkit::TempDir;
 use crate::harness::*;
 
 const LAB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/lab");
-const LAB_PORTS: [u16; 4] = [8080, 15000, 15012, 15014];
+const LAB_PORTS: [u16; 5] = [8080, 15000, 15012, 15014, 15020];
 /// What the command lines of the example applications contain (the lab's own, and those tests
 /// start with `meshgate run`).
 const APP_MARKERS: [&str; 2] = ["examples/lab/../apps/", "examples/apps/"];
@@ -134,6 +134,30 @@ fn the_lab_answers_through_order_and_inventory_and_ctrl_c_leaves_nothing() {
         up.seen.iter().filter(|l| l.contains("(network namespace ")).map(|l| reported_netns(l)).collect();
     assert_eq!(namespaces.len(), 3, "{}", up.output());
     assert!(namespaces.iter().all(|n| netns_exists(n)));
+    // The lab's own traffic moves the service graph and the gateway's metrics.
+    let out = up.output();
+    assert!(out.contains("meshgate top") && out.contains("http://127.0.0.1:15020/metrics"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let top = loop {
+        let mut c = meshgate();
+        c.args(["top", "--once", "--window", "30s"]).arg("--state-dir").arg(up.state.path());
+        let top = text(&c.output().unwrap());
+        let edge =
+            |src: &str, dst: &str| top.lines().any(|l| l.starts_with(src) && l.contains(dst) && l.contains("mTLS"));
+        if edge("shop/gateway", "shop/order-1") && edge("shop/order-1", "shop/inventory-v1") {
+            break top;
+        }
+        assert!(Instant::now() < deadline, "the graph never showed gateway → order → inventory over mTLS:\n{top}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(!top.contains("INSECURE"), "{top}");
+    let metrics = plain_get(SocketAddr::from(([127, 0, 0, 1], 15020)), "/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{") && l.contains("destination_workload=\"order-1\"")),
+        "{metrics}"
+    );
     // Ctrl-C: everything stops, in order, and nothing is left behind.
     let out = up.stop_with("INT", "Ctrl-C");
     assert!(out.lines().any(|l| l.starts_with("lab stopped")), "{out}");

@@ -161,6 +161,25 @@ fn prometheus_sees_istio_metrics_of_two_sidecars_and_the_control_plane() {
         assert!(Instant::now() < deadline, "targets not up: {:?}", prom.targets_up());
         std::thread::sleep(Duration::from_millis(500));
     }
+    // `meshgate tap`: the client's sidecar, from inside its namespace, live.
+    let mut tap = meshgate();
+    tap.args(["tap", "order-1", "-n", "shop", "--path", "/slow", "--max", "2", "-o", "json"]);
+    lab.api_flags(&mut tap);
+    let out = tap.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let taps: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(taps.len(), 2, "{}", text(&out));
+    for t in &taps {
+        assert_eq!(
+            (&t["method"], &t["path"], &t["response_code"]),
+            (&"GET".into(), &"/slow".into(), &200.into()),
+            "{t}"
+        );
+        assert_eq!(t["destination_workload"], "shop/inventory-1", "{t}");
+        assert_eq!(t["connection_security_policy"], "mutual_tls", "{t}");
+        assert!(t["duration_ms"].as_f64().unwrap() >= 60.0, "{t}");
+    }
     // While the client runs: its rate, as Istio's dashboards and Kiali compute it, from both
     // sides of the hop.
     for reporter in ["source", "destination"] {
@@ -179,6 +198,49 @@ fn prometheus_sees_istio_metrics_of_two_sidecars_and_the_control_plane() {
     for reporter in ["source", "destination"] {
         prom.wait_for(&total(reporter), Duration::from_secs(40), |v| v == 200.0);
     }
+    // The service graph and `stat`, from the proxies' reports to the control plane.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let edge = loop {
+        let mut c = meshgate();
+        c.args(["stat", "workload", "inventory-1", "-n", "shop", "-o", "json", "--window", "5m"]);
+        lab.api_flags(&mut c);
+        let rows: serde_json::Value = serde_json::from_slice(&c.output().unwrap().stdout).unwrap_or_default();
+        let graph = lab_graph(&lab);
+        let edge = graph["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["source"] == "shop/order-1" && e["destination"] == "shop/inventory-1")
+            .cloned();
+        // What inventory-1 served: the client's 200 over mTLS, and the test's own plaintext
+        // readiness probes from the host (an "insecure channel" edge from outside the mesh).
+        let to_inventory: Vec<&serde_json::Value> = graph["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["destination"] == "shop/inventory-1")
+            .collect();
+        let served: u64 = to_inventory.iter().map(|e| e["requests"].as_u64().unwrap_or(0)).sum();
+        if edge.as_ref().is_some_and(|e| e["requests"] == 200) && rows[0]["requests"] == served {
+            let probes = to_inventory.iter().find(|e| e["source"] == "unknown").expect("the host's probes");
+            assert_eq!(
+                (&probes["mtls"], &probes["plaintextReason"]),
+                (&false.into(), &"Permissive".into()),
+                "{probes}"
+            );
+            let meshed = rows[0]["meshedShare"].as_f64().unwrap();
+            assert!((meshed - 200.0 / served as f64).abs() < 1e-9, "{rows}");
+            break edge.unwrap();
+        }
+        assert!(Instant::now() < deadline, "stat {rows}\ngraph {graph}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(edge["mtls"], true, "{edge}");
+    assert_eq!(edge["reportedBy"], serde_json::json!(["source", "destination"]), "{edge}");
+    assert_eq!(edge["service"], "shop/inventory:8080", "{edge}");
+    let (p99, proxy) = (edge["latencyMs"]["p99"].as_f64().unwrap(), edge["proxyMs"]["p50"].as_f64().unwrap());
+    assert!(p99 > 50.0 && p99 <= 100.0, "{edge}");
+    assert!(proxy > 0.0 && proxy < 5.0, "the proxies' own time: {edge}");
     // Latency as the dashboards compute it: one request in ten takes 60 ms.
     let quantile = |q: f64| {
         format!(
@@ -200,4 +262,16 @@ fn prometheus_sees_istio_metrics_of_two_sidecars_and_the_control_plane() {
     prom.wait_for("sum(meshgate_cp_proxies_connected)", Duration::from_secs(5), |v| v == 2.0);
     prom.wait_for("sum(meshgate_cp_pushes_total)", Duration::from_secs(5), |v| v >= 2.0);
     prom.wait_for("sum(meshgate_cp_certificates_issued_total)", Duration::from_secs(5), |v| v >= 2.0);
+}
+
+/// The control plane's service graph over the last five minutes.
+fn lab_graph(lab: &Lab) -> serde_json::Value {
+    let token = std::fs::read_to_string(lab.dir.path().join("state").join("admin-token")).unwrap();
+    let out = Command::new("curl")
+        .args(["-sf", "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()))
+        .arg(format!("http://{}/api/graph?window=5m", lab.http))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }

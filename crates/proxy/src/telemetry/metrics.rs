@@ -84,6 +84,13 @@ impl<const N: usize> Histogram<N> {
         (out, acc + self.over.load(Ordering::Relaxed))
     }
 
+    /// The counts per bucket (not cumulative), then above the last; and the sum in micro-units.
+    pub fn raw(&self) -> (Vec<u64>, u64) {
+        let mut counts: Vec<u64> = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        counts.push(self.over.load(Ordering::Relaxed));
+        (counts, self.sum.load(Ordering::Relaxed))
+    }
+
     /// The value below which `q` (0..1) of the values fall, interpolated within its bucket
     /// as Prometheus's `histogram_quantile` does; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
@@ -465,13 +472,18 @@ impl RequestSeries {
     }
 }
 
+/// One TCP series.
 #[derive(Debug)]
-struct TcpSeries {
+pub struct TcpSeries {
     labels: String,
-    opened: AtomicU64,
-    closed: AtomicU64,
-    sent: AtomicU64,
-    received: AtomicU64,
+    /// Connections opened.
+    pub opened: AtomicU64,
+    /// Connections closed.
+    pub closed: AtomicU64,
+    /// Bytes the downstream sent.
+    pub sent: AtomicU64,
+    /// Bytes the downstream received.
+    pub received: AtomicU64,
 }
 
 /// The metrics of one proxy.
@@ -534,6 +546,11 @@ impl Metrics {
     /// Every request series: its labels and counters.
     pub fn request_series(&self) -> Vec<(RequestKey, Arc<RequestSeries>)> {
         self.requests.all()
+    }
+
+    /// Every TCP series.
+    pub fn tcp_series(&self) -> Vec<(TcpKey, Arc<TcpSeries>)> {
+        self.tcp.all()
     }
 
     /// Appends the Prometheus text exposition of every series to `out`.

@@ -51,6 +51,10 @@ impl TelemetrySink for Telemetry {
         self.logging() || self.tap.active()
     }
 
+    fn metrics(&self) -> Option<&Metrics> {
+        Some(&self.metrics)
+    }
+
     fn configure(&self, settings: &meshgate_model::settings::Telemetry) {
         self.logging.store(self.forced || settings.access_log, Ordering::Relaxed);
     }

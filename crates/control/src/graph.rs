@@ -1,0 +1,494 @@
+//! The live service graph: proxies stream edge statistics (`Telemetry.Report`), the control
+//! plane keeps them in 5-second slots for ten minutes and answers `GET /api/graph?window=60s`
+//! with nodes and edges: request rate, success rate, latency percentiles, bytes, how the hop is
+//! secured (and why not, for plaintext), and the share of the latency the proxies themselves
+//! added.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meshgate_proto::meshgate::{EdgeReport, EdgeStats, PeerInfo};
+use meshgate_proxy::telemetry::metrics::{ISTIO_BUCKETS, PROXY_BUCKETS, quantile_of};
+use serde_json::{Value, json};
+
+/// Width of one slot.
+const SLOT_SECS: u64 = 5;
+/// Slots kept (ten minutes).
+const SLOTS: usize = 120;
+/// Edges kept per slot, at most (the rest are counted as dropped).
+const MAX_EDGES: usize = 20_000;
+/// The longest window a query may ask for.
+pub const MAX_WINDOW: Duration = Duration::from_secs(SLOT_SECS * SLOTS as u64);
+
+/// What identifies an edge as one proxy reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct EdgeId {
+    reporter: String,
+    source: String,
+    destination: String,
+    service: String,
+    protocol: String,
+}
+
+/// An edge's statistics summed over reports.
+#[derive(Debug, Default, Clone)]
+struct Agg {
+    requests: u64,
+    errors: u64,
+    connections: u64,
+    latency: Vec<u64>,
+    proxy: Vec<u64>,
+    latency_sum_us: u64,
+    proxy_sum_us: u64,
+    request_bytes: u64,
+    response_bytes: u64,
+    /// How many requests (or connections) went by each security (`mutual_tls`, `none:Permissive`).
+    security: BTreeMap<String, u64>,
+    source_principal: String,
+    destination_principal: String,
+}
+
+fn add(into: &mut Vec<u64>, more: &[u64]) {
+    if into.len() < more.len() {
+        into.resize(more.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(more) {
+        *a += b;
+    }
+}
+
+impl Agg {
+    fn merge(&mut self, e: &EdgeStats) {
+        self.requests += e.requests;
+        self.errors += e.errors;
+        self.connections += e.connections;
+        add(&mut self.latency, &e.latency);
+        add(&mut self.proxy, &e.proxy);
+        self.latency_sum_us += e.latency_sum_us;
+        self.proxy_sum_us += e.proxy_sum_us;
+        self.request_bytes += e.request_bytes;
+        self.response_bytes += e.response_bytes;
+        let sec = if e.plaintext_reason.is_empty() {
+            e.security.clone()
+        } else {
+            format!("{}:{}", e.security, e.plaintext_reason)
+        };
+        *self.security.entry(sec).or_insert(0) += e.requests + e.connections;
+        if !e.source_principal.is_empty() {
+            self.source_principal.clone_from(&e.source_principal);
+        }
+        if !e.destination_principal.is_empty() {
+            self.destination_principal.clone_from(&e.destination_principal);
+        }
+    }
+
+    fn add_agg(&mut self, o: &Agg) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.connections += o.connections;
+        add(&mut self.latency, &o.latency);
+        add(&mut self.proxy, &o.proxy);
+        self.latency_sum_us += o.latency_sum_us;
+        self.proxy_sum_us += o.proxy_sum_us;
+        self.request_bytes += o.request_bytes;
+        self.response_bytes += o.response_bytes;
+        for (k, v) in &o.security {
+            *self.security.entry(k.clone()).or_insert(0) += v;
+        }
+        if !o.source_principal.is_empty() {
+            self.source_principal.clone_from(&o.source_principal);
+        }
+        if !o.destination_principal.is_empty() {
+            self.destination_principal.clone_from(&o.destination_principal);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    epoch: u64,
+    edges: HashMap<EdgeId, Agg>,
+}
+
+/// What a node is.
+#[derive(Debug, Clone, Default)]
+struct NodeInfo {
+    kind: &'static str,
+    workload: String,
+    namespace: String,
+    app: String,
+    version: String,
+}
+
+/// The service graph of one control-plane replica.
+#[derive(Debug, Default)]
+pub struct Graph {
+    slots: Mutex<VecDeque<Slot>>,
+    nodes: Mutex<HashMap<String, NodeInfo>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+fn node_id(p: Option<&PeerInfo>) -> String {
+    match p {
+        Some(p) if p.workload != "unknown" || p.namespace != "unknown" => format!("{}/{}", p.namespace, p.workload),
+        _ => "unknown".to_string(),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `60s`, `5m`, `1h` (bounded by [`MAX_WINDOW`]).
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("window {s:?}: a number and s, m or h (e.g. 60s)"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("window {s:?}: a number and s, m or h (e.g. 60s)")),
+    };
+    if secs == 0 || Duration::from_secs(secs) > MAX_WINDOW {
+        return Err(format!("window {s:?}: between 1s and {}m", MAX_WINDOW.as_secs() / 60));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+impl Graph {
+    /// Adds a proxy's report (received now).
+    pub fn record(&self, report: &EdgeReport) {
+        self.record_at(report, now_secs());
+    }
+
+    fn record_at(&self, report: &EdgeReport, now: u64) {
+        let epoch = now / SLOT_SECS;
+        if let Ok(mut nodes) = self.nodes.lock() {
+            for e in &report.edges {
+                for (p, gateway) in [
+                    (e.source.as_ref(), report.role == "gateway" && e.reporter == "source"),
+                    (e.destination.as_ref(), false),
+                ] {
+                    let id = node_id(p);
+                    let info = nodes.entry(id).or_insert_with(|| match p {
+                        Some(p) if node_id(Some(p)) != "unknown" => NodeInfo {
+                            kind: "workload",
+                            workload: p.workload.clone(),
+                            namespace: p.namespace.clone(),
+                            app: p.app.clone(),
+                            version: p.version.clone(),
+                        },
+                        _ => NodeInfo { kind: "external", ..NodeInfo::default() },
+                    });
+                    if gateway {
+                        info.kind = "gateway";
+                    }
+                }
+            }
+        }
+        let Ok(mut slots) = self.slots.lock() else { return };
+        if slots.back().is_none_or(|s| s.epoch != epoch) {
+            slots.push_back(Slot { epoch, edges: HashMap::new() });
+            while slots.len() > SLOTS {
+                slots.pop_front();
+            }
+        }
+        let Some(slot) = slots.back_mut() else { return };
+        for e in &report.edges {
+            let id = EdgeId {
+                reporter: e.reporter.clone(),
+                source: node_id(e.source.as_ref()),
+                destination: match node_id(e.destination.as_ref()) {
+                    unknown if unknown == "unknown" && !e.service.is_empty() => format!("service:{}", e.service),
+                    other => other,
+                },
+                service: e.service.clone(),
+                protocol: e.protocol.clone(),
+            };
+            if !slot.edges.contains_key(&id) && slot.edges.len() >= MAX_EDGES {
+                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
+            slot.edges.entry(id).or_default().merge(e);
+        }
+    }
+
+    /// The graph over the last `window`.
+    pub fn json(&self, window: Duration) -> Value {
+        self.json_at(window, now_secs())
+    }
+
+    fn json_at(&self, window: Duration, now: u64) -> Value {
+        let since = now.saturating_sub(window.as_secs()) / SLOT_SECS;
+        let mut sums: BTreeMap<EdgeId, Agg> = BTreeMap::new();
+        let mut first = None;
+        if let Ok(slots) = self.slots.lock() {
+            for s in slots.iter().filter(|s| s.epoch >= since) {
+                first = Some(first.map_or(s.epoch, |f: u64| f.min(s.epoch)));
+                for (id, a) in &s.edges {
+                    sums.entry(id.clone()).or_default().add_agg(a);
+                }
+            }
+        }
+        // The time the data covers: the window, or less while the graph is younger (a report
+        // covers the interval before it arrived).
+        let covered = first
+            .map_or(window.as_secs(), |f| (now + SLOT_SECS).saturating_sub(f * SLOT_SECS))
+            .clamp(1, window.as_secs().max(1));
+        // One edge per (source, destination, service, protocol): the source's report for what
+        // the caller saw, the destination's for how the hop arrived; each proxy's own time.
+        // (source, destination, service, protocol) → (the source's report, the destination's).
+        type Sides = (Option<Agg>, Option<Agg>);
+        let mut joined: BTreeMap<(String, String, String, String), Sides> = BTreeMap::new();
+        for (id, a) in sums {
+            let slot = joined.entry((id.source, id.destination, id.service, id.protocol)).or_default();
+            match id.reporter.as_str() {
+                "destination" => slot.1 = Some(a),
+                _ => slot.0 = Some(a),
+            }
+        }
+        let mut node_ids = BTreeSet::new();
+        let edges: Vec<Value> = joined
+            .into_iter()
+            .map(|((source, destination, service, protocol), (src, dst))| {
+                node_ids.insert(source.clone());
+                node_ids.insert(destination.clone());
+                edge_json(&source, &destination, &service, &protocol, src.as_ref(), dst.as_ref(), covered)
+            })
+            .collect();
+        let nodes = self.nodes.lock().map(|n| n.clone()).unwrap_or_default();
+        let nodes: Vec<Value> = node_ids
+            .iter()
+            .map(|id| match nodes.get(id) {
+                Some(n) if n.kind != "external" => json!({
+                    "id": id, "kind": n.kind, "workload": n.workload, "namespace": n.namespace,
+                    "app": n.app, "version": n.version,
+                }),
+                _ => json!({ "id": id, "kind": "external", "service": id.strip_prefix("service:") }),
+            })
+            .collect();
+        json!({
+            "window": format!("{}s", window.as_secs()),
+            "coveredSeconds": covered,
+            "generatedAt": now,
+            "nodes": nodes,
+            "edges": edges,
+            "droppedEdges": self.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+}
+
+impl Graph {
+    /// Per workload (`kind` `workload`) or per Service (`service`), what it served over the
+    /// last `window`, as its own proxy saw it (the destination's reports; the caller's where
+    /// the destination has no proxy): requests, rate, success, latency percentiles, TCP
+    /// connections, and the share of traffic that arrived over mTLS.
+    pub fn stat(&self, kind: &str, window: Duration) -> Result<Value, String> {
+        let by_service = match kind {
+            "workload" | "workloads" | "wl" | "deploy" | "deployment" => false,
+            "service" | "services" | "svc" => true,
+            other => return Err(format!("stat {other:?}: workload or service")),
+        };
+        let now = now_secs();
+        let since = now.saturating_sub(window.as_secs()) / SLOT_SECS;
+        let mut rows: BTreeMap<String, (Agg, Agg)> = BTreeMap::new();
+        let mut first = None;
+        if let Ok(slots) = self.slots.lock() {
+            for s in slots.iter().filter(|s| s.epoch >= since) {
+                first = Some(first.map_or(s.epoch, |f: u64| f.min(s.epoch)));
+                for (id, a) in &s.edges {
+                    let name = if by_service { id.service.clone() } else { id.destination.clone() };
+                    if name.is_empty() {
+                        continue;
+                    }
+                    let row = rows.entry(name).or_default();
+                    if id.reporter == "destination" { row.1.add_agg(a) } else { row.0.add_agg(a) }
+                }
+            }
+        }
+        let covered = first
+            .map_or(window.as_secs(), |f| (now + SLOT_SECS).saturating_sub(f * SLOT_SECS))
+            .clamp(1, window.as_secs().max(1));
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .map(|(name, (src, dst))| {
+                let a = if dst.requests + dst.connections > 0 { &dst } else { &src };
+                let meshed: u64 = a.security.get("mutual_tls").copied().unwrap_or(0);
+                let all: u64 = a.security.values().sum();
+                let count = a.requests + a.connections;
+                json!({
+                    "name": name,
+                    "requests": a.requests,
+                    "rps": ((a.requests as f64 / covered as f64) * 1000.0).round() / 1000.0,
+                    "successRate": (count > 0).then(|| 1.0 - a.errors as f64 / count as f64),
+                    "latencyMs": quantiles(&ISTIO_BUCKETS, &a.latency),
+                    "proxyMs": quantiles(&PROXY_BUCKETS, &a.proxy),
+                    "tcpConnections": a.connections,
+                    "meshedShare": (all > 0).then(|| meshed as f64 / all as f64),
+                    "reportedBy": if a.requests + a.connections == dst.requests + dst.connections && count > 0 { "destination" } else { "source" },
+                })
+            })
+            .collect();
+        Ok(
+            json!({ "kind": if by_service { "service" } else { "workload" }, "window": format!("{}s", window.as_secs()), "rows": rows }),
+        )
+    }
+}
+
+fn quantiles(bounds: &[f64], counts: &[u64]) -> Value {
+    let total: u64 = counts.iter().sum();
+    let mut cum = Vec::with_capacity(bounds.len());
+    let mut acc = 0;
+    for c in counts.iter().take(bounds.len()) {
+        acc += c;
+        cum.push(acc);
+    }
+    let q = |q: f64| quantile_of(bounds, &cum, total, q).map(|v| (v * 1000.0).round() / 1000.0);
+    json!({ "p50": q(0.5), "p95": q(0.95), "p99": q(0.99) })
+}
+
+fn edge_json(
+    source: &str,
+    destination: &str,
+    service: &str,
+    protocol: &str,
+    src: Option<&Agg>,
+    dst: Option<&Agg>,
+    covered: u64,
+) -> Value {
+    let Some(main) = src.or(dst) else { return Value::Null };
+    let count = if protocol == "tcp" { main.connections } else { main.requests };
+    let success = if count == 0 { None } else { Some(1.0 - main.errors as f64 / count as f64) };
+    // How the hop arrived: the destination knows (it terminated it); else what the source dialled.
+    let security = dst.or(src).map(|a| a.security.clone()).unwrap_or_default();
+    let dominant = security.iter().max_by_key(|(_, n)| **n).map(|(k, _)| k.clone()).unwrap_or_default();
+    let (policy, reason) = dominant.split_once(':').map_or((dominant.as_str(), None), |(p, r)| (p, Some(r)));
+    let proxy_side = |a: Option<&Agg>| a.map(|a| quantiles(&PROXY_BUCKETS, &a.proxy));
+    let p = |side: &Option<Value>, q: &str| side.as_ref().and_then(|v| v[q].as_f64()).unwrap_or(0.0);
+    let (ps, pd) = (proxy_side(src), proxy_side(dst));
+    let latency = quantiles(&ISTIO_BUCKETS, &main.latency);
+    let proxy_p50 = p(&ps, "p50") + p(&pd, "p50");
+    let proxy_p99 = p(&ps, "p99") + p(&pd, "p99");
+    let share =
+        latency["p50"].as_f64().filter(|l| *l > 0.0).map(|l| ((proxy_p50 / l).min(1.0) * 1000.0).round() / 1000.0);
+    let reported_by: Vec<&str> = [src.map(|_| "source"), dst.map(|_| "destination")].into_iter().flatten().collect();
+    let principals = json!({
+        "source": (!main.source_principal.is_empty()).then_some(&main.source_principal),
+        "destination": dst.or(src).map(|a| &a.destination_principal).filter(|p| !p.is_empty()),
+    });
+    json!({
+        "source": source,
+        "destination": destination,
+        "service": (!service.is_empty()).then_some(service),
+        "protocol": protocol,
+        "requests": main.requests,
+        "connections": main.connections,
+        "errors": main.errors,
+        "rps": ((count as f64 / covered as f64) * 1000.0).round() / 1000.0,
+        "successRate": success,
+        "latencyMs": latency,
+        "bytes": { "request": main.request_bytes, "response": main.response_bytes },
+        "mtls": policy == "mutual_tls",
+        "security": policy,
+        "plaintextReason": reason,
+        "securityBreakdown": security,
+        "proxyMs": {
+            "p50": (proxy_p50 * 1000.0).round() / 1000.0,
+            "p99": (proxy_p99 * 1000.0).round() / 1000.0,
+            "source": ps,
+            "destination": pd,
+        },
+        "proxyShareOfP50": share,
+        "reportedBy": reported_by,
+        "principals": principals,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(ns: &str, w: &str) -> Option<PeerInfo> {
+        Some(PeerInfo { workload: w.into(), namespace: ns.into(), app: w.into(), version: "v1".into() })
+    }
+
+    fn stats(reporter: &str, requests: u64, errors: u64, fast: u64, proxy_us: u64) -> EdgeStats {
+        let mut latency = vec![0; ISTIO_BUCKETS.len() + 1];
+        latency[2] = fast; // (1, 5] ms
+        latency[5] = requests - fast; // (25, 50] ms
+        let mut proxy = vec![0; PROXY_BUCKETS.len() + 1];
+        proxy[if proxy_us <= 100 { 3 } else { 5 }] = requests;
+        EdgeStats {
+            reporter: reporter.into(),
+            source: peer("shop", "order-1"),
+            destination: peer("shop", "inventory-1"),
+            service: "shop/inventory:8080".into(),
+            protocol: "http".into(),
+            security: "mutual_tls".into(),
+            requests,
+            errors,
+            latency,
+            proxy,
+            ..EdgeStats::default()
+        }
+    }
+
+    #[test]
+    fn source_and_destination_reports_join_into_one_edge() {
+        let g = Graph::default();
+        let now = 1_000_000;
+        for t in 0..12 {
+            let report = EdgeReport {
+                role: "sidecar".into(),
+                interval_ms: 5000,
+                edges: vec![stats("source", 100, 2, 90, 80), stats("destination", 100, 2, 90, 400)],
+                dropped: 0,
+            };
+            g.record_at(&report, now - 55 + t * 5);
+        }
+        let v = g.json_at(Duration::from_secs(60), now);
+        let edges = v["edges"].as_array().unwrap();
+        assert_eq!(edges.len(), 1, "{v}");
+        let e = &edges[0];
+        assert_eq!(e["requests"], 1200);
+        assert_eq!(e["rps"], 20.0, "{e}");
+        assert_eq!(e["successRate"], 1.0 - 24.0 / 1200.0);
+        assert_eq!(e["mtls"], true);
+        assert_eq!(e["reportedBy"], json!(["source", "destination"]));
+        // p50 inside (1, 5], p99 inside (25, 50].
+        let p50 = e["latencyMs"]["p50"].as_f64().unwrap();
+        let p99 = e["latencyMs"]["p99"].as_f64().unwrap();
+        assert!(p50 > 1.0 && p50 <= 5.0 && p99 > 25.0 && p99 <= 50.0, "{e}");
+        // Both proxies' own time: (0.05, 0.1] + (0.25, 0.5].
+        let proxy = e["proxyMs"]["p50"].as_f64().unwrap();
+        assert!(proxy > 0.3 && proxy <= 0.6, "{e}");
+        assert_eq!(v["nodes"].as_array().unwrap().len(), 2);
+        // A shorter window sees less.
+        let v = g.json_at(Duration::from_secs(10), now);
+        assert!(v["edges"][0]["requests"].as_u64().unwrap() <= 300, "{v}");
+    }
+
+    #[test]
+    fn plaintext_edges_say_why_and_unknown_callers_are_external() {
+        let g = Graph::default();
+        let mut e = stats("destination", 10, 0, 10, 50);
+        e.source = None;
+        e.security = "none".into();
+        e.plaintext_reason = "Permissive".into();
+        g.record_at(&EdgeReport { role: "sidecar".into(), edges: vec![e], ..EdgeReport::default() }, 100);
+        let v = g.json_at(Duration::from_secs(60), 100);
+        let edge = &v["edges"][0];
+        assert_eq!(edge["mtls"], false);
+        assert_eq!(edge["plaintextReason"], "Permissive");
+        assert_eq!(edge["source"], "unknown");
+        assert!(v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "unknown" && n["kind"] == "external"), "{v}");
+    }
+
+    #[test]
+    fn windows_parse() {
+        assert_eq!(parse_window("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_window("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_window("0s").is_err() && parse_window("2h").is_err() && parse_window("x").is_err());
+    }
+}
