@@ -243,6 +243,45 @@ pub struct MeshConfigSpec {
     /// Access logs of every proxy (off by default; `--access-log` turns them on for one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogSettings>,
+    /// Distributed tracing: sampling and where spans go (off without an exporter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSettings>,
+}
+
+/// Distributed tracing (W3C Trace Context and B3 propagated; spans exported in batches).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSettings {
+    /// Share of new traces recorded, 0 to 100 (default 1). A request that arrives with a
+    /// sampling decision keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_percent: Option<f64>,
+    /// Zipkin v2 JSON: `{endpoint: http://HOST:9411/api/v2/spans}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zipkin: Option<ZipkinExporter>,
+    /// OTLP: `{endpoint: http://HOST:4317, protocol: grpc}` or `{endpoint: http://HOST:4318,
+    /// protocol: http}` (HTTP/protobuf; `/v1/traces` added when the URL has no path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpExporter>,
+}
+
+/// Where Zipkin spans go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZipkinExporter {
+    /// The collector's URL.
+    pub endpoint: String,
+}
+
+/// Where OTLP spans go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpExporter {
+    /// The collector's URL.
+    pub endpoint: String,
+    /// `grpc` (default) or `http` (HTTP/protobuf).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 /// Access logs: one JSON line per request and per opaque TCP connection, on standard output.

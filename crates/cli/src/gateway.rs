@@ -20,7 +20,7 @@ pub(crate) struct Options {
 }
 
 pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
-    let telemetry = crate::proxy::telemetry(opts.access_log);
+    let telemetry = crate::proxy::telemetry(opts.access_log, "gateway");
     let gateway = Gateway::new(GatewayOptions {
         bind: opts.bind,
         drain_timeout: opts.drain_timeout,

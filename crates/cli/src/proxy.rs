@@ -75,7 +75,7 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
     }
     let admin = crate::parse_admin(&args.admin)?;
     let metrics = parse_metrics(&args.metrics)?;
-    let telemetry = telemetry(args.access_log);
+    let telemetry = telemetry(args.access_log, if args.role == "sidecar" { "sidecar" } else { "gateway" });
     let bundle_path = args.ca_bundle.clone().unwrap_or_else(|| meshgate_control::run::bundle_path(&args.state_dir));
     let bundle_pem = std::fs::read_to_string(&bundle_path)
         .with_context(|| format!("cannot read the CA bundle {} (--ca-bundle)", bundle_path.display()))?;
@@ -141,8 +141,8 @@ pub(crate) fn node_name() -> String {
 
 /// A proxy's telemetry: metrics, access logs (on when `access_log`, else as the MeshConfig
 /// says), `tap`.
-pub(crate) fn telemetry(access_log: bool) -> Arc<Telemetry> {
-    Arc::new(Telemetry::new(TelemetryOptions { access_log }))
+pub(crate) fn telemetry(access_log: bool, role: &'static str) -> Arc<Telemetry> {
+    Arc::new(Telemetry::new(TelemetryOptions { access_log, role }))
 }
 
 /// `--metrics ADDR|off`.

@@ -90,7 +90,7 @@ pub(crate) async fn main(args: Args, privileged: Privileged) -> anyhow::Result<(
         &args.service_account,
     )?;
     let mut opts = SidecarOptions::new(format!("{}/{}", args.namespace, args.name));
-    let telemetry = crate::proxy::telemetry(args.access_log);
+    let telemetry = crate::proxy::telemetry(args.access_log, "sidecar");
     opts.sink = telemetry.clone();
     opts.drain_timeout = args.drain_timeout;
     opts.hosts_file = privileged.hosts_file;

@@ -26,12 +26,37 @@ pub struct MeshSettings {
     pub telemetry: Telemetry,
 }
 
-/// What proxies record besides metrics (MeshConfig `spec.accessLog`).
+/// What proxies record besides metrics (MeshConfig `spec.accessLog`, `spec.tracing`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Telemetry {
     /// A JSON line per request and per opaque TCP connection.
     pub access_log: bool,
+    /// Distributed tracing, when an exporter is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// Distributed tracing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    /// Share of new traces recorded, in millionths.
+    pub sampling_ppm: u32,
+    /// Where spans go.
+    pub exporter: TraceExporter,
+}
+
+/// Where spans go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TraceExporter {
+    /// Zipkin v2 JSON, posted to this URL.
+    Zipkin(String),
+    /// OTLP over gRPC to this `http://host:port`.
+    OtlpGrpc(String),
+    /// OTLP HTTP/protobuf, posted to this URL.
+    OtlpHttp(String),
 }
 
 /// How proxies treat their clients' connections (MeshConfig `spec.downstream`).
@@ -91,6 +116,21 @@ pub fn mesh_settings(set: &ResourceSet) -> MeshSettings {
             s.downstream.header_timeout = (!d.is_zero()).then_some(d);
         }
         s.telemetry.access_log = m.spec.access_log.as_ref().and_then(|a| a.enabled).unwrap_or(false);
+        if let Some(t) = &m.spec.tracing {
+            let exporter = match (&t.otlp, &t.zipkin) {
+                (Some(o), _) if o.protocol.as_deref() == Some("http") => {
+                    let url = o.endpoint.trim_end_matches('/');
+                    let has_path = url.strip_prefix("http://").is_some_and(|r| r.contains('/'));
+                    Some(TraceExporter::OtlpHttp(if has_path { url.to_string() } else { format!("{url}/v1/traces") }))
+                }
+                (Some(o), _) => Some(TraceExporter::OtlpGrpc(o.endpoint.clone())),
+                (None, Some(z)) => Some(TraceExporter::Zipkin(z.endpoint.clone())),
+                (None, None) => None,
+            };
+            let percent = t.sampling_percent.unwrap_or(1.0).clamp(0.0, 100.0);
+            s.telemetry.tracing =
+                exporter.map(|exporter| Tracing { sampling_ppm: (percent * 10_000.0).round() as u32, exporter });
+        }
     }
     s
 }

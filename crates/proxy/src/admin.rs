@@ -216,6 +216,19 @@ fn render_metrics(core: &ProxyCore, telemetry: Option<&Telemetry>, out: &mut Str
         );
         let _ = writeln!(out, "meshgate_access_log_lines_total{{outcome=\"written\"}} {}", t.access.written());
         let _ = writeln!(out, "meshgate_access_log_lines_total{{outcome=\"dropped\"}} {}", t.access.dropped());
+        help(
+            out,
+            "meshgate_trace_spans_total",
+            "counter",
+            "Spans exported, and dropped (queue full: the collector behind; export failed).",
+        );
+        for (outcome, n) in [
+            ("exported", &t.spans.exported),
+            ("dropped_queue_full", &t.spans.dropped_queue_full),
+            ("dropped_export_failed", &t.spans.dropped_export_failed),
+        ] {
+            let _ = writeln!(out, "meshgate_trace_spans_total{{outcome=\"{outcome}\"}} {}", n.load(Relaxed));
+        }
     }
     crate::telemetry::handshakes::render(out);
     let snap = core.snapshot();

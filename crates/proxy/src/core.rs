@@ -155,11 +155,11 @@ impl ProxyCore {
         self.start_housekeeping();
         let backends = self.registry.prepare(&compiled.config, self.tls.as_ref());
         let version = self.versions.fetch_add(1, Ordering::AcqRel) + 1;
-        self.sink.configure(&compiled.config.telemetry);
         let peer = match compiled.config.mesh.as_ref().and_then(|m| m.peers.me.clone()) {
             Some(me) => me,
             None => self.peer.clone(),
         };
+        self.sink.configure(&compiled.config.telemetry, &peer);
         let snapshot = Snapshot {
             version,
             applied_at: SystemTime::now(),

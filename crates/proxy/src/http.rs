@@ -77,7 +77,17 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
     let (mut parts, body) = req.into_parts();
     let grpc = grpc::is_call(&parts.headers);
     let (body, received) = ClientBody::new(body, start.is_some());
-    let details = (start.is_some() && snapshot.sink.wants_details()).then(|| crate::telemetry::Details::of(&parts));
+    let role = match conn.target {
+        Target::Listeners => Role::Gateway,
+        Target::Service(_) | Target::Pod(_) => Role::SidecarOutbound,
+    };
+    // Tracing: this proxy's spans in the request's trace, passed on upstream.
+    let trace = snapshot.sink.trace_sampling().map(|ppm| crate::telemetry::trace::start(&parts.headers, ppm));
+    if let Some(t) = &trace {
+        t.inject(&mut parts.headers, role);
+    }
+    let details = (start.is_some() && (snapshot.sink.wants_details() || trace.is_some_and(|t| t.sampled)))
+        .then(|| crate::telemetry::Details::of(&parts));
     let mut hop = Hop::default();
     let mut out = route_and_forward(&snapshot, &conn, &mut parts, body, &mut hop).await;
     if grpc {
@@ -86,10 +96,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
     let ttfb = started.elapsed();
     let record = start.map(|start| RequestRecord {
         start,
-        role: match conn.target {
-            Target::Listeners => Role::Gateway,
-            Target::Service(_) | Target::Pod(_) => Role::SidecarOutbound,
-        },
+        role,
         route: out.rule.as_ref().map(|r| (r.route.clone(), r.index)),
         backend: hop.backend,
         endpoint: out.upstream,
@@ -111,6 +118,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
         security: hop.security,
         peer: conn.peer,
         details,
+        trace,
     });
     if !out.flags.is_empty() {
         // Like Linkerd's l5d-proxy-error: says why, without a trip to the logs.

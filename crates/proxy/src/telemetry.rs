@@ -6,11 +6,13 @@
 //! line an access log or `tap` shows is kept only while one of them is on).
 
 pub mod access;
+pub mod export;
 pub mod handshakes;
 pub mod metrics;
 pub mod report;
 mod sink;
 pub mod tap;
+pub mod trace;
 
 pub use sink::{Telemetry, TelemetryOptions};
 
@@ -122,8 +124,10 @@ pub struct RequestRecord {
     pub security: Option<Security>,
     /// The downstream client's address.
     pub peer: SocketAddr,
-    /// The request line, while an access log or `tap` wants it.
+    /// The request line, while an access log or `tap` wants it, or the request is traced.
     pub details: Option<Box<Details>>,
+    /// Its trace, while tracing is on.
+    pub trace: Option<trace::RequestTrace>,
 }
 
 /// What an access log line and `tap` show of a request beyond the record's counters: kept
@@ -308,8 +312,12 @@ pub trait TelemetrySink: Send + Sync + std::fmt::Debug + 'static {
     fn metrics(&self) -> Option<&metrics::Metrics> {
         None
     }
-    /// The configuration changed (access logs, tracing).
-    fn configure(&self, _settings: &meshgate_model::settings::Telemetry) {}
+    /// The configuration changed (access logs, tracing); `me` is this proxy's workload.
+    fn configure(&self, _settings: &meshgate_model::settings::Telemetry, _me: &Peer) {}
+    /// While tracing is on: the share of new traces sampled, in millionths.
+    fn trace_sampling(&self) -> Option<u32> {
+        None
+    }
     /// A request has ended.
     fn request(&self, record: &RequestRecord);
     /// A connection has closed.

@@ -119,9 +119,46 @@ pub(super) fn mesh_config(o: &Object, m: &MeshConfig, r: &mut Report) {
     {
         r.add("spec.outboundTrafficPolicy.mode", format!("{:?}: ALLOW_ANY or REGISTRY_ONLY", p.mode));
     }
+    if let Some(t) = &m.spec.tracing {
+        if let Some(p) = t.sampling_percent
+            && !(0.0..=100.0).contains(&p)
+        {
+            r.add("spec.tracing.samplingPercent", format!("{p}: between 0 and 100"));
+        }
+        if let Some(z) = &t.zipkin
+            && let Err(msg) = collector_url(&z.endpoint)
+        {
+            r.add("spec.tracing.zipkin.endpoint", msg);
+        }
+        if let Some(o) = &t.otlp {
+            if let Err(msg) = collector_url(&o.endpoint) {
+                r.add("spec.tracing.otlp.endpoint", msg);
+            }
+            if let Some(p) = o.protocol.as_deref().filter(|p| !matches!(*p, "grpc" | "http")) {
+                r.add("spec.tracing.otlp.protocol", format!("{p:?}: grpc or http"));
+            }
+        }
+    }
     if let Some(t) = m.spec.downstream.as_ref().and_then(|d| d.header_timeout.as_ref())
         && let Err(msg) = syntax::gateway_duration(t)
     {
         r.add("spec.downstream.headerTimeout", msg);
+    }
+}
+
+/// A trace collector's URL: `http://HOST:PORT[/PATH]`.
+fn collector_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Err(format!(
+            "{url:?}: TLS to collectors is not supported yet; use http:// (a collector or agent beside the proxy)"
+        ));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("{url:?}: an http:// URL (http://HOST:PORT[/PATH])"));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(format!("{url:?}: the URL needs a host and a port (http://HOST:PORT[/PATH])")),
     }
 }

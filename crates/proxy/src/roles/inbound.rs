@@ -429,9 +429,14 @@ impl Inbound {
         let started = Instant::now();
         let start = self.opts.sink.wants_requests().then(SystemTime::now);
         let protocol = if req.version() >= Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let grpc = crate::http::grpc::is_call(&parts.headers);
-        let details = (start.is_some() && self.opts.sink.wants_details()).then(|| telemetry::Details::of(&parts));
+        let trace = self.opts.sink.trace_sampling().map(|ppm| telemetry::trace::start(&parts.headers, ppm));
+        if let Some(t) = &trace {
+            t.inject(&mut parts.headers, Role::SidecarInbound);
+        }
+        let details = (start.is_some() && (self.opts.sink.wants_details() || trace.is_some_and(|t| t.sampled)))
+            .then(|| telemetry::Details::of(&parts));
         let (body, received) = ClientBody::new(body, start.is_some());
         let (resp, flags, upstream_wait) = self.forward(Request::from_parts(parts, body), &caller).await;
         let Some(start) = start else { return resp };
@@ -460,6 +465,7 @@ impl Inbound {
             security: Some(caller.security.kind()),
             peer: caller.peer,
             details,
+            trace,
         };
         resp.map(|body| body.recorded(record, started, self.opts.sink.clone(), received))
     }

@@ -16,4 +16,5 @@ mod policy;
 mod records;
 mod reload;
 mod svid;
+mod tracing;
 mod websocket;
