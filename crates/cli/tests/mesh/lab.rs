@@ -158,6 +158,7 @@ fn the_lab_answers_through_order_and_inventory_and_ctrl_c_leaves_nothing() {
             .any(|l| l.starts_with("istio_requests_total{") && l.contains("destination_workload=\"order-1\"")),
         "{metrics}"
     );
+    one_trace_through_gateway_order_and_inventory(&up);
     // Ctrl-C: everything stops, in order, and nothing is left behind.
     let out = up.stop_with("INT", "Ctrl-C");
     assert!(out.lines().any(|l| l.starts_with("lab stopped")), "{out}");
@@ -662,4 +663,129 @@ fn root_rotation_from_the_cli_under_traffic_in_the_lab() {
 #[test]
 fn root_rotation_with_a_control_plane_restart_between_add_root_and_use_root() {
     rotation_in_the_lab(true);
+}
+
+/// An OTLP/gRPC receiver (the official opentelemetry-proto service) on the lab bridge's side of
+/// the host, where the gateway and every sidecar can reach it.
+struct OtlpReceiver {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>>,
+    addr: SocketAddr,
+    _rt: tokio::runtime::Runtime,
+}
+
+struct Collect(std::sync::Arc<std::sync::Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collect {
+    async fn export(
+        &self,
+        req: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        for rs in req.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                self.0.lock().unwrap().extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl OtlpReceiver {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let port = meshgate_testkit::free_port();
+        let server = tonic::transport::Server::builder().add_service(
+            opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(Collect(
+                spans.clone(),
+            )),
+        );
+        rt.spawn(server.serve(SocketAddr::from(([0, 0, 0, 0], port))));
+        let addr = SocketAddr::from((meshgate_intercept::BRIDGE_IP, port));
+        OtlpReceiver { spans, addr, _rt: rt }
+    }
+}
+
+/// With tracing turned on in the running lab (a MeshConfig applied like any resource), one
+/// request through the gateway yields one trace: the gateway's server and client spans, order's
+/// inbound server and outbound client spans, inventory's inbound server span, each the child
+/// of the one before (order passes the trace headers on, as apps in a mesh do).
+fn one_trace_through_gateway_order_and_inventory(up: &Up) {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let receiver = OtlpReceiver::start();
+    let file = up.state.path().join("tracing.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: meshgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec:\n  tracing: {{samplingPercent: 0, otlp: {{endpoint: 'http://{}', protocol: grpc}}}}\n",
+            receiver.addr
+        ),
+    )
+    .unwrap();
+    let mut c = meshgate();
+    c.arg("apply").arg("-f").arg(&file).arg("--state-dir").arg(up.state.path());
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Sampled by the caller: only this request's trace is recorded (the lab's traffic is not).
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let parent = format!("{:016x}", fastrand_u64());
+        let mut s = TcpStream::connect(("127.0.0.1", 8080)).unwrap();
+        use std::io::Write as _;
+        write!(s, "GET / HTTP/1.1\r\nHost: lab\r\ntraceparent: 00-{trace}-{parent}-01\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        std::thread::sleep(Duration::from_millis(1500));
+        let spans: Vec<_> =
+            receiver.spans.lock().unwrap().iter().filter(|(_, s)| hex(&s.trace_id) == trace).cloned().collect();
+        // One request's five spans: the first whose gateway server span names this parent.
+        if let Some(root) = spans.iter().find(|(_, s)| hex(&s.parent_span_id) == parent) {
+            let mut chain = vec![root.clone()];
+            while let Some(next) = spans.iter().find(|(_, s)| s.parent_span_id == chain.last().unwrap().1.span_id) {
+                chain.push(next.clone());
+            }
+            if chain.len() == 5 {
+                break chain;
+            }
+        }
+        assert!(Instant::now() < deadline, "no complete trace (proxies configured?): {spans:?}\n{reply}");
+    };
+    let got: Vec<(String, i32)> = spans.iter().map(|(svc, s)| (svc.clone(), s.kind)).collect();
+    let (server, client) = (SpanKind::Server as i32, SpanKind::Client as i32);
+    assert_eq!(
+        got[1..],
+        [
+            ("gateway.shop".to_string(), client),
+            ("order.shop".into(), server),
+            ("order.shop".into(), client),
+            ("inventory.shop".into(), server)
+        ],
+        "{spans:?}"
+    );
+    assert_eq!((spans[0].0.as_str(), spans[0].1.kind), ("gateway.shop", server));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn fastrand_u64() -> u64 {
+    let b = meshgate_tls::random_bytes(8);
+    u64::from_be_bytes(b.try_into().unwrap()) | 1
 }
