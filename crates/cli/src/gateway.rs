@@ -15,16 +15,17 @@ pub(crate) struct Options {
     pub(crate) drain_timeout: Duration,
     pub(crate) access_log: bool,
     pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) telemetry: bool,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) header_timeout: Option<Duration>,
 }
 
 pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
-    let telemetry = crate::proxy::telemetry(opts.access_log, "gateway");
+    let telemetry = crate::proxy::telemetry(opts.access_log, "gateway", opts.telemetry);
     let gateway = Gateway::new(GatewayOptions {
         bind: opts.bind,
         drain_timeout: opts.drain_timeout,
-        sink: telemetry.clone(),
+        sink: telemetry.sink.clone(),
         server: meshgate_proxy::conn::ServerSettings {
             idle_timeout: opts.idle_timeout,
             header_timeout: opts.header_timeout,
@@ -45,7 +46,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("{}", text.join("\n"));
     }
-    let roles = meshgate_proxy::admin::Roles::gateway(gateway.core().clone()).with_telemetry(telemetry.clone());
+    let roles = telemetry.roles(meshgate_proxy::admin::Roles::gateway(gateway.core().clone()));
     crate::proxy::serve_admin_and_metrics(opts.admin, opts.metrics, roles).await?;
     if let Some(addr) = opts.admin {
         tracing::info!(%addr, "admin endpoint: /ready /config_dump /certs /metrics /tap");
@@ -59,7 +60,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
     tracing::info!(timeout = ?opts.drain_timeout, "shutting down: draining connections");
     watcher.abort();
     gateway.drain().await;
-    telemetry.access.flush(Duration::from_secs(2));
+    telemetry.flush();
     tracing::info!("stopped");
     Ok(())
 }

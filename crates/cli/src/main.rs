@@ -79,6 +79,9 @@ enum Command {
         /// 15020); "off": on the admin endpoint only.
         #[arg(long, default_value = "0.0.0.0:15020")]
         metrics: String,
+        /// "off": record nothing (no metrics, access logs, traces or tap).
+        #[arg(long, default_value = "on")]
+        telemetry: String,
         /// Close client connections that move no byte for this long ("0s": never).
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         idle_timeout: Duration,
@@ -378,24 +381,34 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { paths, strict } => validate::run(&paths, strict),
-        Command::Gateway { paths, bind, admin, drain_timeout, access_log, metrics, idle_timeout, header_timeout } => {
-            serve(async move {
-                let admin = parse_admin(&admin)?;
-                let metrics = proxy::parse_metrics(&metrics)?;
-                let idle_timeout = (!idle_timeout.is_zero()).then_some(idle_timeout);
-                let opts = gateway::Options {
-                    paths,
-                    bind,
-                    admin,
-                    drain_timeout,
-                    access_log,
-                    metrics,
-                    idle_timeout,
-                    header_timeout,
-                };
-                gateway::run(opts).await
-            })
-        }
+        Command::Gateway {
+            paths,
+            bind,
+            admin,
+            drain_timeout,
+            access_log,
+            metrics,
+            telemetry,
+            idle_timeout,
+            header_timeout,
+        } => serve(async move {
+            let admin = parse_admin(&admin)?;
+            let metrics = proxy::parse_metrics(&metrics)?;
+            let telemetry = proxy::parse_telemetry(&telemetry)?;
+            let idle_timeout = (!idle_timeout.is_zero()).then_some(idle_timeout);
+            let opts = gateway::Options {
+                paths,
+                bind,
+                admin,
+                drain_timeout,
+                access_log,
+                metrics,
+                telemetry,
+                idle_timeout,
+                header_timeout,
+            };
+            gateway::run(opts).await
+        }),
         Command::ControlPlane(args) => serve(control::main(args)),
         Command::Proxy(args) => serve(proxy::main(args)),
         Command::Apply { paths, api: flags } => block(async move { client::apply(&api(&flags)?, &paths).await }),

@@ -60,6 +60,9 @@ pub(crate) struct Args {
     /// whatever MeshConfig spec.accessLog says.
     #[arg(long)]
     pub(crate) access_log: bool,
+    /// "off": record nothing (no metrics, access logs, traces, tap or graph reports).
+    #[arg(long, default_value = "on")]
+    pub(crate) telemetry: String,
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -75,7 +78,8 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
     }
     let admin = crate::parse_admin(&args.admin)?;
     let metrics = parse_metrics(&args.metrics)?;
-    let telemetry = telemetry(args.access_log, if args.role == "sidecar" { "sidecar" } else { "gateway" });
+    let role = if args.role == "sidecar" { "sidecar" } else { "gateway" };
+    let telemetry = telemetry(args.access_log, role, parse_telemetry(&args.telemetry)?);
     let bundle_path = args.ca_bundle.clone().unwrap_or_else(|| meshgate_control::run::bundle_path(&args.state_dir));
     let bundle_pem = std::fs::read_to_string(&bundle_path)
         .with_context(|| format!("cannot read the CA bundle {} (--ca-bundle)", bundle_path.display()))?;
@@ -85,24 +89,25 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
     if args.role == "sidecar" {
         let workload = args.workload.clone().context("--role sidecar needs --workload NAME (its Workload)")?;
         let mut opts = SidecarOptions::new(format!("{}/{workload}", args.namespace));
-        opts.sink = telemetry.clone();
+        opts.sink = telemetry.sink.clone();
         opts.drain_timeout = args.drain_timeout;
         let managed = ManagedSidecar::start(target, id.clone(), args.token.clone(), opts, node).await?;
-        let roles =
-            meshgate_proxy::admin::Roles::sidecar(managed.sidecar.core.clone(), managed.sidecar.inbound.clone())
-                .with_telemetry(telemetry.clone());
+        let roles = telemetry.roles(meshgate_proxy::admin::Roles::sidecar(
+            managed.sidecar.core.clone(),
+            managed.sidecar.inbound.clone(),
+        ));
         serve_admin_and_metrics(admin, metrics, roles).await?;
         tracing::info!(%id, "sidecar proxy started");
         crate::release_cold_pages(managed.sidecar.core.clone());
         crate::gateway::shutdown_signal_quiet().await;
         managed.stop().await;
-        telemetry.access.flush(Duration::from_secs(2));
+        telemetry.flush();
         return Ok(());
     }
     let options = GatewayOptions {
         bind: args.bind,
         drain_timeout: args.drain_timeout,
-        sink: telemetry.clone(),
+        sink: telemetry.sink.clone(),
         server: meshgate_proxy::conn::ServerSettings {
             header_timeout: args.header_timeout,
             ..meshgate_proxy::conn::ServerSettings::default()
@@ -110,13 +115,13 @@ pub(crate) async fn main(args: Args) -> anyhow::Result<()> {
         ..GatewayOptions::default()
     };
     let managed = ManagedGateway::start(target, id.clone(), args.token.clone(), options, node).await?;
-    let roles = meshgate_proxy::admin::Roles::gateway(managed.gateway.core().clone()).with_telemetry(telemetry.clone());
+    let roles = telemetry.roles(meshgate_proxy::admin::Roles::gateway(managed.gateway.core().clone()));
     serve_admin_and_metrics(admin, metrics, roles).await?;
     tracing::info!(%id, "gateway proxy started");
     crate::release_cold_pages(managed.gateway.core().clone());
     crate::gateway::shutdown_signal_quiet().await;
     managed.stop().await;
-    telemetry.access.flush(Duration::from_secs(2));
+    telemetry.flush();
     Ok(())
 }
 
@@ -139,10 +144,46 @@ pub(crate) fn node_name() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into())
 }
 
-/// A proxy's telemetry: metrics, access logs (on when `access_log`, else as the MeshConfig
-/// says), `tap`.
-pub(crate) fn telemetry(access_log: bool, role: &'static str) -> Arc<Telemetry> {
-    Arc::new(Telemetry::new(TelemetryOptions { access_log, role }))
+/// What a proxy records: metrics, access logs (on when `access_log`, else as the MeshConfig
+/// says), traces, `tap` and the graph reports; or, with `--telemetry off`, nothing at all.
+#[derive(Clone)]
+pub(crate) struct Recording {
+    pub(crate) sink: meshgate_proxy::telemetry::Sink,
+    pub(crate) telemetry: Option<Arc<Telemetry>>,
+}
+
+impl Recording {
+    /// `roles` with this proxy's metrics and `tap`.
+    pub(crate) fn roles(&self, roles: admin::Roles) -> admin::Roles {
+        match &self.telemetry {
+            Some(t) => roles.with_telemetry(t.clone()),
+            None => roles,
+        }
+    }
+
+    /// Waits for the access log to be written (before exit).
+    pub(crate) fn flush(&self) {
+        if let Some(t) = &self.telemetry {
+            t.access.flush(Duration::from_secs(2));
+        }
+    }
+}
+
+/// `--telemetry on|off`.
+pub(crate) fn parse_telemetry(s: &str) -> anyhow::Result<bool> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => anyhow::bail!("--telemetry {other:?}: on or off"),
+    }
+}
+
+pub(crate) fn telemetry(access_log: bool, role: &'static str, on: bool) -> Recording {
+    if !on {
+        return Recording { sink: meshgate_proxy::telemetry::noop(), telemetry: None };
+    }
+    let t = Arc::new(Telemetry::new(TelemetryOptions { access_log, role }));
+    Recording { sink: t.clone(), telemetry: Some(t) }
 }
 
 /// `--metrics ADDR|off`.

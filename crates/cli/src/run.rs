@@ -66,9 +66,12 @@ pub(crate) struct Args {
     /// SPIFFE trust domain.
     #[arg(long, default_value = "cluster.local")]
     pub(crate) trust_domain: String,
-    /// The sidecar logs one line per request.
+    /// The sidecar writes a JSON access log line per request (to this command's stderr).
     #[arg(long)]
     pub(crate) access_log: bool,
+    /// "off": the sidecar records nothing (no metrics, access logs, traces, tap or graph).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub(crate) telemetry: String,
     #[command(flatten)]
     pub(crate) api: crate::ApiFlags,
     /// The command and its arguments.
@@ -446,6 +449,7 @@ impl Plan<'_> {
         if args.access_log {
             sidecar.arg("--access-log");
         }
+        sidecar.args(["--telemetry", &args.telemetry]);
         let mut sidecar = sidecar.spawn().context("starting the sidecar")?;
         wait_ready(&mut sidecar).await?;
         Ok(Started { sidecar, _relay: relay, pod })

@@ -50,6 +50,9 @@ pub(crate) struct Args {
     /// Prometheus metrics inside the namespace (Istio's 15020); "off": admin endpoint only.
     #[arg(long, default_value = "0.0.0.0:15020")]
     pub(crate) metrics: String,
+    /// "off": record nothing (no metrics, access logs, traces, tap or graph reports).
+    #[arg(long, default_value = "on")]
+    pub(crate) telemetry: String,
     /// How long connections may take to finish on shutdown.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -90,8 +93,9 @@ pub(crate) async fn main(args: Args, privileged: Privileged) -> anyhow::Result<(
         &args.service_account,
     )?;
     let mut opts = SidecarOptions::new(format!("{}/{}", args.namespace, args.name));
-    let telemetry = crate::proxy::telemetry(args.access_log, "sidecar");
-    opts.sink = telemetry.clone();
+    let telemetry =
+        crate::proxy::telemetry(args.access_log, "sidecar", crate::proxy::parse_telemetry(&args.telemetry)?);
+    opts.sink = telemetry.sink.clone();
     opts.drain_timeout = args.drain_timeout;
     opts.hosts_file = privileged.hosts_file;
     let admin = crate::parse_admin(&args.admin)?;
@@ -100,8 +104,8 @@ pub(crate) async fn main(args: Args, privileged: Privileged) -> anyhow::Result<(
     if tokio::time::timeout(Duration::from_secs(30), managed.configured()).await.is_err() {
         anyhow::bail!("no configuration from the control plane within 30 s");
     }
-    let roles = meshgate_proxy::admin::Roles::sidecar(managed.sidecar.core.clone(), managed.sidecar.inbound.clone())
-        .with_telemetry(telemetry.clone());
+    let roles = telemetry
+        .roles(meshgate_proxy::admin::Roles::sidecar(managed.sidecar.core.clone(), managed.sidecar.inbound.clone()));
     crate::proxy::serve_admin_and_metrics(admin, metrics, roles).await?;
     tracing::info!(%id, "sidecar ready");
     // The signal `meshgate run` waits for before starting the application.
@@ -117,6 +121,6 @@ pub(crate) async fn main(args: Args, privileged: Privileged) -> anyhow::Result<(
     term.recv().await;
     tracing::info!("draining");
     managed.stop().await;
-    telemetry.access.flush(Duration::from_secs(2));
+    telemetry.flush();
     Ok(())
 }

@@ -547,6 +547,7 @@ pub(crate) async fn gateway_demo(dir: PathBuf) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(5),
         access_log: true,
         metrics: Some("127.0.0.1:15020".parse()?),
+        telemetry: true,
         idle_timeout: meshgate_proxy::conn::ServerSettings::default().idle_timeout,
         header_timeout: None,
     };
