@@ -127,6 +127,8 @@ pub struct Graph {
     slots: Mutex<VecDeque<Slot>>,
     nodes: Mutex<HashMap<String, NodeInfo>>,
     dropped: std::sync::atomic::AtomicU64,
+    /// Reports the proxies said they dropped (their stream to us was behind).
+    reports_dropped: std::sync::atomic::AtomicU64,
 }
 
 fn node_id(p: Option<&PeerInfo>) -> String {
@@ -157,6 +159,12 @@ pub fn parse_window(s: &str) -> Result<Duration, String> {
 }
 
 impl Graph {
+    /// Edges refused (the per-slot cap) and reports the proxies dropped, for metrics.
+    pub fn dropped(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.dropped.load(Relaxed), self.reports_dropped.load(Relaxed))
+    }
+
     /// Adds a proxy's report (received now).
     pub fn record(&self, report: &EdgeReport) {
         self.record_at(report, now_secs());
@@ -164,6 +172,7 @@ impl Graph {
 
     fn record_at(&self, report: &EdgeReport, now: u64) {
         let epoch = now / SLOT_SECS;
+        self.reports_dropped.fetch_add(report.dropped, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut nodes) = self.nodes.lock() {
             for e in &report.edges {
                 for (p, gateway) in [
@@ -275,6 +284,7 @@ impl Graph {
             "nodes": nodes,
             "edges": edges,
             "droppedEdges": self.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            "droppedReports": self.reports_dropped.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 }

@@ -94,6 +94,15 @@ pub fn render<S: Store>(cp: &ControlPlane<S>) -> String {
     }
     help(&mut out, "meshgate_cp_push_ack_duration_milliseconds", "histogram", "From a push sent to the proxy's ACK.");
     m.push_ack.write_to(&mut out, "meshgate_cp_push_ack_duration_milliseconds", "");
+    let (edges, reports) = cp.graph.dropped();
+    help(
+        &mut out,
+        "meshgate_cp_graph_dropped_total",
+        "counter",
+        "Service-graph data lost: edges over the cap, reports proxies could not send.",
+    );
+    let _ = writeln!(out, "meshgate_cp_graph_dropped_total{{what=\"edges\"}} {edges}");
+    let _ = writeln!(out, "meshgate_cp_graph_dropped_total{{what=\"reports\"}} {reports}");
     help(&mut out, "meshgate_cp_config_version", "gauge", "Version of the resources in force.");
     let _ = writeln!(out, "meshgate_cp_config_version {}", cp.state.snapshot().version);
     help(&mut out, "meshgate_cp_root_expiry_timestamp_seconds", "gauge", "When each root of the trust bundle expires.");

@@ -36,17 +36,31 @@ pub struct Roles {
     pub telemetry: Option<Arc<Telemetry>>,
     /// Serve the metrics only (the metrics listener).
     pub metrics_only: bool,
+    /// The last rendering of the metrics and when it was made: a scraper polling far faster
+    /// than Prometheus does (once a millisecond) gets it again instead of costing a rendering
+    /// each time.
+    rendered: Arc<std::sync::Mutex<Option<(std::time::Instant, Bytes)>>>,
 }
+
+/// How long a rendering of the metrics is served again.
+const RENDER_REUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Roles {
     /// A gateway.
     pub fn gateway(core: Arc<ProxyCore>) -> Self {
-        Roles { core, gateway: true, inbound: None, telemetry: None, metrics_only: false }
+        Roles { core, gateway: true, inbound: None, telemetry: None, metrics_only: false, rendered: Arc::default() }
     }
 
     /// A sidecar: outbound over `core`, and `inbound`.
     pub fn sidecar(core: Arc<ProxyCore>, inbound: Arc<Inbound>) -> Self {
-        Roles { core, gateway: false, inbound: Some(inbound), telemetry: None, metrics_only: false }
+        Roles {
+            core,
+            gateway: false,
+            inbound: Some(inbound),
+            telemetry: None,
+            metrics_only: false,
+            rendered: Arc::default(),
+        }
     }
 
     /// The same, with metrics and `tap` from `telemetry`.
@@ -105,9 +119,20 @@ fn route(roles: &Roles, req: &Request<Incoming>) -> Response<AdminBody> {
     }
     let path = req.uri().path();
     if path == "/metrics" || path == "/stats/prometheus" {
-        let mut out = String::with_capacity(64 * 1024);
-        render_metrics(core, roles.telemetry.as_deref(), &mut out);
-        return reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", out);
+        let cached = roles.rendered.lock().ok().and_then(|c| c.clone()).filter(|(at, _)| at.elapsed() < RENDER_REUSE);
+        let body = match cached {
+            Some((_, body)) => body,
+            None => {
+                let mut out = String::with_capacity(64 * 1024);
+                render_metrics(core, roles.telemetry.as_deref(), &mut out);
+                let body = Bytes::from(out);
+                if let Ok(mut c) = roles.rendered.lock() {
+                    *c = Some((std::time::Instant::now(), body.clone()));
+                }
+                body
+            }
+        };
+        return reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body);
     }
     if roles.metrics_only {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics\n");
@@ -183,7 +208,10 @@ fn tap(telemetry: &Telemetry, query: &str) -> Response<AdminBody> {
     let filter = crate::telemetry::tap::Filter::from_query(query);
     let hello = serde_json::json!({"tap": "listening", "filter": {"path": filter.path, "method": filter.method, "authority": filter.authority}});
     let first = tokio_stream::once(Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!("{hello}\n")))));
-    let records = BroadcastStream::new(telemetry.tap.subscribe()).filter_map(move |item| {
+    let (rx, listening) = telemetry.tap.subscribe();
+    let records = BroadcastStream::new(rx).filter_map(move |item| {
+        // Held by the stream: the listener counts until the client goes.
+        let _listening = &listening;
         let line = match item {
             Ok(r) if filter.matches(&r) => crate::telemetry::access::request_json(&r),
             Ok(_) => return None,

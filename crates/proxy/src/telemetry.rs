@@ -128,6 +128,9 @@ pub struct RequestRecord {
     pub details: Option<Box<Details>>,
     /// Its trace, while tracing is on.
     pub trace: Option<trace::RequestTrace>,
+    /// The authorization decision that let it through or refused it (`ALLOW ns/policy`,
+    /// `DENY ...`), when a policy decided (inbound).
+    pub authz: Option<Arc<str>>,
 }
 
 /// What an access log line and `tap` show of a request beyond the record's counters: kept

@@ -438,7 +438,7 @@ impl Inbound {
         let details = (start.is_some() && (self.opts.sink.wants_details() || trace.is_some_and(|t| t.sampled)))
             .then(|| telemetry::Details::of(&parts));
         let (body, received) = ClientBody::new(body, start.is_some());
-        let (resp, flags, upstream_wait) = self.forward(Request::from_parts(parts, body), &caller).await;
+        let (resp, flags, upstream_wait, decision) = self.forward(Request::from_parts(parts, body), &caller).await;
         let Some(start) = start else { return resp };
         let ttfb = started.elapsed();
         let record = RequestRecord {
@@ -466,6 +466,7 @@ impl Inbound {
             peer: caller.peer,
             details,
             trace,
+            authz: decision.map(Arc::from),
         };
         resp.map(|body| body.recorded(record, started, self.opts.sink.clone(), received))
     }
@@ -476,7 +477,7 @@ impl Inbound {
         &self,
         req: Request<ClientBody>,
         caller: &Caller,
-    ) -> (Response<ResponseBody>, Flags, Option<Duration>) {
+    ) -> (Response<ResponseBody>, Flags, Option<Duration>, Option<String>) {
         let (mut parts, body) = req.into_parts();
         // A client's own XFCC is never trusted.
         parts.headers.remove(&XFCC);
@@ -488,9 +489,19 @@ impl Inbound {
             port: caller.app.port(),
             headers: Some(&parts.headers),
         };
-        if let Decision::Deny(_) = self.authorize(&attrs, "HTTP") {
-            return (reply(StatusCode::FORBIDDEN, "RBAC: access denied"), Flags::NONE, None);
-        }
+        let decision = match self.authorize(&attrs, "HTTP") {
+            Decision::Deny(why) => {
+                return (
+                    reply(StatusCode::FORBIDDEN, "RBAC: access denied"),
+                    Flags::NONE,
+                    None,
+                    Some(format!("DENY {why}")),
+                );
+            }
+            // Named for the access log and tap only: no string per request otherwise.
+            Decision::Allow(Some(by)) if self.opts.sink.wants_details() => Some(format!("ALLOW {by}")),
+            Decision::Allow(_) => None,
+        };
         if let Some(v) = &caller.xfcc {
             parts.headers.insert(XFCC.clone(), v.clone());
         }
@@ -513,7 +524,7 @@ impl Inbound {
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 let body = ResponseBody::upstream(rbody, Some(returner), None, None);
-                (Response::from_parts(rparts, body), Flags::NONE, waited)
+                (Response::from_parts(rparts, body), Flags::NONE, waited, decision)
             }
             Err(e) => {
                 let app = caller.app;
@@ -523,7 +534,7 @@ impl Inbound {
                 } else {
                     (StatusCode::BAD_GATEWAY, Flags::UPSTREAM_RESET)
                 };
-                (reply(status, "application unreachable"), flags, waited)
+                (reply(status, "application unreachable"), flags, waited, decision)
             }
         }
     }

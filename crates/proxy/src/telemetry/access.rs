@@ -166,6 +166,7 @@ pub fn request_json(r: &RequestRecord) -> Value {
     m.insert("source_workload".into(), r.source_workload.as_deref().map(peer).into());
     m.insert("destination_workload".into(), r.destination_workload.as_deref().map(peer).into());
     m.insert("connection_security_policy".into(), security(r.security).into());
+    m.insert("authorization".into(), r.authz.as_deref().into());
     Value::Object(m)
 }
 

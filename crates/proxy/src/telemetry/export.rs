@@ -194,42 +194,68 @@ pub fn otlp_request(spans: Vec<Span>, resource: &Resource) -> ExportTraceService
     }
 }
 
+/// A span's attributes as Zipkin tags (all strings), serialized as they are.
+struct Tags<'a>(&'a Span);
+
+impl serde::Serialize for Tags<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.attributes.len() + usize::from(self.0.error)))?;
+        for (k, v) in &self.0.attributes {
+            match v {
+                Value::Str(v) => m.serialize_entry(k, v)?,
+                Value::Int(i) => m.serialize_entry(k, &i.to_string())?,
+                Value::Float(f) => m.serialize_entry(k, &f.to_string())?,
+            }
+        }
+        if self.0.error {
+            m.serialize_entry("error", "true")?;
+        }
+        m.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ZipkinSpan<'a> {
+    trace_id: String,
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_id: Option<String>,
+    name: &'a str,
+    kind: &'static str,
+    timestamp: u64,
+    duration: u64,
+    local_endpoint: LocalEndpoint<'a>,
+    tags: Tags<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LocalEndpoint<'a> {
+    service_name: &'a str,
+}
+
 /// Zipkin v2 JSON of `spans` (`localEndpoint.serviceName` = `service`).
-pub fn zipkin_json(spans: &[Span], service: &str) -> serde_json::Value {
-    serde_json::Value::Array(
-        spans
-            .iter()
-            .map(|s| {
-                let tags: serde_json::Map<String, serde_json::Value> = s
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| {
-                        let v = match v {
-                            Value::Str(s) => s.clone(),
-                            Value::Int(i) => i.to_string(),
-                            Value::Float(f) => format!("{f}"),
-                        };
-                        ((*k).to_string(), serde_json::Value::String(v))
-                    })
-                    .chain(s.error.then(|| ("error".to_string(), serde_json::Value::String("true".into()))))
-                    .collect();
-                let mut span = serde_json::json!({
-                    "traceId": format!("{:032x}", s.trace_id),
-                    "id": format!("{:016x}", s.span_id),
-                    "name": s.name,
-                    "kind": match s.kind { Kind::Server => "SERVER", Kind::Client => "CLIENT" },
-                    "timestamp": s.start_ns / 1000,
-                    "duration": (s.end_ns.saturating_sub(s.start_ns) / 1000).max(1),
-                    "localEndpoint": { "serviceName": service },
-                    "tags": tags,
-                });
-                if let Some(p) = s.parent {
-                    span["parentId"] = serde_json::Value::String(format!("{p:016x}"));
-                }
-                span
-            })
-            .collect(),
-    )
+pub fn zipkin_json(spans: &[Span], service: &str) -> Vec<u8> {
+    let out: Vec<ZipkinSpan<'_>> = spans
+        .iter()
+        .map(|s| ZipkinSpan {
+            trace_id: format!("{:032x}", s.trace_id),
+            id: format!("{:016x}", s.span_id),
+            parent_id: s.parent.map(|p| format!("{p:016x}")),
+            name: &s.name,
+            kind: match s.kind {
+                Kind::Server => "SERVER",
+                Kind::Client => "CLIENT",
+            },
+            timestamp: s.start_ns / 1000,
+            duration: (s.end_ns.saturating_sub(s.start_ns) / 1000).max(1),
+            local_endpoint: LocalEndpoint { service_name: service },
+            tags: Tags(s),
+        })
+        .collect();
+    serde_json::to_vec(&out).unwrap_or_default()
 }
 
 impl Sender {
@@ -280,8 +306,7 @@ impl Sender {
                 post(url, "application/x-protobuf", Bytes::from(body)).await
             }
             Sender::Zipkin { url, service } => {
-                let body = serde_json::to_vec(&zipkin_json(&spans, service)).map_err(|e| e.to_string())?;
-                post(url, "application/json", Bytes::from(body)).await
+                post(url, "application/json", Bytes::from(zipkin_json(&spans, service))).await
             }
         }
     }

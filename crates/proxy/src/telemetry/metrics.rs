@@ -39,6 +39,8 @@ pub const MAX_SERIES: usize = 4096;
 #[derive(Debug)]
 pub struct Histogram<const N: usize> {
     bounds: &'static [f64; N],
+    /// The bounds in micro-units: counting compares integers.
+    micro_bounds: [u64; N],
     /// Per bucket (not cumulative): the count of values at most its bound, above the previous.
     counts: [AtomicU64; N],
     /// Values above every bound.
@@ -52,6 +54,7 @@ impl<const N: usize> Histogram<N> {
     pub fn new(bounds: &'static [f64; N]) -> Self {
         Histogram {
             bounds,
+            micro_bounds: std::array::from_fn(|i| (bounds[i] * 1000.0) as u64),
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             over: AtomicU64::new(0),
             sum: AtomicU64::new(0),
@@ -60,8 +63,7 @@ impl<const N: usize> Histogram<N> {
 
     /// Counts a value given in micro-units (µs for milliseconds buckets).
     pub fn observe_micros(&self, micros: u64) {
-        let v = micros as f64 / 1000.0;
-        match self.bounds.iter().position(|b| v <= *b) {
+        match self.micro_bounds.iter().position(|b| micros <= *b) {
             Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
             None => self.over.fetch_add(1, Ordering::Relaxed),
         };
@@ -192,15 +194,30 @@ impl BuildHasher for BuildFx {
 
 const SHARDS: usize = 16;
 
-/// Series by label set, in shards; bounded.
+/// How a series is found without building its owned key first (on the request path that would
+/// be a handful of reference-count changes per request): its hash, whether a stored key is
+/// its, and the owned key, made only when the series is new.
+pub(crate) trait Lookup<K> {
+    /// The hash; equal for every lookup matching the same key.
+    fn hash(&self) -> u64;
+    /// Whether `key` is the one looked for.
+    fn matches(&self, key: &K) -> bool;
+    /// The owned key.
+    fn to_key(&self) -> K;
+}
+
+/// One shard: series by hash, each hash's series (almost always one) compared in turn.
+type Shard<K, V> = HashMap<u64, Vec<(K, Arc<V>)>, BuildFx>;
+
+/// Series by label set, in shards, found by hash then compared; bounded.
 #[derive(Debug)]
 pub(crate) struct Family<K, V> {
-    shards: [RwLock<HashMap<K, Arc<V>, BuildFx>>; SHARDS],
+    shards: [RwLock<Shard<K, V>>; SHARDS],
     len: AtomicU64,
     dropped: AtomicU64,
 }
 
-impl<K: Hash + Eq + Clone, V> Default for Family<K, V> {
+impl<K: Clone, V> Default for Family<K, V> {
     fn default() -> Self {
         Family {
             shards: std::array::from_fn(|_| RwLock::new(HashMap::with_hasher(BuildFx))),
@@ -210,27 +227,33 @@ impl<K: Hash + Eq + Clone, V> Default for Family<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V> Family<K, V> {
-    /// Runs `f` on the series of `key`, made by `make` if it is new (and the cap allows).
-    pub(crate) fn with(&self, key: &K, make: impl FnOnce(&K) -> V, f: impl FnOnce(&V)) {
-        let shard = &self.shards[(BuildFx.hash_one(key) as usize) % SHARDS];
+impl<K: Clone, V> Family<K, V> {
+    /// Runs `f` on the series `lookup` finds, made by `make` if it is new (and the cap allows).
+    pub(crate) fn with(&self, lookup: &impl Lookup<K>, make: impl FnOnce(&K) -> V, f: impl FnOnce(&V)) {
+        let hash = lookup.hash();
+        let shard = &self.shards[(hash as usize) % SHARDS];
+        let find = |map: &Shard<K, V>| {
+            map.get(&hash).and_then(|bucket| bucket.iter().find(|(k, _)| lookup.matches(k)).map(|(_, v)| v.clone()))
+        };
         if let Ok(map) = shard.read()
-            && let Some(v) = map.get(key)
+            && let Some(bucket) = map.get(&hash)
+            && let Some((_, v)) = bucket.iter().find(|(k, _)| lookup.matches(k))
         {
             return f(v);
         }
         let Ok(mut map) = shard.write() else { return };
-        if let Some(v) = map.get(key) {
-            return f(v);
+        if let Some(v) = find(&map) {
+            return f(&v);
         }
         if self.len.load(Ordering::Relaxed) >= MAX_SERIES as u64 {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.len.fetch_add(1, Ordering::Relaxed);
-        let v = Arc::new(make(key));
+        let key = lookup.to_key();
+        let v = Arc::new(make(&key));
         f(&v);
-        map.insert(key.clone(), v);
+        map.entry(hash).or_default().push((key, v));
     }
 
     /// Every series (cloned handles: the caller formats without holding a lock).
@@ -238,7 +261,7 @@ impl<K: Hash + Eq + Clone, V> Family<K, V> {
         let mut out = Vec::new();
         for s in &self.shards {
             if let Ok(map) = s.read() {
-                out.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
+                out.extend(map.values().flatten().map(|(k, v)| (k.clone(), v.clone())));
             }
         }
         out
@@ -320,6 +343,64 @@ pub struct RequestKey {
     pub flags: Flags,
     /// How the hop was secured.
     pub security: Option<Security>,
+}
+
+/// Whether two shared values are equal: the same allocation (the usual case: both come from
+/// the same configuration), else by content (a reload made a new one with the same value).
+fn same<T: PartialEq + ?Sized>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// A request record, as the key of its series.
+struct RequestLookup<'a>(&'a RequestRecord);
+
+impl Lookup<RequestKey> for RequestLookup<'_> {
+    fn hash(&self) -> u64 {
+        let r = self.0;
+        let mut h = FxHasher::default();
+        (Reporter::of(r.role), r.source_workload.as_deref(), r.source.as_deref()).hash(&mut h);
+        (r.destination_workload.as_deref(), r.destination.as_deref(), r.backend.as_deref()).hash(&mut h);
+        (r.grpc, r.status, r.grpc_status, r.flags, r.security).hash(&mut h);
+        h.finish()
+    }
+
+    fn matches(&self, k: &RequestKey) -> bool {
+        let r = self.0;
+        let e = &k.edge;
+        k.code == r.status
+            && k.flags == r.flags
+            && k.security == r.security
+            && k.grpc == r.grpc
+            && k.grpc_status == r.grpc_status
+            && e.reporter == Reporter::of(r.role)
+            && same(&e.source, &r.source_workload)
+            && same(&e.destination, &r.destination_workload)
+            && same(&e.source_principal, &r.source)
+            && same(&e.destination_principal, &r.destination)
+            && same(&e.service, &r.backend)
+    }
+
+    fn to_key(&self) -> RequestKey {
+        RequestKey::of(self.0)
+    }
+}
+
+impl Lookup<TcpKey> for TcpKey {
+    fn hash(&self) -> u64 {
+        BuildFx.hash_one(self)
+    }
+
+    fn matches(&self, key: &TcpKey) -> bool {
+        self == key
+    }
+
+    fn to_key(&self) -> TcpKey {
+        self.clone()
+    }
 }
 
 impl RequestKey {
@@ -496,8 +577,7 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a request.
     pub fn request(&self, r: &RequestRecord) {
-        let key = RequestKey::of(r);
-        self.requests.with(&key, RequestSeries::new, |s| {
+        self.requests.with(&RequestLookup(r), RequestSeries::new, |s| {
             s.count.fetch_add(1, Ordering::Relaxed);
             s.duration.observe_micros(micros(r.duration));
             s.request_bytes.observe(r.request_bytes);

@@ -3,6 +3,7 @@
 //! stops reading misses records (it is told how many), it never slows the request path.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::broadcast;
 
@@ -15,18 +16,30 @@ const BACKLOG: usize = 1024;
 #[derive(Debug)]
 pub struct Tap {
     tx: broadcast::Sender<Arc<RequestRecord>>,
+    /// Listeners: read on every request, so an atomic (the channel's own count takes a lock).
+    listeners: Arc<AtomicUsize>,
 }
 
 impl Default for Tap {
     fn default() -> Self {
-        Tap { tx: broadcast::channel(BACKLOG).0 }
+        Tap { tx: broadcast::channel(BACKLOG).0, listeners: Arc::default() }
+    }
+}
+
+/// Counts a listener until dropped.
+#[derive(Debug)]
+pub struct Listening(Arc<AtomicUsize>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Tap {
     /// Whether anyone listens.
     pub fn active(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.listeners.load(Ordering::Relaxed) > 0
     }
 
     /// Offers a record to the listeners.
@@ -36,9 +49,10 @@ impl Tap {
         }
     }
 
-    /// A new listener.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RequestRecord>> {
-        self.tx.subscribe()
+    /// A new listener, counted until the guard is dropped.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<RequestRecord>>, Listening) {
+        self.listeners.fetch_add(1, Ordering::Relaxed);
+        (self.tx.subscribe(), Listening(self.listeners.clone()))
     }
 }
 

@@ -40,6 +40,15 @@ pub struct SpanContext {
     pub sampled: bool,
 }
 
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (o, b) in out.chunks_exact_mut(2).zip(bytes) {
+        o[0] = HEX[usize::from(b >> 4)];
+        o[1] = HEX[usize::from(b & 15)];
+    }
+}
+
 fn hex_u128(s: &str) -> Option<u128> {
     (matches!(s.len(), 16 | 32) && s.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| u128::from_str_radix(s, 16).ok())
@@ -52,10 +61,6 @@ fn hex_u64(s: &str) -> Option<u64> {
         .then(|| u64::from_str_radix(s, 16).ok())
         .flatten()
         .filter(|v| *v != 0)
-}
-
-fn header<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 /// W3C Trace Context §3.2: `VERSION-TRACEID-PARENTID-FLAGS`, lower-case hex; version `ff` is
@@ -99,12 +104,47 @@ pub struct Incoming {
     pub format: Format,
 }
 
+/// The trace headers of a request, found in one pass over its headers (cheaper than a lookup
+/// per name: this runs for every request while tracing is on).
+#[derive(Default)]
+struct Found<'a> {
+    traceparent: Option<&'a str>,
+    b3: Option<&'a str>,
+    trace: Option<&'a str>,
+    span: Option<&'a str>,
+    sampled: Option<&'a str>,
+    flags: Option<&'a str>,
+}
+
+fn find(headers: &HeaderMap) -> Found<'_> {
+    let mut f = Found::default();
+    for (name, value) in headers {
+        let n = name.as_str();
+        // Every name looked for starts with `t`, `b` or `x-b3-`.
+        if !matches!(n.as_bytes().first(), Some(b't' | b'b' | b'x')) {
+            continue;
+        }
+        let v = value.to_str().ok().map(str::trim);
+        match n {
+            "traceparent" => f.traceparent = v,
+            "b3" => f.b3 = v,
+            "x-b3-traceid" => f.trace = v,
+            "x-b3-spanid" => f.span = v,
+            "x-b3-sampled" => f.sampled = v,
+            "x-b3-flags" => f.flags = v,
+            _ => {}
+        }
+    }
+    f
+}
+
 /// Reads the trace context of `headers`: W3C first, then B3 single, then B3 multi.
 pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
-    if let Some(ctx) = header(headers, &TRACEPARENT).and_then(parse_traceparent) {
+    let found = find(headers);
+    if let Some(ctx) = found.traceparent.and_then(parse_traceparent) {
         return Some(Incoming { parent: Some(ctx), decision: None, format: Format::W3c });
     }
-    if let Some(v) = header(headers, &B3) {
+    if let Some(v) = found.b3 {
         let mut parts = v.split('-');
         let first = parts.next().unwrap_or("");
         if let Some(decision) = b3_sampled(first).filter(|_| v.len() == 1) {
@@ -117,9 +157,9 @@ pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
             return Some(Incoming { parent: Some(ctx), decision, format: Format::B3Single });
         }
     }
-    let debug = header(headers, &B3_FLAGS) == Some("1");
-    let decision = header(headers, &B3_SAMPLED).and_then(b3_sampled).or(debug.then_some(true));
-    match (header(headers, &B3_TRACE).and_then(hex_u128), header(headers, &B3_SPAN).and_then(hex_u64)) {
+    let debug = found.flags == Some("1");
+    let decision = found.sampled.and_then(b3_sampled).or(debug.then_some(true));
+    match (found.trace.and_then(hex_u128), found.span.and_then(hex_u64)) {
         (Some(trace_id), Some(span_id)) => Some(Incoming {
             parent: Some(SpanContext { trace_id, span_id, sampled: decision.unwrap_or(false) }),
             decision,
@@ -200,7 +240,17 @@ impl RequestTrace {
                 h.insert(name.clone(), v);
             }
         };
-        put(headers, &TRACEPARENT, format!("00-{:032x}-{span:016x}-{flags}", self.trace_id));
+        // By hand, not format!: this runs for every request while tracing is on.
+        let mut tp = [0u8; 55];
+        tp[..3].copy_from_slice(b"00-");
+        hex_into(&mut tp[3..35], &self.trace_id.to_be_bytes());
+        tp[35] = b'-';
+        hex_into(&mut tp[36..52], &span.to_be_bytes());
+        tp[52] = b'-';
+        tp[53..].copy_from_slice(flags.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&tp) {
+            headers.insert(TRACEPARENT.clone(), v);
+        }
         let sampled = if self.sampled { "1" } else { "0" };
         match self.format {
             Format::W3c => {}
@@ -368,7 +418,10 @@ pub fn spans(r: &RequestRecord, t: &RequestTrace) -> Vec<Span> {
         }
     };
     match r.role {
-        Role::Gateway => vec![server.clone(), client(Some(t.server))],
+        Role::Gateway => {
+            let client = client(Some(t.server));
+            vec![server, client]
+        }
         Role::SidecarOutbound => vec![client(t.parent)],
         Role::SidecarInbound => vec![server],
     }
