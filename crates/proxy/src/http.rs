@@ -83,7 +83,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
     };
     // Tracing: this proxy's spans in the request's trace, passed on upstream.
     let trace = snapshot.sink.trace_sampling().map(|ppm| crate::telemetry::trace::start(&parts.headers, ppm));
-    if let Some(t) = &trace {
+    if let Some(t) = trace.filter(|t| t.rewrites()) {
         t.inject(&mut parts.headers, role);
     }
     let details = (start.is_some() && (snapshot.sink.wants_details() || trace.is_some_and(|t| t.sampled)))

@@ -432,7 +432,7 @@ impl Inbound {
         let (mut parts, body) = req.into_parts();
         let grpc = crate::http::grpc::is_call(&parts.headers);
         let trace = self.opts.sink.trace_sampling().map(|ppm| telemetry::trace::start(&parts.headers, ppm));
-        if let Some(t) = &trace {
+        if let Some(t) = trace.filter(|t| t.rewrites()) {
             t.inject(&mut parts.headers, Role::SidecarInbound);
         }
         let details = (start.is_some() && (self.opts.sink.wants_details() || trace.is_some_and(|t| t.sampled)))

@@ -221,6 +221,14 @@ pub fn start(headers: &HeaderMap, sampling_ppm: u32) -> RequestTrace {
 }
 
 impl RequestTrace {
+    /// Whether the request goes upstream with this proxy's context: when its spans are
+    /// recorded, or when it starts the trace (the next hop must learn the decision). A proxy that
+    /// records nothing of a trace it joined passes the caller's context on as it came, which W3C
+    /// Trace Context allows a non-recording participant (and saves a header per request).
+    pub fn rewrites(&self) -> bool {
+        self.sampled || self.parent.is_none()
+    }
+
     /// The span the next hop's span is a child of: the client span where this proxy makes one
     /// (gateway, sidecar outbound), the server span on an inbound proxy.
     pub fn upstream_parent(&self, role: Role) -> u64 {
@@ -235,8 +243,11 @@ impl RequestTrace {
     pub fn inject(&self, headers: &mut HeaderMap, role: Role) {
         let span = self.upstream_parent(role);
         let flags = if self.sampled { "01" } else { "00" };
+        // Values unique to each request: never indexed by HPACK (between sidecars the requests
+        // share one HTTP/2 connection, whose header table they would otherwise churn).
         let put = |h: &mut HeaderMap, name: &HeaderName, v: String| {
-            if let Ok(v) = HeaderValue::from_str(&v) {
+            if let Ok(mut v) = HeaderValue::from_str(&v) {
+                v.set_sensitive(true);
                 h.insert(name.clone(), v);
             }
         };
@@ -248,7 +259,8 @@ impl RequestTrace {
         hex_into(&mut tp[36..52], &span.to_be_bytes());
         tp[52] = b'-';
         tp[53..].copy_from_slice(flags.as_bytes());
-        if let Ok(v) = HeaderValue::from_bytes(&tp) {
+        if let Ok(mut v) = HeaderValue::from_bytes(&tp) {
+            v.set_sensitive(true);
             headers.insert(TRACEPARENT.clone(), v);
         }
         let sampled = if self.sampled { "1" } else { "0" };
@@ -491,6 +503,10 @@ mod tests {
         t.inject(&mut h, Role::Gateway);
         let out = extract(&h).unwrap().parent.unwrap();
         assert_eq!((out.trace_id, out.span_id, out.sampled), (t.trace_id, t.client, true));
+        // Joined but not recorded: passed on as it came.
+        let h = headers(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")]);
+        let t = start(&h, 0);
+        assert!(!t.sampled && !t.rewrites());
         // A new trace at 0% is not sampled and says so downstream.
         let mut h = HeaderMap::new();
         let t = start(&h, 0);
