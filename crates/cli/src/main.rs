@@ -321,7 +321,7 @@ pub(crate) fn parse_admin(s: &str) -> anyhow::Result<Option<SocketAddr>> {
 /// settled: reading, checking and compiling a configuration runs code (YAML/JSON, schemas,
 /// compilation) that the request path never does, and each change would otherwise leave it
 /// mapped. What requests run faults back in from the page cache (a few hundred microseconds,
-/// once per change: the request path's functions lie together, see `crates/cli/build.rs`).
+/// once per change).
 pub(crate) fn release_cold_pages(core: std::sync::Arc<meshgate_proxy::ProxyCore>) {
     release_startup_pages();
     tokio::spawn(async move {
