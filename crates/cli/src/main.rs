@@ -310,10 +310,15 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn parse_admin(s: &str) -> anyhow::Result<Option<SocketAddr>> {
+    addr_or_off("--admin", s)
+}
+
+/// The address of flag `flag`, or none for `off`.
+pub(crate) fn addr_or_off(flag: &str, s: &str) -> anyhow::Result<Option<SocketAddr>> {
     if s == "off" {
         return Ok(None);
     }
-    Ok(Some(s.parse().map_err(|e| anyhow::anyhow!("--admin {s:?}: {e}"))?))
+    Ok(Some(s.parse().map_err(|e| anyhow::anyhow!("{flag} {s:?}: {e}"))?))
 }
 
 /// Once serving: stop counting start-up-only code as resident (see

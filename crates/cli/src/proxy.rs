@@ -188,10 +188,7 @@ pub(crate) fn telemetry(access_log: bool, role: &'static str, on: bool) -> Recor
 
 /// `--metrics ADDR|off`.
 pub(crate) fn parse_metrics(s: &str) -> anyhow::Result<Option<SocketAddr>> {
-    if s == "off" {
-        return Ok(None);
-    }
-    Ok(Some(s.parse().map_err(|e| anyhow::anyhow!("--metrics {s:?}: {e}"))?))
+    crate::addr_or_off("--metrics", s)
 }
 
 /// Serves the admin endpoint on `admin` and the metrics alone on `metrics` (each when given).

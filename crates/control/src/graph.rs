@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshgate_proto::meshgate::{EdgeReport, EdgeStats, PeerInfo};
 use meshgate_proxy::telemetry::metrics::{ISTIO_BUCKETS, PROXY_BUCKETS, quantile_of};
+use meshgate_proxy::telemetry::report::add;
 use serde_json::{Value, json};
 
 /// Width of one slot.
@@ -49,38 +50,27 @@ struct Agg {
     destination_principal: String,
 }
 
-fn add(into: &mut Vec<u64>, more: &[u64]) {
-    if into.len() < more.len() {
-        into.resize(more.len(), 0);
-    }
-    for (a, b) in into.iter_mut().zip(more) {
-        *a += b;
-    }
-}
-
 impl Agg {
     fn merge(&mut self, e: &EdgeStats) {
-        self.requests += e.requests;
-        self.errors += e.errors;
-        self.connections += e.connections;
-        add(&mut self.latency, &e.latency);
-        add(&mut self.proxy, &e.proxy);
-        self.latency_sum_us += e.latency_sum_us;
-        self.proxy_sum_us += e.proxy_sum_us;
-        self.request_bytes += e.request_bytes;
-        self.response_bytes += e.response_bytes;
         let sec = if e.plaintext_reason.is_empty() {
             e.security.clone()
         } else {
             format!("{}:{}", e.security, e.plaintext_reason)
         };
-        *self.security.entry(sec).or_insert(0) += e.requests + e.connections;
-        if !e.source_principal.is_empty() {
-            self.source_principal.clone_from(&e.source_principal);
-        }
-        if !e.destination_principal.is_empty() {
-            self.destination_principal.clone_from(&e.destination_principal);
-        }
+        self.add_agg(&Agg {
+            requests: e.requests,
+            errors: e.errors,
+            connections: e.connections,
+            latency: e.latency.clone(),
+            proxy: e.proxy.clone(),
+            latency_sum_us: e.latency_sum_us,
+            proxy_sum_us: e.proxy_sum_us,
+            request_bytes: e.request_bytes,
+            response_bytes: e.response_bytes,
+            security: BTreeMap::from([(sec, e.requests + e.connections)]),
+            source_principal: e.source_principal.clone(),
+            destination_principal: e.destination_principal.clone(),
+        });
     }
 
     fn add_agg(&mut self, o: &Agg) {
@@ -228,7 +218,10 @@ impl Graph {
         self.json_at(window, now_secs())
     }
 
-    fn json_at(&self, window: Duration, now: u64) -> Value {
+    /// Every edge's statistics summed over the slots of the last `window`, and the seconds
+    /// they cover: the window, or less while the graph is younger (a report covers the
+    /// interval before it arrived).
+    fn window(&self, window: Duration, now: u64) -> (BTreeMap<EdgeId, Agg>, u64) {
         let since = now.saturating_sub(window.as_secs()) / SLOT_SECS;
         let mut sums: BTreeMap<EdgeId, Agg> = BTreeMap::new();
         let mut first = None;
@@ -240,11 +233,14 @@ impl Graph {
                 }
             }
         }
-        // The time the data covers: the window, or less while the graph is younger (a report
-        // covers the interval before it arrived).
         let covered = first
             .map_or(window.as_secs(), |f| (now + SLOT_SECS).saturating_sub(f * SLOT_SECS))
             .clamp(1, window.as_secs().max(1));
+        (sums, covered)
+    }
+
+    fn json_at(&self, window: Duration, now: u64) -> Value {
+        let (sums, covered) = self.window(window, now);
         // One edge per (source, destination, service, protocol): the source's report for what
         // the caller saw, the destination's for how the hop arrived; each proxy's own time.
         // (source, destination, service, protocol) → (the source's report, the destination's).
@@ -300,26 +296,16 @@ impl Graph {
             "service" | "services" | "svc" => true,
             other => return Err(format!("stat {other:?}: workload or service")),
         };
-        let now = now_secs();
-        let since = now.saturating_sub(window.as_secs()) / SLOT_SECS;
+        let (sums, covered) = self.window(window, now_secs());
         let mut rows: BTreeMap<String, (Agg, Agg)> = BTreeMap::new();
-        let mut first = None;
-        if let Ok(slots) = self.slots.lock() {
-            for s in slots.iter().filter(|s| s.epoch >= since) {
-                first = Some(first.map_or(s.epoch, |f: u64| f.min(s.epoch)));
-                for (id, a) in &s.edges {
-                    let name = if by_service { id.service.clone() } else { id.destination.clone() };
-                    if name.is_empty() {
-                        continue;
-                    }
-                    let row = rows.entry(name).or_default();
-                    if id.reporter == "destination" { row.1.add_agg(a) } else { row.0.add_agg(a) }
-                }
+        for (id, a) in &sums {
+            let name = if by_service { id.service.clone() } else { id.destination.clone() };
+            if name.is_empty() {
+                continue;
             }
+            let row = rows.entry(name).or_default();
+            if id.reporter == "destination" { row.1.add_agg(a) } else { row.0.add_agg(a) }
         }
-        let covered = first
-            .map_or(window.as_secs(), |f| (now + SLOT_SECS).saturating_sub(f * SLOT_SECS))
-            .clamp(1, window.as_secs().max(1));
         let rows: Vec<Value> = rows
             .into_iter()
             .map(|(name, (src, dst))| {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use meshgate_proxy::telemetry::metrics::{Histogram, ISTIO_BUCKETS};
+use meshgate_proxy::telemetry::metrics::{Histogram, ISTIO_BUCKETS, help};
 
 use crate::plane::ControlPlane;
 use crate::store::Store;
@@ -58,9 +58,6 @@ impl CpMetrics {
 pub fn render<S: Store>(cp: &ControlPlane<S>) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let m = &cp.metrics;
-    let help = |out: &mut String, name: &str, kind: &str, text: &str| {
-        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
-    };
     let (mut by_role, mut nacking, mut behind) = (std::collections::BTreeMap::new(), 0u64, 0u64);
     if let Ok(proxies) = cp.proxies.lock() {
         for p in proxies.values() {

@@ -229,11 +229,9 @@ fn tap(telemetry: &Telemetry, query: &str) -> Response<AdminBody> {
 /// The proxy's metrics in Prometheus text: Istio's standard metrics, then its own (backends'
 /// policy events, TLS handshakes, configuration, certificates, access log).
 fn render_metrics(core: &ProxyCore, telemetry: Option<&Telemetry>, out: &mut String) {
+    use crate::telemetry::metrics::{help, service_host, split_backend};
     use std::fmt::Write as _;
     use std::sync::atomic::Ordering::Relaxed;
-    let help = |out: &mut String, name: &str, kind: &str, text: &str| {
-        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
-    };
     if let Some(t) = telemetry {
         t.metrics.render(out);
         help(
@@ -267,8 +265,8 @@ fn render_metrics(core: &ProxyCore, telemetry: Option<&Telemetry>, out: &mut Str
         ("meshgate_circuit_breaker_refused_total", "Requests a circuit breaker refused (UO).", |e| &e.overflow),
         ("meshgate_outlier_ejections_total", "Endpoints ejected by outlier detection.", |e| &e.ejections),
     ];
-    let service = |id: &str| match crate::telemetry::metrics::split_backend(id) {
-        Some((ns, name)) => format!("destination_service=\"{name}.{ns}.svc.cluster.local\""),
+    let service = |id: &str| match split_backend(id) {
+        Some((ns, name)) => format!("destination_service=\"{}\"", service_host(ns, name)),
         None => "destination_service=\"unknown\"".to_string(),
     };
     for (name, text, field) in events {

@@ -64,6 +64,19 @@ pub enum Security {
     Plaintext(PlaintextReason),
 }
 
+impl Security {
+    /// How a hop was secured, as logs, spans and the graph name it: `mutual_tls`, `tls`
+    /// (the gateway's TLS for an outside client), `none`; `unknown` when no hop was made.
+    pub fn name(s: Option<Security>) -> &'static str {
+        match s {
+            Some(Security::Mutual) => "mutual_tls",
+            Some(Security::Tls) => "tls",
+            Some(Security::Plaintext(_)) => "none",
+            None => "unknown",
+        }
+    }
+}
+
 /// HTTP protocol of the downstream request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

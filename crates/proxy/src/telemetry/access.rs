@@ -165,7 +165,7 @@ pub fn request_json(r: &RequestRecord) -> Value {
     m.insert("destination_principal".into(), r.destination.as_deref().into());
     m.insert("source_workload".into(), r.source_workload.as_deref().map(peer).into());
     m.insert("destination_workload".into(), r.destination_workload.as_deref().map(peer).into());
-    m.insert("connection_security_policy".into(), security(r.security).into());
+    m.insert("connection_security_policy".into(), Security::name(r.security).into());
     m.insert("authorization".into(), r.authz.as_deref().into());
     Value::Object(m)
 }
@@ -188,7 +188,7 @@ pub fn connection_json(c: &ConnRecord) -> Value {
         "destination_principal": c.destination.as_deref(),
         "source_workload": c.source_workload.as_deref().map(peer),
         "destination_workload": c.destination_workload.as_deref().map(peer),
-        "connection_security_policy": security(Some(c.security)),
+        "connection_security_policy": Security::name(Some(c.security)),
         "plaintext_reason": match c.security {
             Security::Plaintext(why) => Some(format!("{why:?}")),
             _ => None,
@@ -201,19 +201,7 @@ fn peer(p: &meshgate_model::peer::Peer) -> String {
 }
 
 fn reporter(role: Role) -> &'static str {
-    match role {
-        Role::Gateway | Role::SidecarOutbound => Reporter::Source.as_str(),
-        Role::SidecarInbound => Reporter::Destination.as_str(),
-    }
-}
-
-fn security(s: Option<Security>) -> &'static str {
-    match s {
-        Some(Security::Mutual) => "mutual_tls",
-        Some(Security::Tls) => "tls",
-        Some(Security::Plaintext(_)) => "none",
-        None => "unknown",
-    }
+    Reporter::of(role).as_str()
 }
 
 fn ms(d: Duration) -> f64 {

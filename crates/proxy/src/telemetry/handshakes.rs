@@ -74,10 +74,7 @@ pub fn count(side: Side, outcome: Outcome) {
 /// Appends the counters' Prometheus text to `out`.
 pub fn render(out: &mut String) {
     use std::fmt::Write as _;
-    let _ = writeln!(
-        out,
-        "# HELP meshgate_tls_handshakes_total TLS handshakes by side and outcome.\n# TYPE meshgate_tls_handshakes_total counter"
-    );
+    super::metrics::help(out, "meshgate_tls_handshakes_total", "counter", "TLS handshakes by side and outcome.");
     for (side, name) in [(Side::Server, "server"), (Side::Client, "client")] {
         for (i, (_, outcome)) in OUTCOMES.iter().enumerate() {
             let n = COUNTS[side as usize][i].load(Ordering::Relaxed);

@@ -285,7 +285,8 @@ pub enum Reporter {
 }
 
 impl Reporter {
-    fn of(role: Role) -> Self {
+    /// The reporter of what `role` handled.
+    pub(crate) fn of(role: Role) -> Self {
         match role {
             Role::Gateway | Role::SidecarOutbound => Reporter::Source,
             Role::SidecarInbound => Reporter::Destination,
@@ -504,7 +505,7 @@ impl Labels {
     fn service(&mut self, backend: Option<&str>) {
         match backend.and_then(split_backend) {
             Some((ns, name)) => {
-                self.push("destination_service", &format!("{name}.{ns}.svc.cluster.local"));
+                self.push("destination_service", &service_host(ns, name));
                 self.push("destination_service_name", name);
                 self.push("destination_service_namespace", ns);
             }
@@ -515,6 +516,16 @@ impl Labels {
             }
         }
     }
+}
+
+/// The host name of Service `ns/name`, as Istio's `destination_service` names it.
+pub fn service_host(ns: &str, name: &str) -> String {
+    format!("{name}.{ns}.svc.cluster.local")
+}
+
+/// Appends the `# HELP` and `# TYPE` lines of metric `name` to `out`.
+pub fn help(out: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
 }
 
 /// `namespace/name:port` → (namespace, name).
@@ -637,9 +648,6 @@ impl Metrics {
     pub fn render(&self, out: &mut String) {
         let requests = self.requests.all();
         let tcp = self.tcp.all();
-        let help = |out: &mut String, name: &str, kind: &str, text: &str| {
-            let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
-        };
         help(out, "istio_requests_total", "counter", "Requests handled, by source, destination and response.");
         for (_, s) in &requests {
             let _ = writeln!(out, "istio_requests_total{{{}}} {}", s.labels, s.count.load(Ordering::Relaxed));

@@ -34,7 +34,8 @@ fn sub(now: &[u64], before: &[u64]) -> Vec<u64> {
     now.iter().enumerate().map(|(i, n)| n.saturating_sub(before.get(i).copied().unwrap_or(0))).collect()
 }
 
-fn add(into: &mut Vec<u64>, more: &[u64]) {
+/// Adds bucket counts `more` to `into` (growing it as needed): reports and the graph sum them.
+pub fn add(into: &mut Vec<u64>, more: &[u64]) {
     if into.len() < more.len() {
         into.resize(more.len(), 0);
     }
@@ -54,12 +55,11 @@ fn peer(p: Option<&std::sync::Arc<Peer>>) -> Option<PeerInfo> {
 
 /// `security` as the report names it: (policy, plaintext reason).
 fn security(s: Option<Security>) -> (&'static str, String) {
-    match s {
-        Some(Security::Mutual) => ("mutual_tls", String::new()),
-        Some(Security::Tls) => ("tls", String::new()),
-        Some(Security::Plaintext(why)) => ("none", format!("{why:?}")),
-        None => ("unknown", String::new()),
-    }
+    let reason = match s {
+        Some(Security::Plaintext(why)) => format!("{why:?}"),
+        _ => String::new(),
+    };
+    (Security::name(s), reason)
 }
 
 fn stats(edge: &Edge, protocol: &str, sec: Option<Security>) -> EdgeStats {

@@ -342,7 +342,7 @@ pub fn spans(r: &RequestRecord, t: &RequestTrace) -> Vec<Span> {
     let method = r.details.as_ref().map_or("HTTP", |d| d.method.as_str());
     let service = r.backend.as_deref().and_then(super::metrics::split_backend);
     let target = match service {
-        Some((ns, name)) => format!("{name}.{ns}.svc.cluster.local"),
+        Some((ns, name)) => super::metrics::service_host(ns, name),
         None => r.details.as_ref().map_or_else(String::new, |d| d.authority.clone()),
     };
     let mut common: Vec<(&'static str, Value)> = vec![
@@ -385,13 +385,7 @@ pub fn spans(r: &RequestRecord, t: &RequestTrace) -> Vec<Span> {
     if let Some((route, i)) = &r.route {
         common.push(("meshgate.route", Value::Str(format!("{route}#{i}"))));
     }
-    let security = match r.security {
-        Some(Security::Mutual) => "mutual_tls",
-        Some(Security::Tls) => "tls",
-        Some(Security::Plaintext(_)) => "none",
-        None => "unknown",
-    };
-    common.push(("meshgate.connection_security_policy", Value::Str(security.into())));
+    common.push(("meshgate.connection_security_policy", Value::Str(Security::name(r.security).into())));
     let name = if target.is_empty() { method.to_string() } else { format!("{method} {target}") };
     let server = Span {
         trace_id: t.trace_id,
