@@ -243,23 +243,33 @@ impl Graph {
         let (sums, covered) = self.window(window, now);
         // One edge per (source, destination, service, protocol): the source's report for what
         // the caller saw, the destination's for how the hop arrived; each proxy's own time.
-        // (source, destination, service, protocol) → (the source's report, the destination's).
-        type Sides = (Option<Agg>, Option<Agg>);
-        let mut joined: BTreeMap<(String, String, String, String), Sides> = BTreeMap::new();
+        // One edge per (source, destination, protocol): the source's report for what the caller
+        // saw (and the Service it called), the destination's for how the hop arrived; each
+        // proxy's own time. The destination can only guess the Service from the port called, so
+        // the two sides join without it.
+        #[derive(Default)]
+        struct Sides {
+            service: String,
+            src: Option<Agg>,
+            dst: Option<Agg>,
+        }
+        let mut joined: BTreeMap<(String, String, String), Sides> = BTreeMap::new();
         for (id, a) in sums {
-            let slot = joined.entry((id.source, id.destination, id.service, id.protocol)).or_default();
-            match id.reporter.as_str() {
-                "destination" => slot.1 = Some(a),
-                _ => slot.0 = Some(a),
+            let sides = joined.entry((id.source, id.destination, id.protocol)).or_default();
+            let from_source = id.reporter != "destination";
+            if from_source || sides.service.is_empty() {
+                sides.service = id.service;
             }
+            let side = if from_source { &mut sides.src } else { &mut sides.dst };
+            side.get_or_insert_with(Agg::default).add_agg(&a);
         }
         let mut node_ids = BTreeSet::new();
         let edges: Vec<Value> = joined
             .into_iter()
-            .map(|((source, destination, service, protocol), (src, dst))| {
+            .map(|((source, destination, protocol), s)| {
                 node_ids.insert(source.clone());
                 node_ids.insert(destination.clone());
-                edge_json(&source, &destination, &service, &protocol, src.as_ref(), dst.as_ref(), covered)
+                edge_json(&source, &destination, &s.service, &protocol, s.src.as_ref(), s.dst.as_ref(), covered)
             })
             .collect();
         let nodes = self.nodes.lock().map(|n| n.clone()).unwrap_or_default();
@@ -479,6 +489,20 @@ mod tests {
         assert_eq!(edge["plaintextReason"], "Permissive");
         assert_eq!(edge["source"], "unknown");
         assert!(v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "unknown" && n["kind"] == "external"), "{v}");
+    }
+
+    #[test]
+    fn the_destinations_guess_of_the_service_does_not_split_an_edge() {
+        let g = Graph::default();
+        let mut src = stats("source", 10, 0, 10, 50);
+        src.service = "shop/inventory-v1:8080".into();
+        let dst = stats("destination", 10, 0, 10, 50); // shop/inventory:8080, by the port
+        g.record_at(&EdgeReport { role: "sidecar".into(), edges: vec![src, dst], ..EdgeReport::default() }, 100);
+        let v = g.json_at(Duration::from_secs(60), 100);
+        let edges = v["edges"].as_array().unwrap();
+        assert_eq!(edges.len(), 1, "{v}");
+        assert_eq!(edges[0]["service"], "shop/inventory-v1:8080");
+        assert_eq!(edges[0]["reportedBy"], json!(["source", "destination"]));
     }
 
     #[test]

@@ -216,13 +216,12 @@ impl Inbound {
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let opened = Opened::now(Role::SidecarInbound, peer);
         let (bytes, close, security, identity, opaque, port) = self.clone().accept(stream, peer).await;
-        let peers = self.peers.load();
-        let mut record = opened
-            .closed(bytes, close, security, identity.clone(), opaque)
-            .sourced(identity, peers.at(peer.ip()).cloned());
+        let named = Named::of(self.peers.load_full(), peer, identity.as_deref(), port);
+        let mut record =
+            opened.closed(bytes, close, security, identity.clone(), opaque).sourced(identity, named.source);
         record.destination = self.identity.clone();
-        record.destination_workload = peers.me.clone();
-        record.backend = port.and_then(|p| peers.services.get(&p).cloned());
+        record.destination_workload = named.destination;
+        record.backend = named.service;
         self.opts.sink.connection(&record);
     }
 
@@ -399,18 +398,8 @@ impl Inbound {
             }
             _ => None,
         };
-        let peers = self.peers.load();
-        let caller = Arc::new(Caller {
-            security,
-            principal,
-            xfcc,
-            pool: self.pool(app),
-            app,
-            peer,
-            source_workload: peers.at(peer.ip()).cloned(),
-            destination_workload: peers.me.clone(),
-            service: peers.services.get(&app.port()).cloned(),
-        });
+        let named = Named::of(self.peers.load_full(), peer, principal.as_deref(), Some(app.port()));
+        let caller = Arc::new(Caller { security, principal, xfcc, pool: self.pool(app), app, peer, named });
         let me = self.clone();
         let handler = move |req| me.clone().request(req, caller.clone());
         let stop = Some(self.stop.subscribe());
@@ -441,11 +430,21 @@ impl Inbound {
         let (resp, flags, upstream_wait, decision) = self.forward(Request::from_parts(parts, body), &caller).await;
         let Some(start) = start else { return resp };
         let ttfb = started.elapsed();
+        // Named once per connection, unless the configuration changed since it was accepted.
+        let current = self.peers.load();
+        let renamed;
+        let named = if Arc::ptr_eq(&current, &caller.named.peers) {
+            &caller.named
+        } else {
+            let principal = caller.principal.as_deref();
+            renamed = Named::of(arc_swap::Guard::into_inner(current), caller.peer, principal, Some(caller.app.port()));
+            &renamed
+        };
         let record = RequestRecord {
             start,
             role: Role::SidecarInbound,
             route: None,
-            backend: caller.service.clone(),
+            backend: named.service.clone(),
             endpoint: Some(caller.app),
             protocol,
             status: resp.status().as_u16(),
@@ -458,8 +457,8 @@ impl Inbound {
             proxy_time: ttfb.saturating_sub(upstream_wait.unwrap_or_default()),
             source: caller.principal.clone(),
             destination: self.identity.clone(),
-            source_workload: caller.source_workload.clone(),
-            destination_workload: caller.destination_workload.clone(),
+            source_workload: named.source.clone(),
+            destination_workload: named.destination.clone(),
             grpc,
             grpc_status: if grpc { crate::http::grpc::status_of(resp.headers()) } else { None },
             security: Some(caller.security.kind()),
@@ -581,12 +580,44 @@ struct Caller {
     xfcc: Option<HeaderValue>,
     pool: Arc<EndpointPool>,
     app: SocketAddr,
-    /// The calling workload (by its address), for records.
-    source_workload: Option<Arc<meshgate_model::peer::Peer>>,
-    /// This workload, for records.
-    destination_workload: Option<Arc<meshgate_model::peer::Peer>>,
-    /// The Service targeting the port called, for records.
+    /// What records name the caller, this workload and the Service by, worked out once for
+    /// the connection (as Istio's metadata exchange is per connection).
+    named: Named,
+}
+
+/// The workloads and Service a connection's records name, and the configuration they come
+/// from: a connection accepted before the configuration arrived (or changed) is named anew
+/// from the one in force.
+struct Named {
+    peers: Arc<meshgate_model::peer::MeshPeers>,
+    /// The calling workload: by its address, else (a proxy that is no Workload, such as a
+    /// gateway) by its SPIFFE ID's namespace and service account, as that proxy names itself.
+    source: Option<Arc<meshgate_model::peer::Peer>>,
+    /// This workload.
+    destination: Option<Arc<meshgate_model::peer::Peer>>,
+    /// The Service targeting the port called.
     service: Option<Arc<str>>,
+}
+
+impl Named {
+    fn of(
+        peers: Arc<meshgate_model::peer::MeshPeers>,
+        caller: SocketAddr,
+        principal: Option<&str>,
+        port: Option<u16>,
+    ) -> Self {
+        let by_identity = || {
+            let id = meshgate_identity::SpiffeId::parse(principal?).ok()?;
+            let (ns, sa) = id.workload()?;
+            Some(Arc::new(meshgate_model::peer::Peer::named(ns, sa)))
+        };
+        Named {
+            source: peers.at(caller.ip()).cloned().or_else(by_identity),
+            destination: peers.me.clone(),
+            service: port.and_then(|p| peers.services.get(&p).cloned()),
+            peers,
+        }
+    }
 }
 
 fn namespace_of(s: &Security) -> Option<&str> {
