@@ -63,25 +63,47 @@ fn hex_u64(s: &str) -> Option<u64> {
         .filter(|v| *v != 0)
 }
 
-/// W3C Trace Context §3.2: `VERSION-TRACEID-PARENTID-FLAGS`, lower-case hex; version `ff` is
-/// invalid; a higher version may carry more fields after the four.
+/// The value of each byte as a lower-case hex digit; `0xff`: not one (W3C Trace Context writes
+/// every field in lower case, and upper case is invalid).
+const LOWER_HEX: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The value of lower-case hex digits (at most 32 of them), `None` if any is not one. One
+/// table lookup per digit: this runs for every request that carries a `traceparent`.
+fn lower_hex(digits: &[u8]) -> Option<u128> {
+    let mut value = 0u128;
+    let mut bad = 0u8;
+    for &b in digits {
+        let d = LOWER_HEX[usize::from(b)];
+        bad |= d;
+        value = (value << 4) | u128::from(d & 15);
+    }
+    (bad & 0xf0 == 0).then_some(value)
+}
+
+/// W3C Trace Context §3.2: `VERSION-TRACEID-PARENTID-FLAGS`, lower-case hex, at fixed offsets;
+/// version `ff` is invalid, ids of all zeros are invalid; a higher version may carry more
+/// fields after the four (a `-` then follows the flags), version `00` may not.
 fn parse_traceparent(v: &str) -> Option<SpanContext> {
-    let mut parts = v.split('-');
-    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2 || version == "ff" || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let b = v.as_bytes();
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
     }
-    if version == "00" && parts.next().is_some() {
+    let version = lower_hex(&b[..2])?;
+    if version == 0xff || (version == 0 && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
         return None;
     }
-    if trace.len() != 32
-        || flags.len() != 2
-        || [trace, parent, flags].iter().any(|p| p.bytes().any(|b| b.is_ascii_uppercase()))
-    {
-        return None;
-    }
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(SpanContext { trace_id: hex_u128(trace)?, span_id: hex_u64(parent)?, sampled: flags & 1 == 1 })
+    let trace_id = lower_hex(&b[3..35]).filter(|t| *t != 0)?;
+    let span_id = lower_hex(&b[36..52]).and_then(|s| u64::try_from(s).ok()).filter(|s| *s != 0)?;
+    let flags = lower_hex(&b[53..55])?;
+    Some(SpanContext { trace_id, span_id, sampled: flags & 1 == 1 })
 }
 
 fn b3_sampled(v: &str) -> Option<bool> {
@@ -461,6 +483,9 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // upper case
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // v00 with more
             "00-4bf92f3577b34da6-00f067aa0ba902b7-01",                 // short trace id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g", // not hex
+            "00-4bf92f3577b34da6a3ce929d0e0e4736+00f067aa0ba902b7-01", // not a dash
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", // v01, no dash after
         ] {
             assert!(extract(&headers(&[("traceparent", bad)])).is_none(), "{bad}");
         }
