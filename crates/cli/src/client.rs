@@ -131,19 +131,46 @@ fn render(v: &Value, output: &str) -> anyhow::Result<String> {
     })
 }
 
+/// The problems among `item`'s status conditions: meshgate's own (`status.meshgate`, boolean
+/// status) and those of a Gateway API status (`status.conditions`, per listener and per parent,
+/// "True"/"False"), named by where they are.
 fn conditions_summary(item: &Value) -> String {
-    let conds = item["status"]["meshgate"]["conditions"].as_array().cloned().unwrap_or_default();
-    let problems: Vec<String> = conds
+    let status = &item["status"];
+    fn add<'a>(all: &mut Vec<(String, &'a Value)>, at: String, conds: &'a Value) {
+        for c in conds.as_array().into_iter().flatten() {
+            all.push((at.clone(), c));
+        }
+    }
+    let mut all: Vec<(String, &Value)> = Vec::new();
+    add(&mut all, String::new(), &status["meshgate"]["conditions"]);
+    add(&mut all, String::new(), &status["conditions"]);
+    for l in status["listeners"].as_array().into_iter().flatten() {
+        add(&mut all, format!("listener {}: ", l["name"].as_str().unwrap_or("?")), &l["conditions"]);
+    }
+    for p in status["parents"].as_array().into_iter().flatten() {
+        let r = &p["parentRef"];
+        let section = r["sectionName"].as_str().map_or(String::new(), |s| format!("/{s}"));
+        add(&mut all, format!("parent {}{section}: ", r["name"].as_str().unwrap_or("?")), &p["conditions"]);
+    }
+    let problems: Vec<String> = all
         .iter()
-        .filter(|c| {
-            let ok = c["status"].as_bool().unwrap_or(true);
-            if c["type"] == "Conflicted" { ok } else { !ok }
+        .filter(|(_, c)| {
+            let ok = c["status"].as_bool().unwrap_or_else(|| c["status"] != "False");
+            if c["type"] == "Conflicted" { c["status"] == true || c["status"] == "True" } else { !ok }
         })
-        .map(|c| {
-            format!("{}={} ({})", c["type"].as_str().unwrap_or(""), c["status"], c["reason"].as_str().unwrap_or(""))
+        .map(|(at, c)| {
+            let status = c["status"]
+                .as_bool()
+                .map_or_else(|| c["status"].as_str().unwrap_or("?").to_string(), |b| b.to_string());
+            format!("{at}{}={status} ({})", c["type"].as_str().unwrap_or(""), c["reason"].as_str().unwrap_or(""))
         })
-        .collect();
-    if problems.is_empty() { if conds.is_empty() { "-".into() } else { "OK".into() } } else { problems.join(", ") }
+        .fold(Vec::new(), |mut seen, p| {
+            if !seen.contains(&p) {
+                seen.push(p);
+            }
+            seen
+        });
+    if problems.is_empty() { if all.is_empty() { "-".into() } else { "OK".into() } } else { problems.join(", ") }
 }
 
 pub(crate) async fn get(

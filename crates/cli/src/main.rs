@@ -56,6 +56,10 @@ enum Command {
         /// Treat status problems (dangling references, unattached routes) as errors too.
         #[arg(long)]
         strict: bool,
+        /// Also print the Gateway API status each GatewayClass, Gateway and route would get
+        /// (YAML documents, as `meshgate get -o yaml` shows them).
+        #[arg(long)]
+        status: bool,
     },
     /// Run an ingress gateway serving the Gateways and HTTPRoutes in the given files.
     Gateway {
@@ -385,7 +389,7 @@ fn api(flags: &ApiFlags) -> anyhow::Result<client::Api> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { paths, strict } => validate::run(&paths, strict),
+        Command::Validate { paths, strict, status } => validate::run(&paths, strict, status),
         Command::Gateway {
             paths,
             bind,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub(crate) fn run(paths: &[PathBuf], strict: bool) -> ExitCode {
+pub(crate) fn run(paths: &[PathBuf], strict: bool, status: bool) -> ExitCode {
     match meshgate_proxy::source::load(paths) {
         Err(errors) => {
             for e in errors.iter() {
@@ -13,6 +13,9 @@ pub(crate) fn run(paths: &[PathBuf], strict: bool) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok((set, compiled)) => {
+            if status {
+                print_status(&compiled.status);
+            }
             let problems: Vec<_> = compiled.problems().collect();
             let mut errors = 0;
             for p in &problems {
@@ -33,6 +36,30 @@ pub(crate) fn run(paths: &[PathBuf], strict: bool) -> ExitCode {
                 if problems.is_empty() { String::new() } else { format!(", {} warning(s)", problems.len()) }
             );
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The Gateway API status each resource would get, as YAML documents (what `meshgate get -o
+/// yaml` shows under a control plane and a gateway's admin `/status` serves).
+fn print_status(all: &[meshgate_model::gwstatus::ResourceStatus]) {
+    let now = meshgate_model::time::rfc3339_seconds(std::time::SystemTime::now());
+    for s in all {
+        let mut status = s.status.clone();
+        meshgate_model::gwstatus::stamp(&mut status, None, &now);
+        let mut metadata = serde_json::json!({ "name": s.object.name });
+        if let Some(ns) = &s.object.namespace {
+            metadata["namespace"] = serde_json::json!(ns);
+        }
+        let doc = serde_json::json!({
+            "apiVersion": s.object.kind.api_version(),
+            "kind": s.object.kind.to_string(),
+            "metadata": metadata,
+            "status": status,
+        });
+        match serde_saphyr::to_string(&doc) {
+            Ok(y) => print!("---\n{y}"),
+            Err(e) => println!("# {}: cannot print its status: {e}", s.object),
         }
     }
 }

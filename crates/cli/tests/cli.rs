@@ -123,6 +123,18 @@ spec:
     let (code, out) = validate(&dir, &["--strict"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("error: "), "{out}");
+    // The status the route would get, as the spec writes it.
+    let (code, out) = validate(&dir, &["--status"]);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "kind: HTTPRoute",
+        "controllerName: meshgate.io/gateway-controller",
+        "reason: NoMatchingParent",
+        "reason: BackendNotFound",
+        "lastTransitionTime:",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
 }
 
 fn config(dir: &TempDir, port: u16, upstream: std::net::SocketAddr) {
@@ -198,6 +210,15 @@ async fn gateway_serves_reports_and_drains_on_sigterm() {
     let dump: serde_json::Value = serde_json::from_slice(&dump.body).unwrap();
     assert_eq!(dump["version"], 1);
     assert!(dump["ports"][port.to_string()]["listeners"][0]["routes"]["entries"].is_array(), "{dump}");
+    // Gateway API status, as a controller would write it.
+    let status = Client::h1().get(admin_addr, "admin", "/status", &[]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    let item = |kind: &str| status["items"].as_array().unwrap().iter().find(|i| i["kind"] == kind).unwrap().clone();
+    let listener = &item("Gateway")["status"]["listeners"][0];
+    assert_eq!((listener["name"].as_str(), listener["attachedRoutes"].as_i64()), (Some("http"), Some(1)), "{status}");
+    let parent = &item("HTTPRoute")["status"]["parents"][0];
+    assert_eq!(parent["parentRef"]["name"], "gw");
+    assert!(parent["conditions"].as_array().unwrap().iter().all(|c| c["status"] == "True"), "{status}");
 
     let gw = ([127, 0, 0, 1], port).into();
     let in_flight = tokio::spawn(async move { Client::h1().get(gw, "h", "/slow", &[]).await });

@@ -88,7 +88,7 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
     let method = req.method().clone();
     match (&method, parts.as_slice()) {
         (&Method::GET, ["api", "v1", "resources"]) => list(cp, &query),
-        (&Method::GET, ["api", "v1", "resources", kind, ns, name]) => get(cp, kind, ns, name),
+        (&Method::GET, ["api", "v1", "resources", kind, ns, name]) => get(cp, kind, ns, name).await,
         (&Method::DELETE, ["api", "v1", "resources", kind, ns, name]) => match parse_ref(kind, ns, name) {
             Ok(id) => match cp.store.delete(&id).await {
                 Ok(true) => {
@@ -160,8 +160,11 @@ fn item(snap: &crate::state::Snapshot, key: &str) -> Option<serde_json::Value> {
     let conditions: Vec<&meshgate_model::Condition> =
         snap.conditions_of.get(&e.id).into_iter().flatten().map(|&i| &snap.conditions[i]).collect();
     let mut v: serde_json::Value = serde_json::from_slice(&e.json).ok()?;
-    if !conditions.is_empty() {
-        v["status"]["meshgate"] = json!({ "conditions": conditions });
+    match snap.status.get(&e.id) {
+        // A Gateway API resource: its status as the spec writes it.
+        Some(status) => v["status"] = status.clone(),
+        None if !conditions.is_empty() => v["status"] = json!({ "meshgate": { "conditions": conditions } }),
+        None => {}
     }
     Some(v)
 }
@@ -191,14 +194,24 @@ fn list<S: Store>(cp: &ControlPlane<S>, query: &str) -> Reply {
     json_reply(StatusCode::OK, &json!({ "items": items, "invalid": invalid }))
 }
 
-fn get<S: Store>(cp: &ControlPlane<S>, kind: &str, ns: &str, name: &str) -> Reply {
+async fn get<S: Store>(cp: &ControlPlane<S>, kind: &str, ns: &str, name: &str) -> Reply {
     let id = match parse_ref(kind, ns, name) {
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let snap = cp.state.snapshot();
     match item(&snap, &key_of(&id)) {
-        Some(v) => json_reply(StatusCode::OK, &v),
+        Some(mut v) => {
+            // The status in the store: another replica may have written it since this one's
+            // snapshot.
+            if snap.status.contains_key(&id)
+                && let Ok(Some(bytes)) = cp.store.get_blob(&crate::state::status_key(&id)).await
+                && let Ok(status) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            {
+                v["status"] = status;
+            }
+            json_reply(StatusCode::OK, &v)
+        }
         None => {
             let invalid: Vec<String> =
                 snap.errors.iter().filter(|e| e.object.as_ref() == Some(&id)).map(ToString::to_string).collect();
@@ -236,18 +249,13 @@ async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply 
     let snap = cp.state.snapshot();
     let mut results = Vec::new();
     for o in &loaded.objects {
-        let value = match serde_json::to_value(&o.resource) {
+        let mut value = match serde_json::to_value(&o.resource) {
             Ok(v) => v,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
         let key = key_of(&o.id);
-        let action = match snap.entries.get(key.as_str()) {
-            Some(e) if serde_json::from_slice::<serde_json::Value>(&e.json).ok().as_ref() == Some(&value) => {
-                "unchanged"
-            }
-            Some(_) => "configured",
-            None => "created",
-        };
+        let stored = snap.entries.get(key.as_str()).and_then(|e| serde_json::from_slice(&e.json).ok());
+        let (action, generation) = versioned(&mut value, stored);
         if action != "unchanged"
             && let Err(e) = cp.store.put(o, &value).await
         {
@@ -256,10 +264,41 @@ async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply 
                 &json!({ "errors": [format!("{}: {e}", o.id)], "results": results }),
             );
         }
-        results.push(json!({ "object": o.id.to_string(), "action": action }));
+        results.push(json!({ "object": o.id.to_string(), "action": action, "generation": generation }));
     }
     let _ = cp.state.reload(&cp.store).await;
     json_reply(StatusCode::OK, &json!({ "results": results }))
+}
+
+/// What applying `value` over `stored` does (`created`, `configured`, `unchanged`), with
+/// `value` made ready to store: without a `status` (the control plane's to write, kept apart)
+/// and with `metadata.generation` counting changes of its spec, as Kubernetes counts them (1
+/// when created; a change of labels alone keeps it).
+fn versioned(value: &mut serde_json::Value, stored: Option<serde_json::Value>) -> (&'static str, i64) {
+    let strip = |v: &mut serde_json::Value| {
+        if let Some(m) = v.as_object_mut() {
+            m.remove("status");
+        }
+        v.get_mut("metadata").and_then(|m| m.as_object_mut()).and_then(|m| m.remove("generation"))
+    };
+    strip(value);
+    let (action, generation) = match stored {
+        None => ("created", 1),
+        Some(mut old) => {
+            let old_generation = strip(&mut old).and_then(|g| g.as_i64()).unwrap_or(1);
+            if old == *value {
+                ("unchanged", old_generation)
+            } else if old.get("spec") != value.get("spec") {
+                ("configured", old_generation + 1)
+            } else {
+                ("configured", old_generation)
+            }
+        }
+    };
+    if let Some(m) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.insert("generation".into(), json!(generation));
+    }
+    (action, generation)
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use meshgate_api::{ConfigError, Object, ObjectRef, Resource, ResourceSet};
+use meshgate_model::gwstatus::{ResourceStatus, stamp};
 use meshgate_model::settings::MeshSettings;
 use meshgate_model::{Condition, Severity, compile_gateway_with};
 use tokio::sync::broadcast;
@@ -96,6 +97,8 @@ pub struct Snapshot {
     pub conditions: Vec<Condition>,
     /// Where each resource's conditions are in `conditions` (a list request reads many).
     pub conditions_of: HashMap<ObjectRef, Vec<usize>>,
+    /// Gateway API status of each resource that has one, as last written to the store.
+    pub status: HashMap<ObjectRef, serde_json::Value>,
     /// Mesh-wide settings.
     pub settings: MeshSettings,
     /// The certificates HTTPS listeners serve, by Secret: what a gateway keeps in force when
@@ -183,9 +186,12 @@ impl State {
         if changed.is_empty() && removed.is_empty() && !errors_changed && old.version > 0 {
             return Ok(None);
         }
-        let last_good = |secret: &str| old.certs.get(secret).cloned();
-        let inputs = meshgate_model::CompileInputs { last_good: &last_good, now: std::time::SystemTime::now() };
-        let compiled = compile_gateway_with(&set, &inputs);
+        let mut compiled = {
+            let last_good = |secret: &str| old.certs.get(secret).cloned();
+            let inputs = meshgate_model::CompileInputs { last_good: &last_good, now: std::time::SystemTime::now() };
+            compile_gateway_with(&set, &inputs)
+        };
+        let status = write_status(store, std::mem::take(&mut compiled.status)).await;
         let certs =
             compiled.config.ports.values().flat_map(|p| p.certs()).map(|c| (c.secret.to_string(), c.clone())).collect();
         let mut conditions = compiled.conditions;
@@ -219,6 +225,7 @@ impl State {
             errors,
             conditions,
             conditions_of,
+            status,
             settings,
             certs,
         }));
@@ -226,4 +233,55 @@ impl State {
         let _ = self.changes.send(change.clone());
         Ok(Some(change))
     }
+}
+
+/// Where the Gateway API status of `id` is kept: a blob beside the resources, never sent to
+/// proxies, so writing it is no configuration change (`Kind.namespace.name`: neither kinds nor
+/// namespaces have dots).
+pub fn status_key(id: &ObjectRef) -> String {
+    match &id.namespace {
+        Some(ns) => format!("status/{}.{ns}.{}", id.kind, id.name),
+        None => format!("status/{}.{}", id.kind, id.name),
+    }
+}
+
+/// Writes the Gateway API status of every resource that has one to the store, each condition
+/// keeping its transition time while it holds (so replicas writing the same status agree, and
+/// an unchanged status is not written again); removes the status of resources gone.
+async fn write_status<S: Store>(store: &S, computed: Vec<ResourceStatus>) -> HashMap<ObjectRef, serde_json::Value> {
+    let now = meshgate_model::time::rfc3339_seconds(std::time::SystemTime::now());
+    let previous: HashMap<String, serde_json::Value> = match store.list_blobs("status").await {
+        Ok(blobs) => blobs
+            .into_iter()
+            .filter_map(|(k, v)| Some((format!("status/{k}"), serde_json::from_slice(&v).ok()?)))
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot read the status written before: {e}");
+            HashMap::new()
+        }
+    };
+    let mut out = HashMap::new();
+    for s in computed {
+        let key = status_key(&s.object);
+        let mut status = s.status;
+        let before = previous.get(&key);
+        stamp(&mut status, before, &now);
+        if before != Some(&status) {
+            let written = match serde_json::to_vec(&status) {
+                Ok(bytes) => store.put_blob(&key, &bytes).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = written {
+                tracing::warn!("cannot write the status of {}: {e}", s.object);
+            }
+        }
+        out.insert(s.object, status);
+    }
+    let kept: std::collections::HashSet<String> = out.keys().map(status_key).collect();
+    for key in previous.keys().filter(|k| !kept.contains(*k)) {
+        if let Err(e) = store.take_blob(key).await {
+            tracing::warn!("cannot remove the status {key}: {e}");
+        }
+    }
+    out
 }

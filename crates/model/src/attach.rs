@@ -167,5 +167,14 @@ pub(crate) fn attach(
             conditions.push(cond(o, field, "Accepted", false, reason, message));
         }
     }
+    // `attachedRoutes` counts routes, not parentRefs: two parentRefs reaching one listener
+    // attach the route there once.
+    let mut slots: Vec<usize> = out.iter().map(|(slot, _)| *slot).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    for slot in slots {
+        let c = &placement.attached[slot];
+        c.set(c.get() + 1);
+    }
     out
 }

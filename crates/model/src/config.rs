@@ -44,6 +44,9 @@ pub struct Compiled {
     pub config: ProxyConfig,
     /// Status conditions for every Gateway and route (problems and successes).
     pub conditions: Vec<Condition>,
+    /// Gateway API status of every GatewayClass, Gateway and route meshgate answers for, as
+    /// the spec writes it (without transition times: [`crate::gwstatus::stamp`]).
+    pub status: Vec<crate::gwstatus::ResourceStatus>,
 }
 
 impl Compiled {

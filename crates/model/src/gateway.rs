@@ -4,9 +4,9 @@
 //! (`crate::attach`), each route compiled once for every listener it attaches to
 //! (`crate::route`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use meshgate_api::ResourceSet;
+use meshgate_api::{ObjectRef, ResourceSet};
 
 use crate::attach::{RouteRef, attach, parent_refs};
 use crate::certs::CompileInputs;
@@ -79,6 +79,12 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
 
     let mut port_settings = crate::listener_policy::port_settings(set, &placement, &mut conditions);
     let l4 = crate::l4::attach_l4(set, &disc, &placement, &ns_labels, &mut conditions);
+    let attached: HashMap<(ObjectRef, usize), u32> = placement
+        .placed
+        .iter()
+        .zip(&placement.attached)
+        .map(|(p, n)| ((p.object.id.clone(), p.index), n.get()))
+        .collect();
     let mut ports: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
     for ((p, entries), l4) in placement.placed.into_iter().zip(entries).zip(l4) {
         let Ok(port) = u16::try_from(p.listener.port) else { continue };
@@ -108,7 +114,8 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
         downstream: settings.downstream,
         telemetry: settings.telemetry,
     };
-    Compiled { config, conditions }
+    let status = crate::gwstatus::of(set, &conditions, &attached);
+    Compiled { config, conditions, status }
 }
 
 #[cfg(test)]

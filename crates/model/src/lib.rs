@@ -4,13 +4,15 @@
 //! Modules, each depending only on those listed before it: `status`, `host`, `matching`,
 //! `policy`, `peer`, `rule`, `table`, `settings`; `resolve` (Services to endpoints), `security`
 //! (inbound policy); `config` (the compiled types); `route` (HTTPRoute rules); `listeners`
-//! and `attach` (the gateway compiler's two steps); `gateway` and `mesh` (the compilers).
+//! and `attach` (the gateway compiler's two steps); `gateway` and `mesh` (the compilers);
+//! `gwstatus` (Gateway API status from the gateway compiler's conditions).
 
 mod attach;
 pub mod certs;
 pub mod config;
 mod gateway;
 mod grpc;
+pub mod gwstatus;
 pub mod host;
 pub mod l4;
 pub mod listener_policy;
@@ -26,6 +28,7 @@ pub mod security;
 pub mod settings;
 mod status;
 pub mod table;
+pub mod time;
 
 pub use certs::CompileInputs;
 pub use config::{Compiled, ProxyConfig, ServiceBackendRef};

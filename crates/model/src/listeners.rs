@@ -44,6 +44,8 @@ pub(crate) struct Placed<'a> {
     pub(crate) object: &'a Object,
     /// `spec.listeners[i]`.
     pub(crate) field: String,
+    /// `i`.
+    pub(crate) index: usize,
 }
 
 /// Every listener placed, and where each Gateway's are.
@@ -52,6 +54,8 @@ pub(crate) struct Placement<'a> {
     pub(crate) placed: Vec<Placed<'a>>,
     /// `(namespace, name)` of a Gateway → the slots of its placed listeners.
     pub(crate) by_gateway: HashMap<(&'a str, &'a str), Vec<usize>>,
+    /// Routes attached to each slot so far (a listener's `attachedRoutes`).
+    pub(crate) attached: Vec<std::cell::Cell<u32>>,
 }
 
 /// Places the listeners of every Gateway in `set`, oldest Gateway first (earlier listeners
@@ -71,35 +75,31 @@ pub(crate) fn place<'a>(
     for (o, gw) in gateways {
         let key: Arc<str> = format!("{}/{}", o.id.ns(), o.id.name).into();
         let class = &gw.spec.gateway_class_name;
-        match set.lookup(Kind::GatewayClass, "", class).map(|c| &c.resource) {
-            Some(meshgate_api::Resource::GatewayClass(c)) if c.spec.controller_name != CONTROLLER_NAME => {
-                conditions.push(cond(
-                    o,
-                    "spec.gatewayClassName".into(),
-                    "Accepted",
-                    false,
-                    "NotHandled",
-                    format!(
-                        "GatewayClass {class} belongs to controller {}, not {CONTROLLER_NAME}; not served here",
-                        c.spec.controller_name
-                    ),
-                ));
-                continue;
-            }
-            None if class != DEFAULT_CLASS => {
-                conditions.push(cond(
-                    o,
-                    "spec.gatewayClassName".into(),
-                    "Accepted",
-                    false,
-                    "InvalidParameters",
-                    format!(
-                        "GatewayClass {class:?} not found; declare it with controllerName {CONTROLLER_NAME}, or use {DEFAULT_CLASS:?}"
-                    ),
-                ));
-                continue;
-            }
-            _ => {}
+        let refused = match set.lookup(Kind::GatewayClass, "", class).map(|c| &c.resource) {
+            Some(meshgate_api::Resource::GatewayClass(c)) if c.spec.controller_name != CONTROLLER_NAME => Some((
+                "NotHandled",
+                format!(
+                    "GatewayClass {class} belongs to controller {}, not {CONTROLLER_NAME}; not served here",
+                    c.spec.controller_name
+                ),
+            )),
+            Some(meshgate_api::Resource::GatewayClass(c)) if c.spec.parameters_ref.is_some() => Some((
+                "InvalidParameters",
+                format!(
+                    "GatewayClass {class} is not accepted: it has a parametersRef, and meshgate takes no parameters"
+                ),
+            )),
+            None if class != DEFAULT_CLASS => Some((
+                "InvalidParameters",
+                format!(
+                    "GatewayClass {class:?} not found; declare it with controllerName {CONTROLLER_NAME}, or use {DEFAULT_CLASS:?}"
+                ),
+            )),
+            _ => None,
+        };
+        if let Some((reason, message)) = refused {
+            conditions.push(cond(o, "spec.gatewayClassName".into(), "Accepted", false, reason, message));
+            continue;
         }
         conditions.push(cond(o, String::new(), "Accepted", true, "Accepted", "handled by meshgate".into()));
         let slots = by_gateway.entry((o.id.ns(), &o.id.name)).or_default();
@@ -183,11 +183,13 @@ pub(crate) fn place<'a>(
                 protocol,
                 object: o,
                 field,
+                index: i,
             });
         }
     }
 
-    Placement { placed, by_gateway }
+    let attached = placed.iter().map(|_| std::cell::Cell::new(0)).collect();
+    Placement { placed, by_gateway, attached }
 }
 
 /// Whether listener `p` admits routes of `kind` from namespace `route_ns` (its

@@ -149,6 +149,29 @@ fn route(roles: &Roles, req: &Request<Incoming>) -> Response<AdminBody> {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "NOT READY\n")
             }
         }
+        "/status" => {
+            // Gateway API status of what this proxy serves, as Kubernetes would show it.
+            let snap = core.snapshot();
+            let items: Vec<serde_json::Value> = snap
+                .status
+                .iter()
+                .map(|s| {
+                    let mut metadata = serde_json::json!({ "name": s.object.name });
+                    if let Some(ns) = &s.object.namespace {
+                        metadata["namespace"] = serde_json::json!(ns);
+                    }
+                    serde_json::json!({
+                        "apiVersion": s.object.kind.api_version(),
+                        "kind": s.object.kind.to_string(),
+                        "metadata": metadata,
+                        "status": s.status,
+                    })
+                })
+                .collect();
+            let body = serde_json::to_string_pretty(&serde_json::json!({ "version": snap.version, "items": items }))
+                .unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body)
+        }
         "/config_dump" => {
             let snap = core.snapshot();
             let mut dump = serde_json::json!({

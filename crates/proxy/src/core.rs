@@ -33,6 +33,10 @@ pub struct Snapshot {
     pub config: ProxyConfig,
     /// Status conditions found while compiling.
     pub conditions: Vec<Condition>,
+    /// Gateway API status of the resources it serves, with transition times kept from the
+    /// snapshot before while a condition holds (a file-mode gateway serves it on its admin
+    /// endpoint; under a control plane, the control plane writes it).
+    pub status: Vec<meshgate_model::gwstatus::ResourceStatus>,
     /// Runtime state of each backend, indexed by `ServiceBackend::slot`.
     pub backends: Vec<Arc<BackendRt>>,
     /// This proxy's SPIFFE ID (the source of the requests it sends upstream).
@@ -99,6 +103,7 @@ impl ProxyCore {
             sources: Vec::new(),
             config: ProxyConfig::default(),
             conditions: Vec::new(),
+            status: Vec::new(),
             backends: Vec::new(),
             identity: identity.clone(),
             peer: peer.clone(),
@@ -160,12 +165,20 @@ impl ProxyCore {
             None => self.peer.clone(),
         };
         self.sink.configure(&compiled.config.telemetry, &peer);
+        let before = self.snapshot.load();
+        let now = meshgate_model::time::rfc3339_seconds(SystemTime::now());
+        let mut status = compiled.status;
+        for s in &mut status {
+            let previous = meshgate_model::gwstatus::find(&before.status, &s.object);
+            meshgate_model::gwstatus::stamp(&mut s.status, previous, &now);
+        }
         let snapshot = Snapshot {
             version,
             applied_at: SystemTime::now(),
             sources,
             config: compiled.config,
             conditions: compiled.conditions,
+            status,
             backends,
             identity: self.identity.clone(),
             peer,

@@ -179,3 +179,27 @@ pub fn ports() -> (u16, u16) {
 pub fn tmp() -> TempDir {
     TempDir::new("meshgate-cp")
 }
+
+/// Two control-plane replicas ("a", "b") on one real etcd, sharing a state directory.
+pub struct Replicas {
+    /// Kept for the replicas' lifetime: dropping them stops etcd and removes the state.
+    _etcd: meshgate_testkit::Etcd,
+    _dir: TempDir,
+    pub state: PathBuf,
+    pub a: Cp,
+    pub b: Cp,
+}
+
+impl Replicas {
+    pub async fn start() -> Replicas {
+        let etcd = meshgate_testkit::Etcd::start();
+        let store = format!("etcd:{}", etcd.endpoint);
+        let dir = tmp();
+        let state = dir.path().join("state");
+        let (ga, ha) = ports();
+        let (gb, hb) = ports();
+        let a = Cp::start(&store, &state, ga, ha, "a").await;
+        let b = Cp::start(&store, &state, gb, hb, "b").await;
+        Replicas { _etcd: etcd, _dir: dir, state, a, b }
+    }
+}

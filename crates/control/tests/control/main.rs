@@ -6,5 +6,6 @@ mod certs;
 mod harness;
 mod push;
 mod rotation;
+mod status;
 mod stores;
 mod tokens;

@@ -11,10 +11,10 @@ use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
 use meshgate_proto::meshgate::{Credentials, DiscoveryRequest, Hello};
 use meshgate_proxy::cp::{ControlPlaneAddr, CpCertifier};
 use meshgate_proxy::managed::ManagedGateway;
-use meshgate_testkit::{EchoServer, Etcd, free_port};
+use meshgate_testkit::{EchoServer, free_port};
 use serde_json::Value;
 
-use crate::harness::{Cp, config, gateway, gateway_on, ports, target, tmp, wait_config};
+use crate::harness::{Cp, Replicas, config, gateway, gateway_on, ports, target, tmp, wait_config};
 
 async fn status(cp: &Cp) -> Value {
     let (code, v) = cp.call(http::Method::GET, "/api/v1/ca", "").await;
@@ -185,14 +185,8 @@ async fn rotation_on_a_directory_store_survives_a_restart_between_every_two_step
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_etcd_each_step_through_either_is_in_force_on_both() {
-    let etcd = Etcd::start();
-    let store = format!("etcd:{}", etcd.endpoint);
-    let dir = tmp();
-    let state = dir.path().join("state");
-    let (ga, ha) = ports();
-    let (gb, hb) = ports();
-    let a = Cp::start(&store, &state, ga, ha, "a").await;
-    let b = Cp::start(&store, &state, gb, hb, "b").await;
+    let r = Replicas::start().await;
+    let (state, a, b) = (r.state.clone(), r.a, r.b);
     let app = EchoServer::start("app").await;
     let port = free_port();
     a.apply(&config(port, app.addr, "v1")).await;

@@ -1,19 +1,13 @@
 //! Stores: etcd with two replicas; invalid resources in a store; apply refusing bad input.
 
-use meshgate_testkit::{EchoServer, Etcd, free_port};
+use meshgate_testkit::{EchoServer, free_port};
 
-use crate::harness::{Cp, config, gateway, gateway_on, ports, target, tmp, wait_config, wait_config_on};
+use crate::harness::{Cp, Replicas, config, gateway, gateway_on, ports, target, tmp, wait_config, wait_config_on};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_etcd() {
-    let etcd = Etcd::start();
-    let store = format!("etcd:{}", etcd.endpoint);
-    let dir = tmp();
-    let state = dir.path().join("state");
-    let (ga, ha) = ports();
-    let (gb, hb) = ports();
-    let mut a = Cp::start(&store, &state, ga, ha, "a").await;
-    let b = Cp::start(&store, &state, gb, hb, "b").await;
+    let r = Replicas::start().await;
+    let (state, mut a, b) = (r.state.clone(), r.a, r.b);
     assert_eq!(a.running.token, b.running.token, "one admin token for the mesh");
     let app = EchoServer::start("app").await;
     let port = free_port();

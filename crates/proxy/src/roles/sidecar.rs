@@ -175,7 +175,7 @@ impl Sidecar {
                 Err(e) => tracing::warn!(error = %e, "cannot update the namespace's /etc/hosts"),
             }
         }
-        Ok(self.core.publish(Compiled { config, conditions: Vec::new() }, sources))
+        Ok(self.core.publish(Compiled { config, ..Compiled::default() }, sources))
     }
 
     /// Stops accepting on both ports and lets connections in flight, outbound and inbound,
