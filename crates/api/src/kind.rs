@@ -32,6 +32,9 @@ pub enum Kind {
     Service,
     /// `discovery.k8s.io/v1` EndpointSlice.
     EndpointSlice,
+    /// `v1` Endpoints (deprecated by Kubernetes for EndpointSlice; read for a Service that has
+    /// no EndpointSlice, as the API server's mirroring would).
+    Endpoints,
     /// `v1` Secret.
     Secret,
     /// `v1` ConfigMap (CA certificates for BackendTLSPolicy).
@@ -60,7 +63,7 @@ pub const MESHGATE_GROUP: &str = "meshgate.io";
 
 impl Kind {
     /// Every kind, in the order resources are listed.
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 21] = [
         Kind::Namespace,
         Kind::GatewayClass,
         Kind::Gateway,
@@ -72,6 +75,7 @@ impl Kind {
         Kind::BackendTlsPolicy,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::Endpoints,
         Kind::Secret,
         Kind::ConfigMap,
         Kind::Workload,
@@ -98,6 +102,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Endpoints => "Endpoints",
             Kind::Secret => "Secret",
             Kind::Workload => "Workload",
             Kind::TrafficPolicy => "TrafficPolicy",
@@ -120,7 +125,7 @@ impl Kind {
             | Kind::TcpRoute
             | Kind::ReferenceGrant
             | Kind::BackendTlsPolicy => GATEWAY_GROUP,
-            Kind::Namespace | Kind::Service | Kind::Secret | Kind::ConfigMap => "",
+            Kind::Namespace | Kind::Service | Kind::Secret | Kind::ConfigMap | Kind::Endpoints => "",
             Kind::EndpointSlice => "discovery.k8s.io",
             Kind::Workload
             | Kind::TrafficPolicy
@@ -141,7 +146,12 @@ impl Kind {
             Kind::TlsRoute => &["v1", "v1alpha3", "v1alpha2"],
             Kind::TcpRoute => &["v1alpha2"],
             Kind::BackendTlsPolicy => &["v1", "v1alpha3"],
-            Kind::Namespace | Kind::Service | Kind::Secret | Kind::ConfigMap | Kind::EndpointSlice => &["v1"],
+            Kind::Namespace
+            | Kind::Service
+            | Kind::Secret
+            | Kind::ConfigMap
+            | Kind::EndpointSlice
+            | Kind::Endpoints => &["v1"],
             Kind::Workload
             | Kind::TrafficPolicy
             | Kind::FaultInjection

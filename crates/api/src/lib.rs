@@ -33,7 +33,7 @@ pub mod gw {
 
 /// Kubernetes core types meshgate reads.
 pub mod core {
-    pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};
+    pub use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Secret, Service, ServicePort};
     pub use k8s_openapi::api::discovery::v1::EndpointSlice;
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

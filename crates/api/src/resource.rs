@@ -6,7 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
-use crate::core::{ConfigMap, EndpointSlice, Namespace, Secret, Service};
+use crate::core::{ConfigMap, EndpointSlice, Endpoints, Namespace, Secret, Service};
 use crate::gw::{BackendTlsPolicy, Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 use crate::kind::Kind;
 use crate::policy::{FaultInjection, ListenerPolicy, TrafficPolicy};
@@ -89,6 +89,8 @@ pub enum Resource {
     Service(Box<Service>),
     /// An EndpointSlice.
     EndpointSlice(Box<EndpointSlice>),
+    /// A (v1) Endpoints.
+    Endpoints(Box<Endpoints>),
     /// A Secret.
     Secret(Box<Secret>),
     /// A Workload.
@@ -123,6 +125,7 @@ impl Resource {
             Resource::Namespace(_) => Kind::Namespace,
             Resource::Service(_) => Kind::Service,
             Resource::EndpointSlice(_) => Kind::EndpointSlice,
+            Resource::Endpoints(_) => Kind::Endpoints,
             Resource::Secret(_) => Kind::Secret,
             Resource::Workload(_) => Kind::Workload,
             Resource::TrafficPolicy(_) => Kind::TrafficPolicy,
@@ -149,6 +152,7 @@ impl Resource {
             Resource::Namespace(r) => &r.metadata,
             Resource::Service(r) => &r.metadata,
             Resource::EndpointSlice(r) => &r.metadata,
+            Resource::Endpoints(r) => &r.metadata,
             Resource::Secret(r) => &r.metadata,
             Resource::Workload(r) => &r.metadata,
             Resource::TrafficPolicy(r) => &r.metadata,
@@ -175,6 +179,7 @@ impl Resource {
             Resource::Namespace(r) => &mut r.metadata,
             Resource::Service(r) => &mut r.metadata,
             Resource::EndpointSlice(r) => &mut r.metadata,
+            Resource::Endpoints(r) => &mut r.metadata,
             Resource::Secret(r) => &mut r.metadata,
             Resource::Workload(r) => &mut r.metadata,
             Resource::TrafficPolicy(r) => &mut r.metadata,

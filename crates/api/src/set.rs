@@ -98,6 +98,7 @@ impl ResourceSet {
     typed_iter!(namespaces, Namespace, crate::core::Namespace);
     typed_iter!(services, Service, crate::core::Service);
     typed_iter!(endpoint_slices, EndpointSlice, crate::core::EndpointSlice);
+    typed_iter!(endpoints, Endpoints, crate::core::Endpoints);
     typed_iter!(secrets, Secret, crate::core::Secret);
     typed_iter!(config_maps, ConfigMap, crate::core::ConfigMap);
     typed_iter!(backend_tls_policies, BackendTlsPolicy, crate::gw::BackendTlsPolicy);

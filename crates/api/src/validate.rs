@@ -64,6 +64,7 @@ pub fn validate(object: &Object) -> Vec<Problem> {
         Resource::ReferenceGrant(g) => gateway::reference_grant(g, &mut report),
         Resource::Service(s) => core::service(s, &mut report),
         Resource::EndpointSlice(s) => core::endpoint_slice(s, &mut report),
+        Resource::Endpoints(e) => core::endpoints(e, &mut report),
         Resource::Secret(s) => core::secret(s, &mut report),
         Resource::Workload(w) => core::workload(w, &mut report),
         Resource::TrafficPolicy(t) => policy::traffic_policy(t, &mut report),

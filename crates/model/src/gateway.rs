@@ -27,8 +27,15 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
 pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Compiled {
     let mut disc = Discovery::new(set);
     let mut conditions = Vec::new();
-    let ns_labels: NamespaceLabels<'_> =
-        set.namespaces().map(|(o, n)| (&*o.id.name, n.metadata.labels.clone().unwrap_or_default())).collect();
+    // Every namespace carries `kubernetes.io/metadata.name` (the API server sets it).
+    let ns_labels: NamespaceLabels<'_> = set
+        .namespaces()
+        .map(|(o, n)| {
+            let mut labels = n.metadata.labels.clone().unwrap_or_default();
+            labels.insert("kubernetes.io/metadata.name".into(), o.id.name.to_string());
+            (&*o.id.name, labels)
+        })
+        .collect();
     let placement = place(set, &disc, inputs, &mut conditions);
     let mut entries: Vec<Vec<Entry>> = placement.placed.iter().map(|_| Vec::new()).collect();
 
@@ -79,15 +86,18 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
 
     let mut port_settings = crate::listener_policy::port_settings(set, &placement, &mut conditions);
     let l4 = crate::l4::attach_l4(set, &disc, &placement, &ns_labels, &mut conditions);
-    let attached: HashMap<(ObjectRef, usize), u32> = placement
+    let attached: HashMap<(ObjectRef, usize), (u32, bool)> = placement
         .placed
         .iter()
         .zip(&placement.attached)
-        .map(|(p, n)| ((p.object.id.clone(), p.index), n.get()))
+        .map(|(p, n)| ((p.object.id.clone(), p.index), (n.get(), p.programmed)))
         .collect();
     let mut ports: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
     for ((p, entries), l4) in placement.placed.into_iter().zip(entries).zip(l4) {
         let Ok(port) = u16::try_from(p.listener.port) else { continue };
+        if !p.programmed {
+            continue;
+        }
         ports.entry(port).or_default().push(Listener {
             gateway: p.gateway,
             name: p.listener.name.clone(),

@@ -87,6 +87,23 @@ fn supported_kinds(l: &GatewayListeners) -> (Vec<Value>, Vec<String>) {
     (kinds, invalid)
 }
 
+/// The name of another TLS-terminating listener on the port of `listeners[i]` whose hostname
+/// overlaps its own (one matches names the other does), if any: HTTP/2 connection reuse can then
+/// carry requests for one to the other (the spec's `OverlappingTLSConfig`).
+fn overlapping(listeners: &[GatewayListeners], i: usize) -> Option<&str> {
+    let tls = |l: &GatewayListeners| matches!(l.protocol.as_str(), "HTTPS" | "TLS");
+    let me = &listeners[i];
+    let mine = crate::host::HostPattern::parse(me.hostname.as_deref()?);
+    if !tls(me) {
+        return None;
+    }
+    listeners.iter().enumerate().find_map(|(j, l)| {
+        let theirs = crate::host::HostPattern::parse(l.hostname.as_deref()?);
+        (j != i && tls(l) && l.port == me.port && crate::host::HostPattern::intersect(&mine, &theirs).is_some())
+            .then_some(l.name.as_str())
+    })
+}
+
 /// The first problem among `conds` of type `kind`, as (reason, message).
 fn problem<'a>(conds: &[&'a Condition], kind: &str) -> Option<(&'a str, &'a str)> {
     conds.iter().find(|c| c.kind == kind && c.is_problem()).map(|c| (c.reason, c.message.as_str()))
@@ -97,7 +114,7 @@ fn problem<'a>(conds: &[&'a Condition], kind: &str) -> Option<(&'a str, &'a str)
 pub(crate) fn of(
     set: &ResourceSet,
     conditions: &[Condition],
-    attached: &HashMap<(ObjectRef, usize), u32>,
+    attached: &HashMap<(ObjectRef, usize), (u32, bool)>,
 ) -> Vec<ResourceStatus> {
     let mut by_object: HashMap<&ObjectRef, Vec<&Condition>> = HashMap::new();
     for c in conditions {
@@ -183,7 +200,7 @@ pub(crate) fn of(
                 Some(c) => condition("Conflicted", true, c.reason, &c.message, g),
                 None => condition("Conflicted", false, "NoConflicts", "no conflict", g),
             };
-            let programmed_cond = match placed {
+            let programmed_cond = match placed.filter(|(_, programmed)| *programmed) {
                 Some(_) => {
                     programmed += 1;
                     condition("Programmed", true, "Programmed", "listener served", g)
@@ -196,14 +213,24 @@ pub(crate) fn of(
                     condition("Programmed", false, "Invalid", why, g)
                 }
             };
-            if placed.is_none() || !invalid_kinds.is_empty() {
+            if placed.is_none_or(|(_, programmed)| !programmed) || !invalid_kinds.is_empty() {
                 invalid += 1;
+            }
+            let mut conditions = vec![accepted, programmed_cond, resolved, conflict];
+            if let Some(other) = overlapping(&gw.spec.listeners, i) {
+                conditions.push(condition(
+                    "OverlappingTLSConfig",
+                    true,
+                    "OverlappingHostnames",
+                    &format!("hostname overlaps listener {other:?} on the same port: a client may reuse a connection across them"),
+                    g,
+                ));
             }
             listeners.push(json!({
                 "name": l.name,
                 "supportedKinds": kinds,
-                "attachedRoutes": placed.copied().unwrap_or(0),
-                "conditions": [accepted, programmed_cond, resolved, conflict],
+                "attachedRoutes": placed.map_or(0, |(n, _)| *n),
+                "conditions": conditions,
             }));
         }
         let accepted = match problem(&gateway_level, "Accepted") {

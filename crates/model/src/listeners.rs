@@ -46,6 +46,8 @@ pub(crate) struct Placed<'a> {
     pub(crate) field: String,
     /// `i`.
     pub(crate) index: usize,
+    /// Served (false: its certificates did not resolve; routes still attach, for status).
+    pub(crate) programmed: bool,
 }
 
 /// Every listener placed, and where each Gateway's are.
@@ -97,6 +99,16 @@ pub(crate) fn place<'a>(
             )),
             _ => None,
         };
+        let refused = refused.or_else(|| {
+            let p = gw.spec.infrastructure.as_ref()?.parameters_ref.as_ref()?;
+            Some((
+                "InvalidParameters",
+                format!(
+                    "spec.infrastructure.parametersRef {}/{} {}: meshgate takes no parameters; remove it",
+                    p.group, p.kind, p.name
+                ),
+            ))
+        });
         if let Some((reason, message)) = refused {
             conditions.push(cond(o, "spec.gatewayClassName".into(), "Accepted", false, reason, message));
             continue;
@@ -125,18 +137,14 @@ pub(crate) fn place<'a>(
             }
             let (tls, protocol) = match l.protocol.as_str() {
                 "HTTP" => (None, ListenerProtocol::Http),
-                "HTTPS" => match listener_tls(set, disc, o, l, &field, inputs, conditions) {
-                    Some(tls) => (Some(tls), ListenerProtocol::Https),
-                    None => continue,
-                },
+                // A listener whose certificates do not resolve is placed unprogrammed: routes
+                // attach to it (its `attachedRoutes` counts them), nothing is served on it.
+                "HTTPS" => (listener_tls(set, disc, o, l, &field, inputs, conditions), ListenerProtocol::Https),
                 "TLS" => match l.tls.as_ref().and_then(|t| t.mode.clone()) {
                     Some(GatewayListenersTlsMode::Passthrough) => (None, ListenerProtocol::TlsPassthrough),
                     // Terminate (the default): the gateway's certificate, then the decrypted
                     // bytes to the TLSRoute's backends.
-                    _ => match listener_tls(set, disc, o, l, &field, inputs, conditions) {
-                        Some(tls) => (Some(tls), ListenerProtocol::TlsTerminate),
-                        None => continue,
-                    },
+                    _ => (listener_tls(set, disc, o, l, &field, inputs, conditions), ListenerProtocol::TlsTerminate),
                 },
                 "TCP" => (None, ListenerProtocol::Tcp),
                 other => {
@@ -173,6 +181,8 @@ pub(crate) fn place<'a>(
                 ));
                 continue;
             }
+            let programmed =
+                tls.is_some() || !matches!(protocol, ListenerProtocol::Https | ListenerProtocol::TlsTerminate);
             slots.push(placed.len());
             placed.push(Placed {
                 gateway: key.clone(),
@@ -184,6 +194,7 @@ pub(crate) fn place<'a>(
                 object: o,
                 field,
                 index: i,
+                programmed,
             });
         }
     }

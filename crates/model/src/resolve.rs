@@ -26,6 +26,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct Discovery<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    /// v1 Endpoints by Service (read only for a Service without EndpointSlices).
+    legacy: HashMap<(&'a str, &'a str), &'a meshgate_api::core::Endpoints>,
     workloads: HashMap<&'a str, Vec<(&'a str, &'a Workload)>>,
     grants: Vec<(&'a str, &'a ReferenceGrant)>,
     cache: RefCell<HashMap<(String, String, u16, bool), Backend>>,
@@ -67,6 +69,7 @@ impl<'a> Discovery<'a> {
         let mut d = Discovery {
             services: HashMap::new(),
             slices: HashMap::new(),
+            legacy: HashMap::new(),
             workloads: HashMap::new(),
             grants: Vec::new(),
             cache: RefCell::new(HashMap::new()),
@@ -89,6 +92,9 @@ impl<'a> Discovery<'a> {
             if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
                 d.slices.entry((o.id.ns(), svc.as_str())).or_default().push(s);
             }
+        }
+        for (o, e) in set.endpoints() {
+            d.legacy.insert((o.id.ns(), &o.id.name), e);
         }
         for (o, w) in set.workloads() {
             d.workloads.entry(o.id.ns()).or_default().push((&o.id.name, w));
@@ -422,6 +428,24 @@ impl<'a> Discovery<'a> {
     fn slice_endpoints(&self, ns: &str, name: &str, sp: &ServicePort) -> Vec<Endpoint> {
         let want = sp.name.as_deref().unwrap_or("");
         let mut out = Vec::new();
+        if !self.slices.contains_key(&(ns, name))
+            && let Some(e) = self.legacy.get(&(ns, name))
+        {
+            // The Endpoints API's subsets: ready addresses, each with the subset's port of
+            // this Service port's name (what the API server mirrors into an EndpointSlice).
+            let origin = format!("Endpoints {ns}/{name}");
+            for s in e.subsets.iter().flatten() {
+                let port = s.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == want);
+                let Some(port) = port.and_then(|p| u16::try_from(p.port).ok()) else { continue };
+                for a in s.addresses.iter().flatten() {
+                    if let Ok(ip) = a.ip.parse::<IpAddr>() {
+                        let addr = SocketAddr::new(ip, port);
+                        out.push(Endpoint { addr, origin: origin.clone(), identity: None, workload: None });
+                    }
+                }
+            }
+            return out;
+        }
         for slice in self.slices.get(&(ns, name)).into_iter().flatten() {
             if slice.address_type == "FQDN" {
                 continue;

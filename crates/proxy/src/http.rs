@@ -55,6 +55,10 @@ pub struct ConnInfo {
     /// On a TLS connection whose client sent SNI: the certificate it was given. A request for
     /// a host it does not cover (a connection reused across names) is answered 421.
     pub tls: Option<Arc<meshgate_tls::edge::EdgeCert>>,
+    /// On a TLS connection whose client sent SNI: the name. The listener it selected serves the
+    /// connection's requests, whatever their `Host` (as each Gateway API implementation picks
+    /// the HTTPS listener by SNI): a `Host` it has no route for is answered 404.
+    pub sni: Option<Arc<str>>,
 }
 
 /// The route table a connection's requests use.

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{Report, syntax};
-use crate::core::{EndpointSlice, IntOrString, Secret, Service};
+use crate::core::{EndpointSlice, Endpoints, IntOrString, Secret, Service};
 use crate::workload::Workload;
 
 pub(super) fn service(s: &Service, r: &mut Report) {
@@ -45,6 +45,21 @@ pub(super) fn service(s: &Service, r: &mut Report) {
     }
     if spec.type_.as_deref() == Some("ExternalName") && spec.external_name.as_deref().unwrap_or("").is_empty() {
         r.add("spec.externalName", "required when type is ExternalName");
+    }
+}
+
+pub(super) fn endpoints(e: &Endpoints, r: &mut Report) {
+    for (i, s) in e.subsets.iter().flatten().enumerate() {
+        for (field, list) in [("addresses", &s.addresses), ("notReadyAddresses", &s.not_ready_addresses)] {
+            for (j, a) in list.iter().flatten().enumerate() {
+                if a.ip.parse::<std::net::IpAddr>().is_err() {
+                    r.add(format!("subsets[{i}].{field}[{j}].ip"), format!("{:?} is not an IP address", a.ip));
+                }
+            }
+        }
+        for (j, p) in s.ports.iter().flatten().enumerate() {
+            r.range(format!("subsets[{i}].ports[{j}].port"), i64::from(p.port), 1, 65535);
+        }
     }
 }
 

@@ -37,11 +37,26 @@ pub(super) fn gateway(g: &Gateway, r: &mut Report) {
             r.add(format!("{at}.name"), format!("duplicate listener name {:?} (also spec.listeners[{first}])", l.name));
         }
         r.range(format!("{at}.port"), i64::from(l.port), 1, 65535);
-        let known = matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TLS" | "TCP" | "UDP");
-        if !known && !l.protocol.contains('/') {
+        // The schema's pattern: a name, or a domain-prefixed one. A protocol meshgate does not
+        // serve is valid here and reported in the listener's status (UnsupportedProtocol), as
+        // the spec has it: the rest of the Gateway is served.
+        let p = l.protocol.as_bytes();
+        let name = |b: &[u8]| {
+            !b.is_empty()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        };
+        let prefixed = l.protocol.split_once('/').is_some_and(|(d, n)| {
+            syntax::hostname(d, false).is_ok() && !n.is_empty() && n.bytes().all(|c| c.is_ascii_alphanumeric())
+        });
+        if !name(p) && !prefixed {
             r.add(
                 format!("{at}.protocol"),
-                format!("unknown protocol {:?}: HTTP, HTTPS, TLS, TCP, UDP or a domain-prefixed name", l.protocol),
+                format!(
+                    "invalid protocol {:?}: a name (HTTP, HTTPS, TLS, TCP, UDP) or a domain-prefixed one",
+                    l.protocol
+                ),
             );
         }
         if let Some(host) = &l.hostname {

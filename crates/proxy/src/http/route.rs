@@ -85,13 +85,16 @@ pub(super) fn select<'s>(snapshot: &'s Snapshot, conn: &ConnInfo, parts: &Parts)
     }
     let routes = match mesh_routes {
         Some(routes) => routes,
-        None => match snapshot.config.ports.get(&conn.port).and_then(|set| set.select(&host)) {
-            Some(listener) => &listener.routes,
-            None => {
-                let msg = format!("no listener on port {} for host {host:?}", conn.port);
-                return Step::Answer(Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE));
+        None => {
+            match snapshot.config.ports.get(&conn.port).and_then(|set| set.select(conn.sni.as_deref().unwrap_or(&host)))
+            {
+                Some(listener) => &listener.routes,
+                None => {
+                    let msg = format!("no listener on port {} for host {host:?}", conn.port);
+                    return Step::Answer(Outcome::local(StatusCode::NOT_FOUND, msg, None, Flags::NO_ROUTE));
+                }
             }
-        },
+        }
     };
     let view = RequestView {
         method: &parts.method,

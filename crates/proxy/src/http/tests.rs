@@ -79,6 +79,7 @@ async fn get(core: &Arc<ProxyCore>) -> (u16, String, Duration) {
         scheme: "http",
         target: Target::Listeners,
         tls: None,
+        sni: None,
     };
     tokio::spawn(async move {
         let service = hyper::service::service_fn(move |req| {

@@ -384,7 +384,7 @@ async fn serve_connection(
             _ => {}
         }
     }
-    let mut info = ConnInfo { port, peer, scheme: "http", target: Target::Listeners, tls: None };
+    let mut info = ConnInfo { port, peer, scheme: "http", target: Target::Listeners, tls: None, sni: None };
     if !terminate {
         return super::serve_routes(stream, info, snapshot, builder, stop, settings).await;
     }
@@ -420,6 +420,7 @@ async fn serve_connection(
             }
             info.scheme = "https";
             info.tls = given;
+            info.sni = sni_seen.map(|s| meshgate_model::host::normalize_host(&s).into());
             super::serve_routes(stream, info, snapshot, builder, stop, settings).await;
         }
         Err(e) => {

@@ -201,7 +201,7 @@ impl Sidecar {
     /// HTTP to `target` (a Service's virtual IP, or a meshed pod, as this connection's original
     /// destination said once), each request with the configuration current when it arrives.
     async fn serve_http(&self, stream: TcpStream, peer: SocketAddr, target: Target, port: u16) {
-        let info = ConnInfo { port, peer, scheme: "http", target, tls: None };
+        let info = ConnInfo { port, peer, scheme: "http", target, tls: None, sni: None };
         let cell = self.core.cell();
         let settings = ConnSettings::new(&self.settings);
         super::serve_routes(stream, info, cell, &self.builder, self.stop.subscribe(), settings).await;

@@ -24,7 +24,7 @@ use tokio_rustls::rustls::ClientConfig;
 use crate::harness::{Mesh, V123};
 
 /// A `kubernetes.io/tls` Secret holding `crt`/`key`, as `stringData`.
-fn secret(ns: &str, name: &str, (crt, key): &(String, String)) -> String {
+pub(crate) fn secret(ns: &str, name: &str, (crt, key): &(String, String)) -> String {
     let indent = |pem: &str| pem.trim_end().lines().map(|l| format!("    {l}\n")).collect::<String>();
     format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
@@ -107,7 +107,11 @@ fn der(pem: &str) -> CertificateDer<'static> {
 
 /// A TLS connection to `addr`, verifying the server as `name` (sent as SNI unless the
 /// client's config turns SNI off).
-async fn connect(addr: SocketAddr, name: &str, config: Arc<ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    name: &str,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(name.to_string()).unwrap();
     TlsConnector::from(config).connect(name, tcp).await
@@ -119,13 +123,13 @@ fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
 }
 
 /// Sends requests over one TLS connection, HTTP/2 or HTTP/1.1 as ALPN chose.
-enum Sender {
+pub(crate) enum Sender {
     H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
 impl Sender {
-    async fn new(stream: TlsStream<TcpStream>) -> Sender {
+    pub(crate) async fn new(stream: TlsStream<TcpStream>) -> Sender {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(stream);
         if h2 {
@@ -140,7 +144,7 @@ impl Sender {
     }
 
     /// GET `https://host/path`: status, version and body.
-    async fn get(&mut self, host: &str, path: &str) -> Result<(u16, http::Version, Bytes), String> {
+    pub(crate) async fn get(&mut self, host: &str, path: &str) -> Result<(u16, http::Version, Bytes), String> {
         let resp = match self {
             Sender::H1(s) => {
                 let req = http::Request::get(path).header("host", host).body(Full::default()).unwrap();
@@ -158,7 +162,7 @@ impl Sender {
     }
 }
 
-fn echoed(body: &Bytes) -> meshgate_testkit::Echoed {
+pub(crate) fn echoed(body: &Bytes) -> meshgate_testkit::Echoed {
     serde_json::from_slice(body).unwrap_or_else(|e| panic!("not an echo ({e}): {}", String::from_utf8_lossy(body)))
 }
 

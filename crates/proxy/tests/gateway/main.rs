@@ -15,6 +15,7 @@ mod mtls;
 mod policy;
 mod records;
 mod reload;
+mod suite;
 mod svid;
 mod tracing;
 mod websocket;
