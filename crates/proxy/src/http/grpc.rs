@@ -33,6 +33,13 @@ pub(super) fn code(status: StatusCode, flags: Flags) -> u8 {
     if flags.contains(Flags::UPSTREAM_OVERFLOW) {
         return 8; // RESOURCE_EXHAUSTED
     }
+    // A rule with no backend to send to (all weights 0, every backendRef invalid): GRPCRoute
+    // says UNAVAILABLE, where an HTTP client gets 500.
+    if status == StatusCode::INTERNAL_SERVER_ERROR
+        && (flags.contains(Flags::NO_ROUTE) || flags.contains(Flags::INVALID_BACKEND))
+    {
+        return 14;
+    }
     match status.as_u16() {
         400 => 13,                   // INTERNAL
         401 => 16,                   // UNAUTHENTICATED

@@ -20,7 +20,7 @@ use crate::harness::{Mesh, gateway, service_yaml};
 
 /// A KV server that answers Range with its name and the `x-tenant` / `x-added` metadata it
 /// saw, and counts its calls.
-struct Named {
+pub(crate) struct Named {
     name: &'static str,
     calls: Arc<AtomicUsize>,
 }
@@ -48,7 +48,7 @@ impl Kv for Named {
     }
 }
 
-async fn server(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+pub(crate) async fn server(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));

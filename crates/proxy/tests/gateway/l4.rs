@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::harness::{Mesh, service_yaml};
 
 /// A line server: answers each line with `name: line`, over TLS when given a certificate.
-async fn line_server(name: &'static str, tls: Option<EdgeCert>) -> SocketAddr {
+pub(crate) async fn line_server(name: &'static str, tls: Option<EdgeCert>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(c.server_config()));
@@ -54,7 +54,7 @@ async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(name: &
 }
 
 /// Sends `line` and reads the answer.
-async fn ask<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S, line: &str) -> String {
+pub(crate) async fn ask<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S, line: &str) -> String {
     stream.write_all(format!("{line}\n").as_bytes()).await.unwrap();
     stream.flush().await.unwrap();
     let mut got = Vec::new();

@@ -16,7 +16,9 @@
 //! `scripts/conformance-report` runs this module and writes upstream's ConformanceReport.
 
 mod gateway;
+mod grpcroute;
 mod httproute;
+mod tlsroute;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -113,9 +115,13 @@ pub struct Pki {
 }
 
 impl Pki {
-    fn new() -> Pki {
-        use meshgate_tls::testing::{EdgeCa, KeyAlg};
-        let ca = EdgeCa::new().unwrap();
+    /// A CA for a test's own certificates (its TLS backends), then given to the suite.
+    pub fn shared_ca() -> meshgate_tls::testing::EdgeCa {
+        meshgate_tls::testing::EdgeCa::new().unwrap()
+    }
+
+    fn new(ca: meshgate_tls::testing::EdgeCa) -> Pki {
+        use meshgate_tls::testing::KeyAlg;
         // Upstream's SANs, `*` and `*.org`, and the names its TLS tests dial by (webpki refuses a
         // wildcard over a public suffix such as `*.org`).
         let infra = ca
@@ -148,6 +154,11 @@ pub struct Suite {
 impl Suite {
     /// Serves the base and `yaml`.
     pub async fn start(yaml: &str) -> Suite {
+        Suite::start_with_ca(yaml, Pki::shared_ca()).await
+    }
+
+    /// Serves the base and `yaml`, the suite's certificates issued by `ca`.
+    pub async fn start_with_ca(yaml: &str, ca: meshgate_tls::testing::EdgeCa) -> Suite {
         let mut services = String::new();
         let mut backends = Vec::new();
         for b in BACKENDS {
@@ -157,7 +168,7 @@ impl Suite {
             backends.push(server);
         }
         let gateway = Gateway::new(GatewayOptions { bind: "127.0.0.1".parse().unwrap(), ..Default::default() });
-        let suite = Suite { gateway, pki: Pki::new(), ports: Default::default(), services, _backends: backends };
+        let suite = Suite { gateway, pki: Pki::new(ca), ports: Default::default(), services, _backends: backends };
         suite.apply(yaml).await;
         suite
     }
@@ -259,4 +270,36 @@ pub fn kinds(listener: &Value) -> Vec<String> {
         .flatten()
         .map(|k| k["kind"].as_str().unwrap_or("").to_string())
         .collect()
+}
+
+/// Upstream's `*-listener-hostname-matching` Gateway: four HTTP listeners on port 80, for
+/// `bar.com`, `foo.bar.com`, `*.bar.com` and `*.foo.com`.
+pub fn hostname_matching_gateway(name: &str) -> String {
+    let listener = |n: u8, host: &str| {
+        format!(
+            "  - {{name: listener-{n}, port: 80, protocol: HTTP, hostname: \"{host}\", allowedRoutes: {{namespaces: {{from: Same}}}}}}\n"
+        )
+    };
+    format!(
+        "\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {INFRA}}}\nspec:\n  gatewayClassName: meshgate\n  listeners:\n{}{}{}{}",
+        listener(1, "bar.com"),
+        listener(2, "foo.bar.com"),
+        listener(3, "*.bar.com"),
+        listener(4, "*.foo.com")
+    )
+}
+
+/// Upstream's weight check: the backends the `tasks` saw (500 requests), exactly two of them,
+/// `a` about 70% and `b` about 30% (within 5 points), the zero-weight one never.
+pub async fn assert_split(tasks: Vec<tokio::task::JoinHandle<Vec<String>>>, a: &str, b: &str) {
+    let mut counts = HashMap::<String, usize>::new();
+    for t in tasks {
+        for backend in t.await.unwrap() {
+            *counts.entry(backend).or_default() += 1;
+        }
+    }
+    let total = counts.values().sum::<usize>() as f64;
+    let share = |b: &str| counts.get(b).copied().unwrap_or(0) as f64 / total;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!((share(a) - 0.7).abs() <= 0.05 && (share(b) - 0.3).abs() <= 0.05, "{counts:?}");
 }

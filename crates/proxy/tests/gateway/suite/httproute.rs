@@ -338,21 +338,7 @@ async fn http_route_invalid_reference_grant() {
 
 #[tokio::test]
 async fn http_route_listener_hostname_matching() {
-    let gw = format!(
-        r#"
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: httproute-listener-hostname-matching, namespace: {INFRA}}}
-spec:
-  gatewayClassName: meshgate
-  listeners:
-  - {{name: listener-1, port: 80, protocol: HTTP, hostname: bar.com, allowedRoutes: {{namespaces: {{from: Same}}}}}}
-  - {{name: listener-2, port: 80, protocol: HTTP, hostname: foo.bar.com, allowedRoutes: {{namespaces: {{from: Same}}}}}}
-  - {{name: listener-3, port: 80, protocol: HTTP, hostname: "*.bar.com", allowedRoutes: {{namespaces: {{from: Same}}}}}}
-  - {{name: listener-4, port: 80, protocol: HTTP, hostname: "*.foo.com", allowedRoutes: {{namespaces: {{from: Same}}}}}}
-"#
-    );
+    let gw = super::hostname_matching_gateway("httproute-listener-hostname-matching");
     let g = "httproute-listener-hostname-matching";
     let r = |name: &str, sections: &[&str], backend: &str| {
         let parents: Vec<String> =
@@ -628,16 +614,7 @@ async fn http_route_weight() {
             seen
         }));
     }
-    let mut counts = std::collections::HashMap::<String, usize>::new();
-    for t in tasks {
-        for b in t.await.unwrap() {
-            *counts.entry(b).or_default() += 1;
-        }
-    }
-    let share = |b: &str| counts.get(b).copied().unwrap_or(0) as f64 / 500.0;
-    assert_eq!(counts.len(), 2, "{counts:?}");
-    assert!((share(V1) - 0.7).abs() <= 0.05 && (share(V2) - 0.3).abs() <= 0.05, "{counts:?}");
-    assert_eq!(share(V3), 0.0);
+    super::assert_split(tasks, V1, V2).await;
 }
 
 #[tokio::test]
