@@ -35,6 +35,10 @@ pub enum Kind {
     /// `v1` Endpoints (deprecated by Kubernetes for EndpointSlice; read for a Service that has
     /// no EndpointSlice, as the API server's mirroring would).
     Endpoints,
+    /// `networking.k8s.io/v1` IngressClass (cluster-scoped).
+    IngressClass,
+    /// `networking.k8s.io/v1` Ingress.
+    Ingress,
     /// `v1` Secret.
     Secret,
     /// `v1` ConfigMap (CA certificates for BackendTLSPolicy).
@@ -63,7 +67,7 @@ pub const MESHGATE_GROUP: &str = "meshgate.io";
 
 impl Kind {
     /// Every kind, in the order resources are listed.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 23] = [
         Kind::Namespace,
         Kind::GatewayClass,
         Kind::Gateway,
@@ -76,6 +80,8 @@ impl Kind {
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Endpoints,
+        Kind::IngressClass,
+        Kind::Ingress,
         Kind::Secret,
         Kind::ConfigMap,
         Kind::Workload,
@@ -103,6 +109,8 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Endpoints => "Endpoints",
+            Kind::IngressClass => "IngressClass",
+            Kind::Ingress => "Ingress",
             Kind::Secret => "Secret",
             Kind::Workload => "Workload",
             Kind::TrafficPolicy => "TrafficPolicy",
@@ -127,6 +135,7 @@ impl Kind {
             | Kind::BackendTlsPolicy => GATEWAY_GROUP,
             Kind::Namespace | Kind::Service | Kind::Secret | Kind::ConfigMap | Kind::Endpoints => "",
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::IngressClass | Kind::Ingress => "networking.k8s.io",
             Kind::Workload
             | Kind::TrafficPolicy
             | Kind::FaultInjection
@@ -151,7 +160,9 @@ impl Kind {
             | Kind::Secret
             | Kind::ConfigMap
             | Kind::EndpointSlice
-            | Kind::Endpoints => &["v1"],
+            | Kind::Endpoints
+            | Kind::IngressClass
+            | Kind::Ingress => &["v1"],
             Kind::Workload
             | Kind::TrafficPolicy
             | Kind::FaultInjection
@@ -173,7 +184,7 @@ impl Kind {
 
     /// Whether resources of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::GatewayClass | Kind::Namespace | Kind::MeshConfig)
+        !matches!(self, Kind::GatewayClass | Kind::Namespace | Kind::MeshConfig | Kind::IngressClass)
     }
 
     /// Looks a kind up by its `kind:` name (exact case, as the API server does).

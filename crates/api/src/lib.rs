@@ -35,6 +35,7 @@ pub mod gw {
 pub mod core {
     pub use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Secret, Service, ServicePort};
     pub use k8s_openapi::api::discovery::v1::EndpointSlice;
+    pub use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 }

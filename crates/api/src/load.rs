@@ -238,6 +238,8 @@ fn decode_value(source: &Source, value: Value, prefix: &str) -> Result<Vec<Objec
         Kind::Service => typed(value).map(|r| Resource::Service(Box::new(r))),
         Kind::EndpointSlice => typed(value).map(|r| Resource::EndpointSlice(Box::new(r))),
         Kind::Endpoints => typed(value).map(|r| Resource::Endpoints(Box::new(r))),
+        Kind::IngressClass => typed(value).map(|r| Resource::IngressClass(Box::new(r))),
+        Kind::Ingress => typed(value).map(|r| Resource::Ingress(Box::new(r))),
         Kind::Secret => typed(value).map(|r| Resource::Secret(Box::new(r))),
         Kind::Workload => typed(value).map(|r| Resource::Workload(Box::new(r))),
         Kind::TrafficPolicy => typed(value).map(|r| Resource::TrafficPolicy(Box::new(r))),

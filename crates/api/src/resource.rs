@@ -6,7 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
-use crate::core::{ConfigMap, EndpointSlice, Endpoints, Namespace, Secret, Service};
+use crate::core::{ConfigMap, EndpointSlice, Endpoints, Ingress, IngressClass, Namespace, Secret, Service};
 use crate::gw::{BackendTlsPolicy, Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 use crate::kind::Kind;
 use crate::policy::{FaultInjection, ListenerPolicy, TrafficPolicy};
@@ -91,6 +91,10 @@ pub enum Resource {
     EndpointSlice(Box<EndpointSlice>),
     /// A (v1) Endpoints.
     Endpoints(Box<Endpoints>),
+    /// An IngressClass.
+    IngressClass(Box<IngressClass>),
+    /// An Ingress.
+    Ingress(Box<Ingress>),
     /// A Secret.
     Secret(Box<Secret>),
     /// A Workload.
@@ -126,6 +130,8 @@ impl Resource {
             Resource::Service(_) => Kind::Service,
             Resource::EndpointSlice(_) => Kind::EndpointSlice,
             Resource::Endpoints(_) => Kind::Endpoints,
+            Resource::IngressClass(_) => Kind::IngressClass,
+            Resource::Ingress(_) => Kind::Ingress,
             Resource::Secret(_) => Kind::Secret,
             Resource::Workload(_) => Kind::Workload,
             Resource::TrafficPolicy(_) => Kind::TrafficPolicy,
@@ -153,6 +159,8 @@ impl Resource {
             Resource::Service(r) => &r.metadata,
             Resource::EndpointSlice(r) => &r.metadata,
             Resource::Endpoints(r) => &r.metadata,
+            Resource::IngressClass(r) => &r.metadata,
+            Resource::Ingress(r) => &r.metadata,
             Resource::Secret(r) => &r.metadata,
             Resource::Workload(r) => &r.metadata,
             Resource::TrafficPolicy(r) => &r.metadata,
@@ -180,6 +188,8 @@ impl Resource {
             Resource::Service(r) => &mut r.metadata,
             Resource::EndpointSlice(r) => &mut r.metadata,
             Resource::Endpoints(r) => &mut r.metadata,
+            Resource::IngressClass(r) => &mut r.metadata,
+            Resource::Ingress(r) => &mut r.metadata,
             Resource::Secret(r) => &mut r.metadata,
             Resource::Workload(r) => &mut r.metadata,
             Resource::TrafficPolicy(r) => &mut r.metadata,

@@ -99,6 +99,8 @@ impl ResourceSet {
     typed_iter!(services, Service, crate::core::Service);
     typed_iter!(endpoint_slices, EndpointSlice, crate::core::EndpointSlice);
     typed_iter!(endpoints, Endpoints, crate::core::Endpoints);
+    typed_iter!(ingress_classes, IngressClass, crate::core::IngressClass);
+    typed_iter!(ingresses, Ingress, crate::core::Ingress);
     typed_iter!(secrets, Secret, crate::core::Secret);
     typed_iter!(config_maps, ConfigMap, crate::core::ConfigMap);
     typed_iter!(backend_tls_policies, BackendTlsPolicy, crate::gw::BackendTlsPolicy);

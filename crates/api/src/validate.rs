@@ -74,7 +74,9 @@ pub fn validate(object: &Object) -> Vec<Problem> {
         Resource::AuthorizationPolicy(a) => security::authorization_policy(a, &mut report),
         Resource::MeshConfig(m) => security::mesh_config(object, m, &mut report),
         Resource::BackendTlsPolicy(p) => route::backend_tls_policy(p, &mut report),
-        Resource::Namespace(_) | Resource::ConfigMap(_) => {}
+        // Ingress problems (a pathType, a resource backend) leave the rest served: the gateway
+        // compiler reports them per path.
+        Resource::Namespace(_) | Resource::ConfigMap(_) | Resource::Ingress(_) | Resource::IngressClass(_) => {}
     }
     report.problems
 }

@@ -18,6 +18,7 @@ pub(crate) struct Options {
     pub(crate) telemetry: bool,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) header_timeout: Option<Duration>,
+    pub(crate) ingress: meshgate_model::ingress::IngressPorts,
 }
 
 pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
@@ -31,6 +32,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
             header_timeout: opts.header_timeout,
             ..meshgate_proxy::conn::ServerSettings::default()
         },
+        ingress: opts.ingress,
         ..GatewayOptions::default()
     });
     // The first configuration must be valid: there is no last good one to fall back to.

@@ -93,6 +93,20 @@ enum Command {
         /// (default: MeshConfig spec.downstream.headerTimeout, else 10s; "0s": unbounded).
         #[arg(long, value_parser = parse_duration)]
         header_timeout: Option<Duration>,
+        /// Port the Ingresses of meshgate's IngressClasses are served on, plain HTTP.
+        #[arg(long, default_value_t = 80)]
+        ingress_http: u16,
+        /// Port the Ingresses' TLS hosts are served on.
+        #[arg(long, default_value_t = 443)]
+        ingress_https: u16,
+    },
+    /// Print Gateway API resources equivalent to other resources (`migrate ingress`).
+    Migrate {
+        /// What to migrate: `ingress`.
+        what: String,
+        /// Files or directories holding the Ingresses (and the Services they name).
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        paths: Vec<PathBuf>,
     },
     /// Run the control plane: resources from a store, config pushed to proxies, the CA.
     ControlPlane(control::Args),
@@ -400,6 +414,8 @@ fn main() -> ExitCode {
             telemetry,
             idle_timeout,
             header_timeout,
+            ingress_http,
+            ingress_https,
         } => serve(async move {
             let admin = parse_admin(&admin)?;
             let metrics = proxy::parse_metrics(&metrics)?;
@@ -415,9 +431,15 @@ fn main() -> ExitCode {
                 telemetry,
                 idle_timeout,
                 header_timeout,
+                ingress: meshgate_model::ingress::IngressPorts {
+                    http: ingress_http,
+                    https: ingress_https,
+                    address: (!bind.is_unspecified()).then_some(bind),
+                },
             };
             gateway::run(opts).await
         }),
+        Command::Migrate { what, paths } => validate::migrate(&what, &paths),
         Command::ControlPlane(args) => serve(control::main(args)),
         Command::Proxy(args) => serve(proxy::main(args)),
         Command::Apply { paths, api: flags } => block(async move { client::apply(&api(&flags)?, &paths).await }),

@@ -550,6 +550,7 @@ pub(crate) async fn gateway_demo(dir: PathBuf) -> anyhow::Result<()> {
         telemetry: true,
         idle_timeout: meshgate_proxy::conn::ServerSettings::default().idle_timeout,
         header_timeout: None,
+        ingress: meshgate_model::ingress::IngressPorts::default(),
     };
     let result = crate::gateway::run(opts).await;
     for mut c in children {

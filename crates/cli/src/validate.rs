@@ -63,3 +63,48 @@ fn print_status(all: &[meshgate_model::gwstatus::ResourceStatus]) {
         }
     }
 }
+
+/// `meshgate migrate ingress -f PATH`: the Gateway API resources meshgate serves the Ingresses
+/// under `paths` as, printed as YAML (a Gateway, ReferenceGrants for the TLS Secrets, an
+/// HTTPRoute per rule), with a comment for each thing that did not carry over.
+pub(crate) fn migrate(what: &str, paths: &[PathBuf]) -> ExitCode {
+    if what != "ingress" {
+        eprintln!("error: meshgate migrate {what:?}: only `ingress` can be migrated");
+        return ExitCode::FAILURE;
+    }
+    let loaded = meshgate_api::load_paths(paths);
+    let (set, duplicates) = meshgate_api::ResourceSet::from_objects(loaded.objects);
+    let errors: Vec<String> = loaded.errors.iter().chain(duplicates.iter()).map(ToString::to_string).collect();
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        return ExitCode::FAILURE;
+    }
+    let t = meshgate_model::ingress::translate(&set, meshgate_model::ingress::IngressPorts::default());
+    if set.ingresses().next().is_none() {
+        eprintln!(
+            "error: no Ingress under {}",
+            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+        return ExitCode::FAILURE;
+    }
+    for c in &t.conditions {
+        let at = if c.field.is_empty() { String::new() } else { format!(" {}", c.field) };
+        println!("# {}{at}: {}", c.object, c.message);
+    }
+    for (i, (_, doc)) in t.docs.iter().enumerate() {
+        println!("---");
+        for note in t.comments.get(&i).into_iter().flatten() {
+            println!("# {note}");
+        }
+        match serde_saphyr::to_string(doc) {
+            Ok(y) => print!("{y}"),
+            Err(e) => {
+                eprintln!("error: cannot print {doc}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -80,7 +80,12 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
             }
         }
     }
-    // 3. Services without endpoints.
+    // 3. Listeners no route can attach to, ReferenceGrants that grant nothing, hostnames an
+    // Ingress and a Gateway API route both claim.
+    listeners_nobody_attaches_to(set, &compiled, &mut out);
+    grants_that_grant_nothing(set, &mut out);
+    hosts_claimed_twice(set, &mut out);
+    // 4. Services without endpoints.
     let slices: Vec<(&str, &str)> = set
         .endpoint_slices()
         .filter(|(_, s)| s.endpoints.as_ref().is_some_and(|e| !e.is_empty()))
@@ -110,7 +115,7 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
             ));
         }
     }
-    // 4. STRICT mTLS towards workloads without a proxy.
+    // 5. STRICT mTLS towards workloads without a proxy.
     for (o, w) in set.workloads() {
         let labels = w.effective_labels();
         let policy = compile_inbound(set, settings, &WorkloadRef { namespace: o.id.ns(), labels });
@@ -122,7 +127,7 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
             ));
         }
     }
-    // 5. Policies that match nothing.
+    // 6. Policies that match nothing.
     let root = settings.root_namespace.as_str();
     let selects_any = |ns: &str, sel: &std::collections::BTreeMap<String, String>| {
         set.workloads().any(|(wo, w)| (ns == root || wo.id.ns() == ns) && selector_matches(sel, &w.effective_labels()))
@@ -153,4 +158,202 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
         }
     }
     out
+}
+
+/// Listeners of meshgate's Gateways that admit no route at all: no route kind they can carry,
+/// or an `allowedRoutes` selector no namespace matches.
+fn listeners_nobody_attaches_to(set: &ResourceSet, compiled: &meshgate_model::Compiled, out: &mut Vec<Finding>) {
+    let namespaces: Vec<std::collections::BTreeMap<String, String>> = set
+        .namespaces()
+        .map(|(o, n)| {
+            let mut labels = n.metadata.labels.clone().unwrap_or_default();
+            labels.insert("kubernetes.io/metadata.name".into(), o.id.name.to_string());
+            labels
+        })
+        .collect();
+    for s in compiled.status.iter().filter(|s| s.object.kind == Kind::Gateway) {
+        let Some(o) = set.get(&s.object) else { continue };
+        let meshgate_api::Resource::Gateway(gw) = &o.resource else { continue };
+        for (i, l) in s.status["listeners"].as_array().into_iter().flatten().enumerate() {
+            let name = l["name"].as_str().unwrap_or("?");
+            if l["supportedKinds"].as_array().is_some_and(Vec::is_empty) {
+                out.push(finding(
+                    "Warning",
+                    o,
+                    format!("listener {name:?} can carry no route kind: no route can attach to it"),
+                ));
+                continue;
+            }
+            let selector =
+                gw.spec.listeners.get(i).and_then(|l| l.allowed_routes.as_ref()).and_then(|a| a.namespaces.as_ref());
+            if let Some(ns) = selector
+                && ns.from.as_ref().is_some_and(|f| format!("{f:?}") == "Selector")
+                && let Some(labels) = ns.selector.as_ref().and_then(|s| s.match_labels.as_ref())
+                && !namespaces.iter().any(|n| labels.iter().all(|(k, v)| n.get(k) == Some(v)))
+            {
+                out.push(finding(
+                    "Warning",
+                    o,
+                    format!(
+                        "listener {name:?}: its allowedRoutes selector matches no Namespace: no route can attach to it"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// ReferenceGrants no reference needs: no route (of a `from` kind, in a `from` namespace) points
+/// at a `to` of theirs, and no Gateway reads a Secret of theirs.
+fn grants_that_grant_nothing(set: &ResourceSet, out: &mut Vec<Finding>) {
+    // (from kind, from namespace, to kind, to namespace, to name) of every cross-namespace reference.
+    let mut refs: Vec<(String, String, String, String, String)> = Vec::new();
+    for o in set.iter() {
+        let ns = o.id.ns();
+        let mut push = |kind: &str, to_kind: &str, to_ns: Option<&str>, name: &str| {
+            if let Some(to_ns) = to_ns.filter(|t| *t != ns) {
+                refs.push((kind.into(), ns.into(), to_kind.into(), to_ns.into(), name.into()));
+            }
+        };
+        match &o.resource {
+            meshgate_api::Resource::HttpRoute(r) => {
+                for b in r.spec.rules.iter().flatten().flat_map(|r| r.backend_refs.iter().flatten()) {
+                    push("HTTPRoute", b.kind.as_deref().unwrap_or("Service"), b.namespace.as_deref(), &b.name);
+                }
+            }
+            meshgate_api::Resource::GrpcRoute(r) => {
+                for b in r.spec.rules.iter().flatten().flat_map(|r| r.backend_refs.iter().flatten()) {
+                    push("GRPCRoute", b.kind.as_deref().unwrap_or("Service"), b.namespace.as_deref(), &b.name);
+                }
+            }
+            meshgate_api::Resource::TlsRoute(r) => {
+                for b in r.spec.rules.iter().flat_map(|r| r.backend_refs.iter()) {
+                    push("TLSRoute", b.kind.as_deref().unwrap_or("Service"), b.namespace.as_deref(), &b.name);
+                }
+            }
+            meshgate_api::Resource::TcpRoute(r) => {
+                for b in r.spec.rules.iter().flat_map(|r| r.backend_refs.iter()) {
+                    push("TCPRoute", b.kind.as_deref().unwrap_or("Service"), b.namespace.as_deref(), &b.name);
+                }
+            }
+            meshgate_api::Resource::Gateway(g) => {
+                for l in &g.spec.listeners {
+                    for c in l.tls.as_ref().and_then(|t| t.certificate_refs.as_ref()).into_iter().flatten() {
+                        push("Gateway", c.kind.as_deref().unwrap_or("Secret"), c.namespace.as_deref(), &c.name);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (o, g) in set.reference_grants() {
+        let used = refs.iter().any(|(fk, fns, tk, tns, tname)| {
+            tns == o.id.ns()
+                && g.spec.from.iter().any(|f| &f.kind == fk && &f.namespace == fns)
+                && g.spec.to.iter().any(|t| &t.kind == tk && t.name.as_ref().is_none_or(|n| n == tname))
+        });
+        if !used {
+            out.push(finding("Warning", o, "no reference needs this ReferenceGrant: it grants nothing in use".into()));
+        }
+    }
+}
+
+/// Hostnames an Ingress of meshgate's and an HTTPRoute of a Gateway both serve: which answers
+/// depends on ports and precedence, rarely what either owner meant.
+fn hosts_claimed_twice(set: &ResourceSet, out: &mut Vec<Finding>) {
+    let translation = meshgate_model::ingress::translate(set, Default::default());
+    let served: Vec<&meshgate_api::ObjectRef> = translation.handled.iter().collect();
+    for (o, ing) in set.ingresses().filter(|(o, _)| served.contains(&&o.id)) {
+        for host in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.as_deref()) {
+            for (ro, r) in set.http_routes() {
+                if r.spec.hostnames.iter().flatten().any(|h| h == host) {
+                    out.push(finding(
+                        "Warning",
+                        o,
+                        format!("host {host} is served by this Ingress and by {}: which one answers depends on the port and route precedence", ro.id),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn findings(yaml: &str) -> Vec<String> {
+        let loaded = meshgate_api::load_str(&"t.yaml".into(), yaml);
+        assert!(loaded.errors.is_empty(), "{}", loaded.errors);
+        let set = ResourceSet::from_objects(loaded.objects).0;
+        let settings = meshgate_model::settings::mesh_settings(&set);
+        analyze(&set, &settings, &[]).into_iter().map(|f| format!("{}: {}", f.object, f.message)).collect()
+    }
+
+    #[test]
+    fn listeners_grants_and_hosts() {
+        let out = findings(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: meshgate
+  listeners:
+  - {name: kinds, port: 80, protocol: HTTP, allowedRoutes: {kinds: [{kind: TCPRoute}]}}
+  - {name: nobody, port: 81, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: ghost}}}}}
+  - {name: fine, port: 82, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {kubernetes.io/metadata.name: infra}}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: infra}
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: unused, namespace: apps}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra}]
+  to: [{group: "", kind: Service, name: api}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: used, namespace: apps}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra}]
+  to: [{group: "", kind: Service, name: web}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: gw, sectionName: fine}]
+  hostnames: [shop.example.com]
+  rules: [{backendRefs: [{name: web, namespace: apps, port: 80}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: meshgate, annotations: {ingressclass.kubernetes.io/is-default-class: "true"}}
+spec: {controller: meshgate.io/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: apps}
+spec:
+  rules: [{host: shop.example.com, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}}]
+"#,
+        );
+        let has = |what: &str| out.iter().any(|f| f.contains(what));
+        assert!(has("Gateway infra/gw: listener \"kinds\" can carry no route kind"), "{out:#?}");
+        assert!(
+            has("Gateway infra/gw: listener \"nobody\": its allowedRoutes selector matches no Namespace"),
+            "{out:#?}"
+        );
+        assert!(!has("listener \"fine\""), "{out:#?}");
+        assert!(has("ReferenceGrant apps/unused: no reference needs this ReferenceGrant"), "{out:#?}");
+        assert!(!has("ReferenceGrant apps/used"), "{out:#?}");
+        assert!(
+            has("Ingress apps/shop: host shop.example.com is served by this Ingress and by HTTPRoute infra/r"),
+            "{out:#?}"
+        );
+    }
 }

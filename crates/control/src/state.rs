@@ -188,7 +188,11 @@ impl State {
         }
         let mut compiled = {
             let last_good = |secret: &str| old.certs.get(secret).cloned();
-            let inputs = meshgate_model::CompileInputs { last_good: &last_good, now: std::time::SystemTime::now() };
+            let inputs = meshgate_model::CompileInputs {
+                last_good: &last_good,
+                now: std::time::SystemTime::now(),
+                ingress: Default::default(),
+            };
             compile_gateway_with(&set, &inputs)
         };
         let status = write_status(store, std::mem::take(&mut compiled.status)).await;

@@ -22,6 +22,8 @@ pub struct CompileInputs<'a> {
     pub last_good: &'a dyn Fn(&str) -> Option<Arc<EdgeCert>>,
     /// When the certificates' validity is checked.
     pub now: SystemTime,
+    /// The ports Ingresses are served on.
+    pub ingress: crate::settings::IngressPorts,
 }
 
 impl std::fmt::Debug for CompileInputs<'_> {
@@ -32,7 +34,7 @@ impl std::fmt::Debug for CompileInputs<'_> {
 
 /// Nothing from before: a first load, `meshgate validate`.
 pub fn fresh() -> CompileInputs<'static> {
-    CompileInputs { last_good: &|_| None, now: SystemTime::now() }
+    CompileInputs { last_good: &|_| None, now: SystemTime::now(), ingress: Default::default() }
 }
 
 /// The TLS of an HTTPS listener, or `None` (reported) when it cannot be served.

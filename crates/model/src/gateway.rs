@@ -15,7 +15,7 @@ use crate::host::HostPattern;
 use crate::listeners::{NamespaceLabels, place};
 use crate::resolve::Discovery;
 use crate::route::CompiledRoute;
-use crate::status::{age, cond, report_refs};
+use crate::status::{Condition, age, cond, report_refs};
 use crate::table::{Entry, Listener, ListenerSet, RouteTable};
 
 /// Compiles the gateway view of `set`, as a first load would (no certificate from before).
@@ -23,8 +23,53 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
     compile_gateway_with(set, &crate::certs::fresh())
 }
 
-/// Compiles the gateway view of `set` over the configuration in force (`inputs`).
+/// Compiles the gateway view of `set` over the configuration in force (`inputs`); Ingresses
+/// of meshgate's classes are served as the Gateway API resources `crate::ingress` makes of them.
 pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Compiled {
+    let translation = crate::ingress::translate(set, inputs.ingress);
+    if translation.docs.is_empty() && translation.conditions.is_empty() {
+        return compile_set(set, inputs);
+    }
+    let mut objects: Vec<meshgate_api::Object> = set.iter().cloned().collect();
+    objects.extend(translation.objects());
+    let (with, duplicates) = ResourceSet::from_objects(objects);
+    let mut compiled = compile_set(&with, inputs);
+    // What the Ingresses became is reported on the Ingresses, not on resources nobody wrote.
+    let synthetic = |id: &ObjectRef| set.get(id).is_none();
+    let owner = |id: &ObjectRef| -> Option<ObjectRef> {
+        let o = with.get(id)?;
+        let name = o.resource.metadata().labels.as_ref()?.get("meshgate.io/ingress")?;
+        Some(ObjectRef::namespaced(meshgate_api::Kind::Ingress, id.ns(), name))
+    };
+    for c in &mut compiled.conditions {
+        if synthetic(&c.object)
+            && let Some(ingress) = owner(&c.object)
+        {
+            c.message = format!("(as {} {}) {}", c.object.kind, c.object.name, c.message);
+            c.object = ingress;
+        }
+    }
+    compiled.status.retain(|s| !synthetic(&s.object));
+    compiled.status.extend(crate::ingress::status(&translation, inputs.ingress.address));
+    compiled.conditions.extend(translation.conditions);
+    for e in duplicates.iter() {
+        if let Some(id) = &e.object {
+            compiled.conditions.push(Condition {
+                object: id.clone(),
+                file: e.file.clone(),
+                field: String::new(),
+                kind: "Accepted",
+                status: false,
+                reason: "Conflicted",
+                message: format!("{}: an Ingress is served as a resource of this name too", e.message),
+                severity: crate::status::Severity::Error,
+            });
+        }
+    }
+    compiled
+}
+
+fn compile_set(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Compiled {
     let mut disc = Discovery::new(set);
     let mut conditions = Vec::new();
     // Every namespace carries `kubernetes.io/metadata.name` (the API server sets it).

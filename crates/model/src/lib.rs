@@ -14,6 +14,7 @@ mod gateway;
 mod grpc;
 pub mod gwstatus;
 pub mod host;
+pub mod ingress;
 pub mod l4;
 pub mod listener_policy;
 mod listeners;

@@ -141,3 +141,21 @@ impl MeshSettings {
         Duration::from_secs(self.workload_ttl_secs)
     }
 }
+
+/// Where the gateway serves Ingresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngressPorts {
+    /// Plain HTTP (`--ingress-http`).
+    pub http: u16,
+    /// HTTPS, for the Ingresses' TLS hosts (`--ingress-https`).
+    pub https: u16,
+    /// The address clients reach it on, for the Ingresses' `status.loadBalancer` (none when
+    /// not known: a gateway bound to every address, or a control plane).
+    pub address: Option<std::net::IpAddr>,
+}
+
+impl Default for IngressPorts {
+    fn default() -> Self {
+        IngressPorts { http: 80, https: 443, address: None }
+    }
+}

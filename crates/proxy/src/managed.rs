@@ -98,8 +98,11 @@ impl ManagedGateway {
                 let in_force = gw.snapshot();
                 let compiled = tokio::task::spawn_blocking(move || {
                     let last_good = |secret: &str| in_force.config.served_cert(secret);
-                    let inputs =
-                        meshgate_model::CompileInputs { last_good: &last_good, now: std::time::SystemTime::now() };
+                    let inputs = meshgate_model::CompileInputs {
+                        last_good: &last_good,
+                        now: std::time::SystemTime::now(),
+                        ingress: Default::default(),
+                    };
                     meshgate_model::compile_gateway_with(&set, &inputs)
                 })
                 .await

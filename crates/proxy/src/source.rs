@@ -13,18 +13,23 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::roles::gateway::Gateway;
+use meshgate_model::ingress::IngressPorts;
 
 /// How long the files must be quiet after a change before it is read (editors write in steps).
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Reads, validates and compiles everything under `paths`, as a first load.
 pub fn load(paths: &[PathBuf]) -> Result<(ResourceSet, Compiled), Errors> {
-    load_over(paths, None)
+    load_over(paths, None, IngressPorts::default())
 }
 
 /// Reads, validates and compiles everything under `paths` over the configuration in force: a
 /// certificate that no longer loads keeps the one served from the same Secret before.
-pub fn load_over(paths: &[PathBuf], in_force: Option<&ProxyConfig>) -> Result<(ResourceSet, Compiled), Errors> {
+pub fn load_over(
+    paths: &[PathBuf],
+    in_force: Option<&ProxyConfig>,
+    ingress: IngressPorts,
+) -> Result<(ResourceSet, Compiled), Errors> {
     let loaded = load_paths(paths);
     let (set, duplicates) = ResourceSet::from_objects(loaded.objects);
     let mut errors = loaded.errors;
@@ -33,7 +38,7 @@ pub fn load_over(paths: &[PathBuf], in_force: Option<&ProxyConfig>) -> Result<(R
         return Err(errors);
     }
     let last_good = |secret: &str| in_force.and_then(|c| c.served_cert(secret));
-    let inputs = CompileInputs { last_good: &last_good, now: std::time::SystemTime::now() };
+    let inputs = CompileInputs { last_good: &last_good, now: std::time::SystemTime::now(), ingress };
     let compiled = compile_gateway_with(&set, &inputs);
     Ok((set, compiled))
 }
@@ -58,7 +63,8 @@ fn fingerprint(paths: &[PathBuf]) -> u64 {
 pub async fn apply_files(paths: &[PathBuf], gateway: &Arc<Gateway>) -> Option<u64> {
     let owned = paths.to_vec();
     let in_force = gateway.snapshot();
-    let result = tokio::task::spawn_blocking(move || load_over(&owned, Some(&in_force.config))).await.ok()?;
+    let ingress = gateway.options().ingress;
+    let result = tokio::task::spawn_blocking(move || load_over(&owned, Some(&in_force.config), ingress)).await.ok()?;
     let sources: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     match result {
         Err(errors) => {

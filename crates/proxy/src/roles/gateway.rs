@@ -41,6 +41,8 @@ pub struct GatewayOptions {
     pub tls: Option<Arc<meshgate_tls::MeshTls>>,
     /// Where request and connection records go.
     pub sink: Sink,
+    /// The ports Ingresses are served on (`--ingress-http`, `--ingress-https`).
+    pub ingress: meshgate_model::ingress::IngressPorts,
 }
 
 impl Default for GatewayOptions {
@@ -51,6 +53,7 @@ impl Default for GatewayOptions {
             drain_timeout: Duration::from_secs(10),
             tls: None,
             sink: crate::telemetry::noop(),
+            ingress: meshgate_model::ingress::IngressPorts::default(),
         }
     }
 }
@@ -87,7 +90,12 @@ impl Gateway {
         Arc::new(Gateway { core, options, ports: tokio::sync::Mutex::new(HashMap::new()) })
     }
 
-    /// The core it runs on.
+    /// The options it was started with.
+    pub fn options(&self) -> &GatewayOptions {
+        &self.options
+    }
+
+    /// The core shared with other roles.
     pub fn core(&self) -> &Arc<ProxyCore> {
         &self.core
     }

@@ -63,9 +63,11 @@ impl Mesh {
         let dir = TempDir::new("meshgate-gw");
         dir.write("services.yaml", &services);
         dir.write("routes.yaml", &yaml.replace("{port}", &port.to_string()));
+        let ingress = options.ingress;
         let gateway = Gateway::new(GatewayOptions { bind: "127.0.0.1".parse().unwrap(), ..options });
         let paths = vec![dir.path().to_path_buf()];
-        let (_, compiled) = source::load(&paths).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let (_, compiled) =
+            source::load_over(&paths, None, ingress).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         gateway.apply(compiled, vec!["test".into()]).await.unwrap();
         Mesh { gateway, port, dir, backends: servers }
     }

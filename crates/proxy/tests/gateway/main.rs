@@ -9,6 +9,7 @@ mod edge;
 mod grpc;
 mod harness;
 mod https;
+mod ingress;
 mod l4;
 mod listener_policy;
 mod mtls;
