@@ -132,25 +132,144 @@ fn backend_ref(
     Ok(json!({"name": s.name, "port": number}))
 }
 
-/// The ingress-nginx annotations on `o`, each reported: meshgate does not apply them yet.
-fn annotations(o: &Object, meta: &meshgate_api::core::ObjectMeta, conditions: &mut Vec<Condition>) -> Vec<String> {
-    let mut notes = Vec::new();
-    for k in meta.annotations.iter().flatten().map(|(k, _)| k) {
-        if let Some(name) = k.strip_prefix("nginx.ingress.kubernetes.io/") {
-            let message =
-                format!("annotation {k} is not applied: meshgate has no equivalent of ingress-nginx's {name:?} yet");
-            conditions.push(cond(
-                o,
-                format!("metadata.annotations[{k}]"),
-                "Accepted",
-                false,
-                "UnsupportedValue",
-                message.clone(),
-            ));
-            notes.push(message);
+/// The ingress-nginx annotations meshgate maps (`nginx.ingress.kubernetes.io/NAME`).
+const NGINX: &str = "nginx.ingress.kubernetes.io/";
+
+/// What an Ingress's ingress-nginx annotations ask for, as far as meshgate maps them.
+#[derive(Debug, Default)]
+struct Nginx {
+    /// `rewrite-target`, as the prefix (or whole path, for Exact) a path is rewritten to.
+    rewrite: Option<String>,
+    /// `ssl-redirect` (true by default when the Ingress has TLS) or `force-ssl-redirect`.
+    ssl_redirect: Option<bool>,
+    force_ssl_redirect: bool,
+    /// `permanent-redirect` (and `permanent-redirect-code`): every path answers with it.
+    permanent_redirect: Option<(http::Uri, u16)>,
+    /// `canary: "true"`, with `canary-weight` and `canary-by-header` (`canary-by-header-value`).
+    canary: bool,
+    canary_weight: Option<u32>,
+    canary_header: Option<(String, Option<String>)>,
+    /// `proxy-read-timeout` / `proxy-send-timeout` (seconds): the rule's backend timeout.
+    backend_timeout: Option<u64>,
+    /// What is reported, for `migrate`'s comments.
+    notes: Vec<String>,
+}
+
+/// Reads the ingress-nginx annotations of `o`; each one that is not mapped (or malformed) is
+/// reported by name, never silently ignored.
+fn nginx(o: &Object, meta: &meshgate_api::core::ObjectMeta, conditions: &mut Vec<Condition>) -> Nginx {
+    let mut n = Nginx::default();
+    let all = meta.annotations.clone().unwrap_or_default();
+    let get = |name: &str| all.get(&format!("{NGINX}{name}")).map(String::as_str);
+    let mut report = |n: &mut Nginx, name: &str, why: String| {
+        let key = format!("{NGINX}{name}");
+        let message = format!("annotation {key} is not applied: {why}");
+        conditions.push(cond(
+            o,
+            format!("metadata.annotations[{key}]"),
+            "Accepted",
+            false,
+            "UnsupportedValue",
+            message.clone(),
+        ));
+        n.notes.push(message);
+    };
+    let seconds = |v: &str| v.trim().trim_end_matches('s').parse::<u64>().ok();
+    for (key, value) in &all {
+        let Some(name) = key.strip_prefix(NGINX) else { continue };
+        match name {
+            "rewrite-target" => {
+                let regex = get("use-regex") == Some("true") || value.contains('$');
+                if regex {
+                    report(
+                        &mut n,
+                        name,
+                        format!(
+                            "{value:?} uses regular-expression capture groups, which HTTPRoute rewrites (prefix or whole path) cannot express"
+                        ),
+                    );
+                } else if !value.starts_with('/') {
+                    report(&mut n, name, format!("{value:?} is not a path"));
+                } else {
+                    n.rewrite = Some(value.clone());
+                }
+            }
+            "use-regex" if value == "true" && get("rewrite-target").is_none() => {
+                report(&mut n, name, "regular-expression paths are not served from Ingresses; write an HTTPRoute with a RegularExpression path match".into());
+            }
+            "use-regex" => {}
+            "ssl-redirect" => n.ssl_redirect = Some(value == "true"),
+            "force-ssl-redirect" => n.force_ssl_redirect = value == "true",
+            "permanent-redirect" => match value.parse::<http::Uri>() {
+                Ok(u) if u.scheme().is_some() && u.host().is_some() => {
+                    let code = get("permanent-redirect-code").and_then(|c| c.parse().ok()).unwrap_or(301);
+                    n.permanent_redirect = Some((u, code));
+                }
+                _ => report(&mut n, name, format!("{value:?} is not an absolute URL")),
+            },
+            "permanent-redirect-code" => {
+                if !matches!(value.parse::<u16>(), Ok(301 | 302 | 303 | 307 | 308)) {
+                    report(&mut n, name, format!("{value:?}: a redirect is 301, 302, 303, 307 or 308"));
+                }
+            }
+            "canary" => n.canary = value == "true",
+            "canary-weight" => match value.parse::<u32>() {
+                Ok(w) if w <= 100 => n.canary_weight = Some(w),
+                _ => report(&mut n, name, format!("{value:?} is not a weight from 0 to 100")),
+            },
+            "canary-by-header" => {
+                n.canary_header = Some((value.clone(), get("canary-by-header-value").map(str::to_string)))
+            }
+            "canary-by-header-value" => {}
+            "proxy-read-timeout" | "proxy-send-timeout" => match seconds(value) {
+                Some(s) => n.backend_timeout = Some(n.backend_timeout.map_or(s, |t| t.max(s))),
+                None => report(&mut n, name, format!("{value:?} is not a number of seconds")),
+            },
+            "proxy-connect-timeout" => report(
+                &mut n,
+                name,
+                "a connect timeout is per Service in meshgate (TrafficPolicy spec.timeouts.connect), not per Ingress"
+                    .into(),
+            ),
+            other => report(&mut n, other, format!("meshgate has no equivalent of ingress-nginx's {other:?} yet")),
         }
     }
-    notes
+    n
+}
+
+/// The rule for `path` of type `kind` to `backend`, with what the annotations ask for.
+fn rule(kind: &str, path: &str, backend: Value, n: &Nginx) -> Value {
+    let mut r = json!({"matches": [{"path": {"type": kind, "value": path}}]});
+    if let Some((u, code)) = &n.permanent_redirect {
+        let mut redirect = json!({"statusCode": code, "scheme": u.scheme_str(), "hostname": u.host()});
+        if let Some(port) = u.port_u16() {
+            redirect["port"] = json!(port);
+        }
+        redirect["path"] = json!({"type": "ReplaceFullPath", "replaceFullPath": u.path()});
+        r["filters"] = json!([{"type": "RequestRedirect", "requestRedirect": redirect}]);
+        return r;
+    }
+    if let Some(target) = &n.rewrite {
+        let path = if kind == "Exact" {
+            json!({"type": "ReplaceFullPath", "replaceFullPath": target})
+        } else {
+            json!({"type": "ReplacePrefixMatch", "replacePrefixMatch": target})
+        };
+        r["filters"] = json!([{"type": "URLRewrite", "urlRewrite": {"path": path}}]);
+    }
+    if let Some(secs) = n.backend_timeout {
+        r["timeouts"] = json!({"backendRequest": format!("{secs}s")});
+    }
+    r["backendRefs"] = json!([backend]);
+    r
+}
+
+/// A route being built: where it goes in the output, and its rules by (host, type, path) for
+/// canaries to join.
+struct Building {
+    file: std::sync::Arc<str>,
+    doc: Value,
+    notes: Vec<String>,
 }
 
 /// The Gateway API resources for the Ingresses in `set` that meshgate serves.
@@ -161,7 +280,16 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
     if ingresses.is_empty() {
         return t;
     }
-    ingresses.sort_by_key(|(o, _)| (age(o), o.id.clone()));
+    // Oldest first; canaries after the Ingresses they join.
+    let is_canary = |o: &Object| {
+        o.resource
+            .metadata()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(&format!("{NGINX}canary")))
+            .is_some_and(|v| v == "true")
+    };
+    ingresses.sort_by_key(|(o, _)| (is_canary(o), age(o), o.id.clone()));
     let mut listeners = vec![json!({
         "name": "http",
         "port": ports.http,
@@ -170,8 +298,11 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
     })];
     // Secrets each namespace lets the Gateway read.
     let mut grants: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut tls_hosts: BTreeMap<String, String> = BTreeMap::new();
-    let mut routes = Vec::new();
+    // TLS host → (the Ingress whose Secret serves it, the listener).
+    let mut tls_hosts: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut routes: Vec<Building> = Vec::new();
+    // (namespace, host, path type, path) → (route, rule) of the Ingress that serves it.
+    let mut served_paths: BTreeMap<(String, String, String, String), (usize, usize)> = BTreeMap::new();
     for (o, ing) in ingresses {
         if let Err(message) = served(o, ing, &ours, default.as_deref()) {
             t.conditions.push(cond(o, "spec.ingressClassName".into(), "Accepted", false, "NotHandled", message));
@@ -179,8 +310,9 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
         }
         t.handled.push(o.id.clone());
         let ns = o.id.ns();
-        let notes = annotations(o, &ing.metadata, &mut t.conditions);
+        let n = nginx(o, &ing.metadata, &mut t.conditions);
         let Some(spec) = &ing.spec else { continue };
+        let mut own_tls: Vec<String> = Vec::new();
         for (i, tls) in spec.tls.iter().flatten().enumerate() {
             let field = format!("spec.tls[{i}]");
             let Some(secret) = &tls.secret_name else {
@@ -191,15 +323,19 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
             let hosts: Vec<String> = tls.hosts.clone().unwrap_or_default();
             let hosts = if hosts.is_empty() { vec![String::new()] } else { hosts };
             for host in hosts {
-                if let Some(owner) = tls_hosts.get(&host) {
-                    let shown = if host.is_empty() { "<any>" } else { &host };
-                    let message = format!("TLS host {shown} is already served with the Secret of {owner}");
-                    t.conditions.push(cond(o, field.clone(), "Accepted", false, "HostnameConflict", message));
+                own_tls.push(host.clone());
+                if let Some((owner, _)) = tls_hosts.get(&host) {
+                    if owner != &o.id.to_string() {
+                        let shown = if host.is_empty() { "<any>" } else { &host };
+                        let message = format!("TLS host {shown} is already served with the Secret of {owner}");
+                        t.conditions.push(cond(o, field.clone(), "Accepted", false, "HostnameConflict", message));
+                    }
                     continue;
                 }
-                tls_hosts.insert(host.clone(), format!("{}", o.id));
+                let name = format!("https-{}", listeners.len());
+                tls_hosts.insert(host.clone(), (o.id.to_string(), name.clone()));
                 let mut l = json!({
-                    "name": format!("https-{}", listeners.len()),
+                    "name": name,
                     "port": ports.https,
                     "protocol": "HTTPS",
                     "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": secret, "namespace": ns}]},
@@ -215,14 +351,17 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
                 }
             }
         }
-        let parent = json!([{"name": INGRESS_GATEWAY, "namespace": INGRESS_NAMESPACE}]);
-        let mut route = |name: String, hostnames: Vec<String>, rules: Vec<Value>, field: String| {
-            if rules.is_empty() {
-                return;
+        let gateway = |section: Option<&str>| {
+            let mut p = json!({"name": INGRESS_GATEWAY, "namespace": INGRESS_NAMESPACE});
+            if let Some(s) = section {
+                p["sectionName"] = json!(s);
             }
-            let mut spec = json!({"parentRefs": parent, "rules": rules});
-            if !hostnames.is_empty() {
-                spec["hostnames"] = json!(hostnames);
+            p
+        };
+        let add = |routes: &mut Vec<Building>, name: String, host: Option<&str>, parents: Value, rules: Vec<Value>| {
+            let mut spec = json!({"parentRefs": parents, "rules": rules});
+            if let Some(h) = host {
+                spec["hostnames"] = json!([h]);
             }
             let doc = json!({
                 "apiVersion": format!("{GATEWAY_GROUP}/v1"),
@@ -230,11 +369,14 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
                 "metadata": {"name": name, "namespace": ns, "labels": {"meshgate.io/ingress": o.id.name.to_string()}},
                 "spec": spec,
             });
-            routes.push((o.source.file.clone(), doc, notes.clone(), field));
+            routes.push(Building { file: o.source.file.clone(), doc, notes: n.notes.clone() });
+            routes.len() - 1
         };
-        for (i, rule) in spec.rules.iter().flatten().enumerate() {
+        for (i, r) in spec.rules.iter().flatten().enumerate() {
+            let host = r.host.as_deref();
             let mut rules = Vec::new();
-            for (j, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
+            let mut keys = Vec::new();
+            for (j, p) in r.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
                 let field = format!("spec.rules[{i}].http.paths[{j}]");
                 let path = p.path.clone().unwrap_or_else(|| "/".into());
                 let kind = match p.path_type.as_str() {
@@ -259,26 +401,81 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
                     t.conditions.push(cond(o, format!("{field}.path"), "Accepted", false, "UnsupportedValue", message));
                     continue;
                 }
-                match backend_ref(set, ns, &p.backend) {
-                    Ok(b) => {
-                        rules.push(json!({"matches": [{"path": {"type": kind, "value": path}}], "backendRefs": [b]}))
-                    }
+                let backend = match backend_ref(set, ns, &p.backend) {
+                    Ok(b) => b,
                     Err((reason, message)) => {
                         t.conditions.push(cond(o, format!("{field}.backend"), "ResolvedRefs", false, reason, message));
+                        continue;
                     }
+                };
+                let key = (ns.to_string(), host.unwrap_or("").to_string(), kind.to_string(), path.clone());
+                if n.canary {
+                    // A canary joins the rule of the Ingress that serves the same path.
+                    let Some(&(ri, rj)) = served_paths.get(&key) else {
+                        let message =
+                            format!("canary for {}{path}: no Ingress serves that host and path", host.unwrap_or("*"));
+                        t.conditions.push(cond(o, field, "Accepted", false, "NoMatchingParent", message));
+                        continue;
+                    };
+                    let main = &mut routes[ri].doc["spec"]["rules"];
+                    if let Some(w) = n.canary_weight {
+                        let refs = &mut main[rj]["backendRefs"];
+                        if let Some(first) = refs.get_mut(0) {
+                            first["weight"] = json!(100 - w);
+                        }
+                        if let Some(list) = refs.as_array_mut() {
+                            let mut canary = backend.clone();
+                            canary["weight"] = json!(w);
+                            list.push(canary);
+                        }
+                    }
+                    if let Some((header, value)) = &n.canary_header {
+                        let mut by_header = rule(kind, &path, backend, &Nginx::default());
+                        by_header["matches"][0]["headers"] =
+                            json!([{"name": header, "value": value.as_deref().unwrap_or("always")}]);
+                        if let Some(list) = main.as_array_mut() {
+                            list.push(by_header);
+                        }
+                    }
+                    continue;
                 }
+                keys.push((key, rules.len()));
+                rules.push(rule(kind, &path, backend, &n));
             }
-            let hostnames = rule.host.iter().cloned().collect();
-            route(format!("{}-{i}", o.id.name), hostnames, rules, format!("spec.rules[{i}]"));
+            if rules.is_empty() {
+                continue;
+            }
+            let tls = host.is_some_and(|h| own_tls.iter().any(|t| t == h)) || own_tls.iter().any(String::is_empty);
+            let redirect = n.force_ssl_redirect || (tls && n.ssl_redirect != Some(false));
+            let name = format!("{}-{i}", o.id.name);
+            let index = if redirect {
+                // HTTPS serves; plain HTTP answers 308 to the same URL over HTTPS (ingress-nginx).
+                let https: Vec<Value> = tls_hosts
+                    .iter()
+                    .filter(|(h, _)| host.is_none() || h.is_empty() || Some(h.as_str()) == host)
+                    .map(|(_, (_, l))| gateway(Some(l)))
+                    .collect();
+                let to_https: Vec<Value> = rules
+                    .iter()
+                    .map(|r| {
+                        json!({"matches": r["matches"], "filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 308}}]})
+                    })
+                    .collect();
+                add(&mut routes, format!("{name}-to-https"), host, json!([gateway(Some("http"))]), to_https);
+                add(&mut routes, name, host, Value::Array(https), rules)
+            } else {
+                add(&mut routes, name, host, json!([gateway(None)]), rules)
+            };
+            for (key, j) in keys {
+                served_paths.entry(key).or_insert((index, j));
+            }
         }
         if let Some(b) = &spec.default_backend {
             match backend_ref(set, ns, b) {
-                Ok(b) => route(
-                    format!("{}-default", o.id.name),
-                    Vec::new(),
-                    vec![json!({"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [b]})],
-                    "spec.defaultBackend".into(),
-                ),
+                Ok(b) => {
+                    let rules = vec![rule("PathPrefix", "/", b, &n)];
+                    add(&mut routes, format!("{}-default", o.id.name), None, json!([gateway(None)]), rules);
+                }
                 Err((reason, message)) => {
                     t.conditions.push(cond(o, "spec.defaultBackend".into(), "ResolvedRefs", false, reason, message));
                 }
@@ -310,11 +507,11 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
             }),
         ));
     }
-    for (file, doc, notes, _) in routes {
-        if !notes.is_empty() {
-            t.comments.insert(t.docs.len(), notes);
+    for b in routes {
+        if !b.notes.is_empty() {
+            t.comments.insert(t.docs.len(), b.notes);
         }
-        t.docs.push((file, doc));
+        t.docs.push((b.file, b.doc));
     }
     t
 }
@@ -333,4 +530,82 @@ pub fn status(t: &Translation, address: Option<std::net::IpAddr>) -> Vec<crate::
             },
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translated(yaml: &str) -> Translation {
+        let loaded = meshgate_api::load_str(&"t.yaml".into(), yaml);
+        assert!(loaded.errors.is_empty(), "{}", loaded.errors);
+        translate(&ResourceSet::from_objects(loaded.objects).0, IngressPorts::default())
+    }
+
+    fn route<'a>(t: &'a Translation, name: &str) -> &'a Value {
+        t.docs.iter().map(|(_, d)| d).find(|d| d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    const CLASS: &str = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: mg}\nspec: {controller: meshgate.io/ingress-controller}\n";
+
+    #[test]
+    fn annotations_map_to_route_fields() {
+        let t = translated(&format!(
+            r#"{CLASS}---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: a
+  namespace: web
+  annotations:
+    nginx.ingress.kubernetes.io/proxy-read-timeout: "20"
+    nginx.ingress.kubernetes.io/proxy-send-timeout: "45"
+    nginx.ingress.kubernetes.io/permanent-redirect-code: "308"
+spec:
+  ingressClassName: mg
+  rules: [{{host: a.example.com, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: a-canary
+  namespace: web
+  annotations: {{nginx.ingress.kubernetes.io/canary: "true", nginx.ingress.kubernetes.io/canary-weight: "25"}}
+spec:
+  ingressClassName: mg
+  rules: [{{host: a.example.com, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web-v2, port: {{number: 80}}}}}}}}]}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: lonely-canary
+  namespace: web
+  annotations: {{nginx.ingress.kubernetes.io/canary: "true", nginx.ingress.kubernetes.io/canary-weight: "300"}}
+spec:
+  ingressClassName: mg
+  rules: [{{host: b.example.com, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}}}]
+"#
+        ));
+        let a = route(&t, "a-0");
+        // The longer of the read and send timeouts bounds the backend request.
+        assert_eq!(a["spec"]["rules"][0]["timeouts"]["backendRequest"], "45s");
+        // The canary joined the main rule, 75/25.
+        assert_eq!(
+            a["spec"]["rules"][0]["backendRefs"],
+            json!([{"name": "web", "port": 80, "weight": 75}, {"name": "web-v2", "port": 80, "weight": 25}])
+        );
+        let reasons: Vec<(String, &str)> =
+            t.conditions.iter().map(|c| (format!("{} {}", c.object.name, c.field), c.reason)).collect();
+        assert!(
+            reasons.iter().any(|(at, r)| at
+                .contains("lonely-canary metadata.annotations[nginx.ingress.kubernetes.io/canary-weight]")
+                && *r == "UnsupportedValue"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|(at, r)| at.contains("lonely-canary spec.rules[0]") && *r == "NoMatchingParent"),
+            "{reasons:?}"
+        );
+        assert!(!t.docs.iter().any(|(_, d)| d["metadata"]["name"] == "lonely-canary-0"));
+    }
 }

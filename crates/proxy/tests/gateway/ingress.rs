@@ -129,3 +129,96 @@ async fn ingresses_are_served_on_the_ingress_ports_and_migrate_to_resources_that
     let m2 = Mesh::start(&yaml, &backends).await;
     check(m2.addr(), "migrated").await;
 }
+
+#[tokio::test]
+async fn ingress_nginx_annotations_people_migrate_with() {
+    let ca = meshgate_tls::testing::EdgeCa::new().unwrap();
+    let cert = ca.issue(&["secure.example.com"], meshgate_tls::testing::KeyAlg::EcdsaP256, -60, 3600).unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {{name: meshgate}}
+spec: {{controller: meshgate.io/ingress-controller}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: main
+  namespace: web
+  annotations: {{nginx.ingress.kubernetes.io/rewrite-target: /v2, nginx.ingress.kubernetes.io/proxy-read-timeout: "30"}}
+spec:
+  ingressClassName: meshgate
+  rules: [{{host: shop.example.com, http: {{paths: [{{path: /api, pathType: Prefix, backend: {{service: {{name: api, port: {{number: 8080}}}}}}}}]}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: main-canary
+  namespace: web
+  annotations:
+    nginx.ingress.kubernetes.io/canary: "true"
+    nginx.ingress.kubernetes.io/canary-weight: "0"
+    nginx.ingress.kubernetes.io/canary-by-header: X-Canary
+spec:
+  ingressClassName: meshgate
+  rules: [{{host: shop.example.com, http: {{paths: [{{path: /api, pathType: Prefix, backend: {{service: {{name: api-canary, port: {{number: 8080}}}}}}}}]}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: moved
+  namespace: web
+  annotations: {{nginx.ingress.kubernetes.io/permanent-redirect: "https://new.example.com/landing"}}
+spec:
+  ingressClassName: meshgate
+  rules: [{{host: old.example.com, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: api, port: {{number: 8080}}}}}}}}]}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: secure
+  namespace: web
+  annotations: {{nginx.ingress.kubernetes.io/server-snippet: "return 418;"}}
+spec:
+  ingressClassName: meshgate
+  tls: [{{hosts: [secure.example.com], secretName: secure-tls}}]
+  rules: [{{host: secure.example.com, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: api, port: {{number: 8080}}}}}}}}]}}}}]
+{}"#,
+        crate::https::secret("web", "secure-tls", &cert)
+    );
+    let ports = IngressPorts { http: free_port(), https: free_port(), address: None };
+    let options = GatewayOptions { ingress: ports, ..GatewayOptions::default() };
+    let m = Mesh::start_with(&yaml, &["web/api", "web/api-canary"], options).await;
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], ports.http));
+    // rewrite-target: the matched prefix replaced; canary-weight 0 keeps everything on the main
+    // backend unless canary-by-header says "always".
+    let r = Client::h1().get(http, "shop.example.com", "/api/items", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = r.echoed();
+    assert_eq!((e.backend.as_str(), e.path.as_str()), ("api", "/v2/items"));
+    let r = Client::h1().get(http, "shop.example.com", "/api/items", &[("X-Canary", "always")]).await;
+    assert_eq!(r.echoed().backend, "api-canary");
+    // permanent-redirect.
+    let r = Client::h1().get(http, "old.example.com", "/anything", &[]).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location").as_deref(), Some("https://new.example.com/landing"));
+    // A TLS host: plain HTTP is redirected (308, ingress-nginx's ssl-redirect), HTTPS serves.
+    let r = Client::h1().get(http, "secure.example.com", "/page?x=1", &[]).await;
+    assert_eq!(r.status, 308, "{}", r.text());
+    assert_eq!(r.header("location").as_deref(), Some("https://secure.example.com/page?x=1"));
+    let client = ca.client(&[b"http/1.1"], &[13]).unwrap();
+    let stream =
+        crate::https::connect(([127, 0, 0, 1], ports.https).into(), "secure.example.com", client).await.unwrap();
+    let (status, _, body) = crate::https::Sender::new(stream).await.get("secure.example.com", "/page").await.unwrap();
+    assert_eq!((status, crate::https::echoed(&body).backend.as_str()), (200, "api"));
+    // An annotation meshgate does not map is reported by name, on the Ingress.
+    let snap = m.gateway.core().snapshot();
+    let snippet = snap.conditions.iter().find(|c| c.field.contains("server-snippet")).expect("reported");
+    assert_eq!((snippet.object.name.as_ref(), snippet.reason), ("secure", "UnsupportedValue"));
+    assert!(
+        !snap.conditions.iter().any(|c| c.field.contains("rewrite-target") || c.field.contains("canary")),
+        "{:#?}",
+        snap.conditions
+    );
+}
