@@ -19,13 +19,18 @@ def main():
         def handle_any(self):
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
+            # A header sent on several lines is one value, joined with commas (RFC 9110 §5.3).
+            headers = {}
+            for k, v in self.headers.items():
+                k = k.lower()
+                headers[k] = f"{headers[k]},{v}" if k in headers else v
             out = json.dumps(
                 {
                     "backend": args.name,
                     "method": self.command,
                     "path": self.path,
                     "host": self.headers.get("host"),
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "headers": headers,
                     "bodyBytes": len(body),
                 },
                 indent=2,

@@ -36,7 +36,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         ..GatewayOptions::default()
     });
     // The first configuration must be valid: there is no last good one to fall back to.
-    let (_, compiled) = match source::load(&opts.paths) {
+    let (_, compiled) = match source::load_over(&opts.paths, None, opts.ingress) {
         Ok(c) => c,
         Err(errors) => bail!("configuration is invalid ({} error(s)):\n{errors}", errors.len()),
     };

@@ -214,7 +214,9 @@ async fn gateway_serves_reports_and_drains_on_sigterm() {
     let status = Client::h1().get(admin_addr, "admin", "/status", &[]).await;
     let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
     let item = |kind: &str| status["items"].as_array().unwrap().iter().find(|i| i["kind"] == kind).unwrap().clone();
-    let listener = &item("Gateway")["status"]["listeners"][0];
+    let gw_status = &item("Gateway")["status"];
+    assert_eq!(gw_status["addresses"], serde_json::json!([{"type": "IPAddress", "value": "127.0.0.1"}]), "{status}");
+    let listener = &gw_status["listeners"][0];
     assert_eq!((listener["name"].as_str(), listener["attachedRoutes"].as_i64()), (Some("http"), Some(1)), "{status}");
     let parent = &item("HTTPRoute")["status"]["parents"][0];
     assert_eq!(parent["parentRef"]["name"], "gw");

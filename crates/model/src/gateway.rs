@@ -26,6 +26,21 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
 /// Compiles the gateway view of `set` over the configuration in force (`inputs`); Ingresses
 /// of meshgate's classes are served as the Gateway API resources `crate::ingress` makes of them.
 pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Compiled {
+    let mut compiled = compile_with_ingresses(set, inputs);
+    // A Gateway that asks for no address gets the one this gateway is reached on, when known.
+    if let Some(addr) = inputs.ingress.address {
+        for s in compiled.status.iter_mut().filter(|s| s.object.kind == meshgate_api::Kind::Gateway) {
+            if let Some(status) = s.status.as_object_mut() {
+                status
+                    .entry("addresses")
+                    .or_insert_with(|| serde_json::json!([{"type": "IPAddress", "value": addr.to_string()}]));
+            }
+        }
+    }
+    compiled
+}
+
+fn compile_with_ingresses(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Compiled {
     let translation = crate::ingress::translate(set, inputs.ingress);
     if translation.docs.is_empty() && translation.conditions.is_empty() {
         return compile_set(set, inputs);

@@ -149,8 +149,9 @@ pub struct IngressPorts {
     pub http: u16,
     /// HTTPS, for the Ingresses' TLS hosts (`--ingress-https`).
     pub https: u16,
-    /// The address clients reach it on, for the Ingresses' `status.loadBalancer` (none when
-    /// not known: a gateway bound to every address, or a control plane).
+    /// The address clients reach the gateway on, for the Ingresses' `status.loadBalancer` and
+    /// the Gateways' `status.addresses` (none when not known: a gateway bound to every
+    /// address, or a control plane).
     pub address: Option<std::net::IpAddr>,
 }
 

@@ -4,6 +4,7 @@
 //! `meshgate run` does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod conformance;
 mod harness;
 mod lab;
 mod telemetry;
