@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use meshgate_proxy::telemetry::metrics::{Histogram, ISTIO_BUCKETS, help};
+use meshgate_proxy::telemetry::metrics::{Histogram, help};
 
 use crate::plane::ControlPlane;
 use crate::store::Store;
@@ -36,7 +36,7 @@ impl Default for CpMetrics {
             nacks: AtomicU64::new(0),
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            push_ack: Histogram::new(&ISTIO_BUCKETS),
+            push_ack: Histogram::istio(),
         }
     }
 }

@@ -141,7 +141,13 @@ impl PathModifier {
             PathModifier::ReplaceFullPath(p) => p.clone(),
             PathModifier::ReplacePrefixMatch(replacement) => {
                 let prefix = matched_prefix.unwrap_or("/");
-                let rest = if prefix == "/" { path } else { path.get(prefix.len()..).unwrap_or("") };
+                // The root prefix matches the path's leading `/` as a whole element: `/` itself
+                // becomes the replacement, not the replacement and a trailing slash.
+                let rest = if prefix == "/" {
+                    path.strip_prefix('/').unwrap_or(path)
+                } else {
+                    path.get(prefix.len()..).unwrap_or("")
+                };
                 let replacement = replacement.trim_end_matches('/');
                 let mut out = String::with_capacity(replacement.len() + rest.len() + 1);
                 out.push_str(replacement);
@@ -387,6 +393,11 @@ mod tests {
             ("/foo", "/foo", "/", "/"),
             ("/strip-prefix/three", "/strip-prefix", "/", "/three"),
             ("/prefix/one/two", "/prefix/one", "/one", "/one/two"),
+            // A rule whose prefix is `/` (HTTPRouteRewritePath's bare-slash route).
+            ("/foo/bar", "/", "/replacement-prefix", "/replacement-prefix/foo/bar"),
+            ("/foo", "/", "/replacement-prefix", "/replacement-prefix/foo"),
+            ("/", "/", "/replacement-prefix", "/replacement-prefix"),
+            ("/", "/", "/", "/"),
         ];
         for (path, prefix, replacement, want) in cases {
             let m = PathModifier::ReplacePrefixMatch(replacement.to_string());

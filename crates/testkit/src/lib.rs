@@ -210,6 +210,16 @@ async fn echo(
             resp.headers_mut().append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), v.clone());
         }
     }
+    // The conformance echo server's way: `X-Echo-Set-Header: Name:Value,Name:Value`.
+    for v in parts.headers.get_all("x-echo-set-header") {
+        for pair in v.to_str().unwrap_or("").split(',').filter(|p| !p.trim().is_empty()) {
+            if let Some((name, value)) = pair.split_once(':')
+                && let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name.trim().as_bytes()), value.trim().parse())
+            {
+                resp.headers_mut().append(n, v);
+            }
+        }
+    }
     Ok(resp)
 }
 

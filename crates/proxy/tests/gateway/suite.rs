@@ -15,6 +15,7 @@
 //! `docs/conformance.md` lists every test of the core profiles with its result;
 //! `scripts/conformance-report` runs this module and writes upstream's ConformanceReport.
 
+mod extended;
 mod gateway;
 mod grpcroute;
 mod httproute;
