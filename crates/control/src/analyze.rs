@@ -163,14 +163,7 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
 /// Listeners of meshgate's Gateways that admit no route at all: no route kind they can carry,
 /// or an `allowedRoutes` selector no namespace matches.
 fn listeners_nobody_attaches_to(set: &ResourceSet, compiled: &meshgate_model::Compiled, out: &mut Vec<Finding>) {
-    let namespaces: Vec<std::collections::BTreeMap<String, String>> = set
-        .namespaces()
-        .map(|(o, n)| {
-            let mut labels = n.metadata.labels.clone().unwrap_or_default();
-            labels.insert("kubernetes.io/metadata.name".into(), o.id.name.to_string());
-            labels
-        })
-        .collect();
+    let namespaces = meshgate_model::namespace_labels(set);
     for s in compiled.status.iter().filter(|s| s.object.kind == Kind::Gateway) {
         let Some(o) = set.get(&s.object) else { continue };
         let meshgate_api::Resource::Gateway(gw) = &o.resource else { continue };
@@ -189,7 +182,7 @@ fn listeners_nobody_attaches_to(set: &ResourceSet, compiled: &meshgate_model::Co
             if let Some(ns) = selector
                 && ns.from.as_ref().is_some_and(|f| format!("{f:?}") == "Selector")
                 && let Some(labels) = ns.selector.as_ref().and_then(|s| s.match_labels.as_ref())
-                && !namespaces.iter().any(|n| labels.iter().all(|(k, v)| n.get(k) == Some(v)))
+                && !namespaces.values().any(|n| labels.iter().all(|(k, v)| n.get(k) == Some(v)))
             {
                 out.push(finding(
                     "Warning",

@@ -87,15 +87,7 @@ fn compile_with_ingresses(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Comp
 fn compile_set(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Compiled {
     let mut disc = Discovery::new(set);
     let mut conditions = Vec::new();
-    // Every namespace carries `kubernetes.io/metadata.name` (the API server sets it).
-    let ns_labels: NamespaceLabels<'_> = set
-        .namespaces()
-        .map(|(o, n)| {
-            let mut labels = n.metadata.labels.clone().unwrap_or_default();
-            labels.insert("kubernetes.io/metadata.name".into(), o.id.name.to_string());
-            (&*o.id.name, labels)
-        })
-        .collect();
+    let ns_labels: NamespaceLabels<'_> = crate::listeners::namespace_labels(set);
     let placement = place(set, &disc, inputs, &mut conditions);
     let mut entries: Vec<Vec<Entry>> = placement.placed.iter().map(|_| Vec::new()).collect();
 

@@ -34,6 +34,6 @@ pub mod time;
 pub use certs::CompileInputs;
 pub use config::{Compiled, ProxyConfig, ServiceBackendRef};
 pub use gateway::{compile_gateway, compile_gateway_with};
-pub use listeners::{CONTROLLER_NAME, DEFAULT_CLASS};
+pub use listeners::{CONTROLLER_NAME, DEFAULT_CLASS, NamespaceLabels, namespace_labels};
 pub use settings::Downstream;
 pub use status::{Condition, Severity};

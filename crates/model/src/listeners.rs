@@ -24,7 +24,19 @@ pub const CONTROLLER_NAME: &str = "meshgate.io/gateway-controller";
 pub const DEFAULT_CLASS: &str = "meshgate";
 
 /// Labels of each namespace, for `allowedRoutes.namespaces.selector`.
-pub(crate) type NamespaceLabels<'a> = HashMap<&'a str, BTreeMap<String, String>>;
+pub type NamespaceLabels<'a> = HashMap<&'a str, BTreeMap<String, String>>;
+
+/// The labels of every Namespace in `set`, with `kubernetes.io/metadata.name` as the API server
+/// sets it on each.
+pub fn namespace_labels(set: &ResourceSet) -> NamespaceLabels<'_> {
+    set.namespaces()
+        .map(|(o, n)| {
+            let mut labels = n.metadata.labels.clone().unwrap_or_default();
+            labels.insert("kubernetes.io/metadata.name".into(), o.id.name.to_string());
+            (&*o.id.name, labels)
+        })
+        .collect()
+}
 
 /// One listener placed on its port.
 pub(crate) struct Placed<'a> {
