@@ -49,6 +49,10 @@ pub enum Kind {
     TrafficPolicy,
     /// `meshgate.io/v1alpha1` FaultInjection: delays and aborts for an HTTPRoute rule.
     FaultInjection,
+    /// `meshgate.io/v1alpha1` HTTPRouteFilter: what Gateway API filters cannot say (regex path
+    /// rewrites, a request body limit, client address ranges, the backend's protocol), for an
+    /// HTTPRoute rule.
+    HttpRouteFilter,
     /// `meshgate.io/v1alpha1` ListenerPolicy: PROXY protocol, timeouts and limits of Gateway
     /// listeners.
     ListenerPolicy,
@@ -67,7 +71,7 @@ pub const MESHGATE_GROUP: &str = "meshgate.io";
 
 impl Kind {
     /// Every kind, in the order resources are listed.
-    pub const ALL: [Kind; 23] = [
+    pub const ALL: [Kind; 24] = [
         Kind::Namespace,
         Kind::GatewayClass,
         Kind::Gateway,
@@ -87,6 +91,7 @@ impl Kind {
         Kind::Workload,
         Kind::TrafficPolicy,
         Kind::FaultInjection,
+        Kind::HttpRouteFilter,
         Kind::ListenerPolicy,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
@@ -115,6 +120,7 @@ impl Kind {
             Kind::Workload => "Workload",
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::FaultInjection => "FaultInjection",
+            Kind::HttpRouteFilter => "HTTPRouteFilter",
             Kind::ListenerPolicy => "ListenerPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
@@ -139,6 +145,7 @@ impl Kind {
             Kind::Workload
             | Kind::TrafficPolicy
             | Kind::FaultInjection
+            | Kind::HttpRouteFilter
             | Kind::ListenerPolicy
             | Kind::PeerAuthentication
             | Kind::AuthorizationPolicy
@@ -166,6 +173,7 @@ impl Kind {
             Kind::Workload
             | Kind::TrafficPolicy
             | Kind::FaultInjection
+            | Kind::HttpRouteFilter
             | Kind::ListenerPolicy
             | Kind::PeerAuthentication
             | Kind::AuthorizationPolicy

@@ -244,6 +244,7 @@ fn decode_value(source: &Source, value: Value, prefix: &str) -> Result<Vec<Objec
         Kind::Workload => typed(value).map(|r| Resource::Workload(Box::new(r))),
         Kind::TrafficPolicy => typed(value).map(|r| Resource::TrafficPolicy(Box::new(r))),
         Kind::FaultInjection => typed(value).map(|r| Resource::FaultInjection(Box::new(r))),
+        Kind::HttpRouteFilter => typed(value).map(|r| Resource::HttpRouteFilter(Box::new(r))),
         Kind::ListenerPolicy => typed(value).map(|r| Resource::ListenerPolicy(Box::new(r))),
         Kind::PeerAuthentication => typed(value).map(|r| Resource::PeerAuthentication(Box::new(r))),
         Kind::AuthorizationPolicy => typed(value).map(|r| Resource::AuthorizationPolicy(Box::new(r))),

@@ -252,6 +252,75 @@ pub struct FaultAbort {
     pub percentage: Option<f64>,
 }
 
+/// What an HTTPRoute rule needs that Gateway API's own filters cannot say, attached through an
+/// `ExtensionRef` filter (group `meshgate.io`, kind `HTTPRouteFilter`): a regular-expression
+/// path rewrite, a request body limit, the client address ranges allowed, the backend's
+/// protocol. The shape follows Envoy Gateway's HTTPRouteFilter where it has the field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteFilter {
+    /// Always `meshgate.io/v1alpha1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// Always `HTTPRouteFilter`.
+    #[serde(default)]
+    pub kind: String,
+    /// Standard object metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// What the filter does; every field optional.
+    pub spec: HttpRouteFilterSpec,
+}
+
+/// The parts of an HTTPRouteFilter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteFilterSpec {
+    /// A path rewrite by regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_rewrite: Option<RegexUrlRewrite>,
+    /// Requests with a longer body are answered 413 (`0`: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
+    /// Only clients from these address ranges (CIDR, or one address) are served; others get 403.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_source_ranges: Option<Vec<String>>,
+    /// How the rule's backends are spoken to: `HTTP1` (the Service port's appProtocol decides,
+    /// the default) or `HTTP2` (prior knowledge; over TLS when a BackendTLSPolicy says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<String>,
+}
+
+/// `urlRewrite` of an HTTPRouteFilter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegexUrlRewrite {
+    /// The path change.
+    pub path: RegexPathModifier,
+}
+
+/// `urlRewrite.path`: `type: ReplaceRegexMatch` with its `replaceRegexMatch`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegexPathModifier {
+    /// `ReplaceRegexMatch`.
+    pub r#type: String,
+    /// The pattern and its substitution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_regex_match: Option<ReplaceRegexMatch>,
+}
+
+/// Every match of `pattern` in the path is replaced with `substitution`, in which `$1`/`${1}`
+/// or `${name}` stand for the pattern's capture groups.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaceRegexMatch {
+    /// A regular expression (RE2 syntax), matched against the path without the query.
+    pub pattern: String,
+    /// The replacement.
+    pub substitution: String,
+}
+
 /// How a Gateway's listeners take connections: PROXY protocol, timeouts, a connection limit.
 /// What Envoy Gateway's ClientTrafficPolicy sets, for meshgate's gateway.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

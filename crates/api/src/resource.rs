@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::core::{ConfigMap, EndpointSlice, Endpoints, Ingress, IngressClass, Namespace, Secret, Service};
 use crate::gw::{BackendTlsPolicy, Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute};
 use crate::kind::Kind;
-use crate::policy::{FaultInjection, ListenerPolicy, TrafficPolicy};
+use crate::policy::{FaultInjection, HttpRouteFilter, ListenerPolicy, TrafficPolicy};
 use crate::security::{AuthorizationPolicy, MeshConfig, PeerAuthentication};
 use crate::workload::Workload;
 
@@ -103,6 +103,8 @@ pub enum Resource {
     TrafficPolicy(Box<TrafficPolicy>),
     /// A FaultInjection.
     FaultInjection(Box<FaultInjection>),
+    /// An HTTPRouteFilter.
+    HttpRouteFilter(Box<HttpRouteFilter>),
     /// A ListenerPolicy.
     ListenerPolicy(Box<ListenerPolicy>),
     /// A PeerAuthentication.
@@ -136,6 +138,7 @@ impl Resource {
             Resource::Workload(_) => Kind::Workload,
             Resource::TrafficPolicy(_) => Kind::TrafficPolicy,
             Resource::FaultInjection(_) => Kind::FaultInjection,
+            Resource::HttpRouteFilter(_) => Kind::HttpRouteFilter,
             Resource::ListenerPolicy(_) => Kind::ListenerPolicy,
             Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
@@ -165,6 +168,7 @@ impl Resource {
             Resource::Workload(r) => &r.metadata,
             Resource::TrafficPolicy(r) => &r.metadata,
             Resource::FaultInjection(r) => &r.metadata,
+            Resource::HttpRouteFilter(r) => &r.metadata,
             Resource::ListenerPolicy(r) => &r.metadata,
             Resource::PeerAuthentication(r) => &r.metadata,
             Resource::AuthorizationPolicy(r) => &r.metadata,
@@ -194,6 +198,7 @@ impl Resource {
             Resource::Workload(r) => &mut r.metadata,
             Resource::TrafficPolicy(r) => &mut r.metadata,
             Resource::FaultInjection(r) => &mut r.metadata,
+            Resource::HttpRouteFilter(r) => &mut r.metadata,
             Resource::ListenerPolicy(r) => &mut r.metadata,
             Resource::PeerAuthentication(r) => &mut r.metadata,
             Resource::AuthorizationPolicy(r) => &mut r.metadata,

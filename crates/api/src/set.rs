@@ -107,6 +107,7 @@ impl ResourceSet {
     typed_iter!(workloads, Workload, crate::workload::Workload);
     typed_iter!(traffic_policies, TrafficPolicy, crate::policy::TrafficPolicy);
     typed_iter!(fault_injections, FaultInjection, crate::policy::FaultInjection);
+    typed_iter!(http_route_filters, HttpRouteFilter, crate::policy::HttpRouteFilter);
     typed_iter!(listener_policies, ListenerPolicy, crate::policy::ListenerPolicy);
     typed_iter!(peer_authentications, PeerAuthentication, crate::security::PeerAuthentication);
     typed_iter!(authorization_policies, AuthorizationPolicy, crate::security::AuthorizationPolicy);

@@ -69,6 +69,7 @@ pub fn validate(object: &Object) -> Vec<Problem> {
         Resource::Workload(w) => core::workload(w, &mut report),
         Resource::TrafficPolicy(t) => policy::traffic_policy(t, &mut report),
         Resource::FaultInjection(f) => policy::fault_injection(f, &mut report),
+        Resource::HttpRouteFilter(f) => policy::http_route_filter(f, &mut report),
         Resource::ListenerPolicy(l) => policy::listener_policy(l, &mut report),
         Resource::PeerAuthentication(p) => security::peer_authentication(p, &mut report),
         Resource::AuthorizationPolicy(a) => security::authorization_policy(a, &mut report),

@@ -146,15 +146,19 @@ pub fn analyze(set: &ResourceSet, settings: &MeshSettings, conditions: &[Conditi
             out.push(finding("Warning", o, "the selector matches no workload".into()));
         }
     }
-    for (o, _) in set.fault_injections() {
-        let used = set.http_routes().any(|(ro, r)| {
-            ro.id.ns() == o.id.ns()
-                && r.spec.rules.iter().flatten().flat_map(|rule| rule.filters.iter().flatten()).any(|f| {
-                    f.extension_ref.as_ref().is_some_and(|e| e.kind == "FaultInjection" && e.name == o.id.name.as_ref())
-                })
-        });
-        if !used {
-            out.push(finding("Warning", o, "no HTTPRoute rule refers to this FaultInjection".into()));
+    let extension_used =
+        |o: &meshgate_api::Object, kind: &str| {
+            set.http_routes().any(|(ro, r)| {
+                ro.id.ns() == o.id.ns()
+                    && r.spec.rules.iter().flatten().flat_map(|rule| rule.filters.iter().flatten()).any(|f| {
+                        f.extension_ref.as_ref().is_some_and(|e| e.kind == kind && e.name == o.id.name.as_ref())
+                    })
+            })
+        };
+    let extensions = set.fault_injections().map(|(o, _)| (o, "FaultInjection"));
+    for (o, kind) in extensions.chain(set.http_route_filters().map(|(o, _)| (o, "HTTPRouteFilter"))) {
+        if !extension_used(o, kind) {
+            out.push(finding("Warning", o, format!("no HTTPRoute rule refers to this {kind}")));
         }
     }
     out

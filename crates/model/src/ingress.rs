@@ -7,8 +7,17 @@
 //!
 //! Path types: `Exact` is Gateway API's Exact; `Prefix` is PathPrefix (both match whole path
 //! elements); `ImplementationSpecific` is read as Prefix, as ingress-nginx reads it without
-//! `use-regex`. A path that cannot be served (another type, no leading `/`, a resource backend,
-//! a Service port name the Service does not have) is reported and left out; the rest is served.
+//! `use-regex`. With `use-regex` (implied by `rewrite-target`, as in ingress-nginx) a Prefix or
+//! ImplementationSpecific path is a regular expression matched case-insensitively from the
+//! start of the path (nginx's `location ~* ^PATH`), and `rewrite-target` replaces the whole
+//! path with the target, capture groups filled in (nginx's `rewrite (?i)PATH TARGET`): a
+//! target without groups is a Gateway API ReplaceFullPath, one with groups an HTTPRouteFilter
+//! ReplaceRegexMatch. `proxy-body-size`, `whitelist-source-range` and `backend-protocol`
+//! (GRPC/H2C: HTTP/2 to the backend) go into an HTTPRouteFilter per Ingress; HTTPS and GRPCS
+//! need a BackendTLSPolicy for the Service, since meshgate verifies what ingress-nginx by
+//! default does not. A path that cannot be served (another type, no leading `/`, a regex that
+//! does not compile, a resource backend, a Service port name the Service does not have) is
+//! reported and left out; the rest is served.
 
 use std::collections::BTreeMap;
 
@@ -151,6 +160,17 @@ struct Nginx {
     canary_header: Option<(String, Option<String>)>,
     /// `proxy-read-timeout` / `proxy-send-timeout` (seconds): the rule's backend timeout.
     backend_timeout: Option<u64>,
+    /// `use-regex: "true"`, or implied by `rewrite-target` (as ingress-nginx implies it):
+    /// Prefix and ImplementationSpecific paths are regular expressions, matched
+    /// case-insensitively from the start of the path.
+    regex: bool,
+    /// `proxy-body-size` in bytes (`0`: no limit).
+    body_size: Option<u64>,
+    /// `whitelist-source-range`: the client ranges served.
+    source_ranges: Vec<String>,
+    /// `backend-protocol`: HTTP/2 to the backends (GRPC, GRPCS, H2C), and TLS (HTTPS, GRPCS).
+    backend_http2: bool,
+    backend_tls: bool,
     /// What is reported, for `migrate`'s comments.
     notes: Vec<String>,
 }
@@ -179,25 +199,45 @@ fn nginx(o: &Object, meta: &meshgate_api::core::ObjectMeta, conditions: &mut Vec
         let Some(name) = key.strip_prefix(NGINX) else { continue };
         match name {
             "rewrite-target" => {
-                let regex = get("use-regex") == Some("true") || value.contains('$');
-                if regex {
-                    report(
-                        &mut n,
-                        name,
-                        format!(
-                            "{value:?} uses regular-expression capture groups, which HTTPRoute rewrites (prefix or whole path) cannot express"
-                        ),
-                    );
-                } else if !value.starts_with('/') {
+                // ingress-nginx: `rewrite "(?i)PATH" TARGET`, the whole path replaced by the
+                // target with the path's capture groups in it.
+                if !value.starts_with('/') {
                     report(&mut n, name, format!("{value:?} is not a path"));
                 } else {
                     n.rewrite = Some(value.clone());
+                    n.regex = true;
                 }
             }
-            "use-regex" if value == "true" && get("rewrite-target").is_none() => {
-                report(&mut n, name, "regular-expression paths are not served from Ingresses; write an HTTPRoute with a RegularExpression path match".into());
+            "use-regex" => n.regex |= value == "true",
+            "proxy-body-size" => match nginx_size(value) {
+                Some(bytes) => n.body_size = Some(bytes),
+                None => report(&mut n, name, format!("{value:?} is not a size (bytes, or with k, m or g)")),
+            },
+            "whitelist-source-range" => {
+                let mut ranges = Vec::new();
+                for r in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                    match meshgate_api::validate::syntax::cidr(r) {
+                        Ok(_) => ranges.push(r.to_string()),
+                        Err(e) => {
+                            report(&mut n, name, format!("{e}; no range of it is applied"));
+                            ranges.clear();
+                            break;
+                        }
+                    }
+                }
+                n.source_ranges = ranges;
             }
-            "use-regex" => {}
+            "backend-protocol" => match value.to_ascii_uppercase().as_str() {
+                "HTTP" => {}
+                "H2C" | "GRPC" => n.backend_http2 = true,
+                "HTTPS" => n.backend_tls = true,
+                "GRPCS" => (n.backend_http2, n.backend_tls) = (true, true),
+                _ => report(
+                    &mut n,
+                    name,
+                    format!("{value:?}: meshgate speaks HTTP, HTTPS, H2C, GRPC or GRPCS to backends"),
+                ),
+            },
             "ssl-redirect" => n.ssl_redirect = Some(value == "true"),
             "force-ssl-redirect" => n.force_ssl_redirect = value == "true",
             "permanent-redirect" => match value.parse::<http::Uri>() {
@@ -237,8 +277,46 @@ fn nginx(o: &Object, meta: &meshgate_api::core::ObjectMeta, conditions: &mut Vec
     n
 }
 
-/// The rule for `path` of type `kind` to `backend`, with what the annotations ask for.
-fn rule(kind: &str, path: &str, backend: Value, n: &Nginx) -> Value {
+/// An nginx size (`client_max_body_size`): bytes, or with `k`, `m` or `g` (either case).
+fn nginx_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (digits, unit) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&v[..i], c.to_ascii_lowercase()),
+        _ => (v, 'b'),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let scale: u64 = match unit {
+        'b' => 1,
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// The target of `rewrite-target` in the syntax of HTTPRouteFilter substitutions: nginx's `$1`
+/// is capture 1 followed by what comes next (`$1abc`), which `${1}` says unambiguously.
+fn substitution(target: &str) -> String {
+    let mut out = String::with_capacity(target.len() + 4);
+    let mut chars = target.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push_str("${");
+            while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                out.push(d);
+            }
+            out.push('}');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The rule for `path` of type `kind` to `backend`, with what the annotations ask for;
+/// `extensions` are the HTTPRouteFilters it refers to.
+fn rule(kind: &str, path: &str, backend: Value, n: &Nginx, extensions: &[String]) -> Value {
     let mut r = json!({"matches": [{"path": {"type": kind, "value": path}}]});
     if let Some((u, code)) = &n.permanent_redirect {
         let mut redirect = json!({"statusCode": code, "scheme": u.scheme_str(), "hostname": u.host()});
@@ -249,19 +327,38 @@ fn rule(kind: &str, path: &str, backend: Value, n: &Nginx) -> Value {
         r["filters"] = json!([{"type": "RequestRedirect", "requestRedirect": redirect}]);
         return r;
     }
-    if let Some(target) = &n.rewrite {
-        let path = if kind == "Exact" {
-            json!({"type": "ReplaceFullPath", "replaceFullPath": target})
-        } else {
-            json!({"type": "ReplacePrefixMatch", "replacePrefixMatch": target})
-        };
-        r["filters"] = json!([{"type": "URLRewrite", "urlRewrite": {"path": path}}]);
+    let mut filters = Vec::new();
+    if let Some(target) = n.rewrite.as_ref().filter(|t| !t.contains('$')) {
+        // Without capture groups the whole path becomes the target: Gateway API says that.
+        filters.push(json!({"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": target}}}));
+    }
+    for name in extensions {
+        filters.push(json!({"type": "ExtensionRef", "extensionRef": {"group": meshgate_api::MESHGATE_GROUP, "kind": "HTTPRouteFilter", "name": name}}));
+    }
+    if !filters.is_empty() {
+        r["filters"] = Value::Array(filters);
     }
     if let Some(secs) = n.backend_timeout {
         r["timeouts"] = json!({"backendRequest": format!("{secs}s")});
     }
     r["backendRefs"] = json!([backend]);
     r
+}
+
+/// An HTTPRouteFilter named `name` in `ns` with `spec`.
+fn route_filter(name: &str, ns: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": format!("{}/v1alpha1", meshgate_api::MESHGATE_GROUP),
+        "kind": "HTTPRouteFilter",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    })
+}
+
+/// Whether a BackendTLSPolicy in `ns` targets Service `svc`.
+fn has_backend_tls(set: &ResourceSet, ns: &str, svc: &str) -> bool {
+    set.backend_tls_policies()
+        .any(|(o, p)| o.id.ns() == ns && p.spec.target_refs.iter().any(|r| r.kind == "Service" && r.name == svc))
 }
 
 /// A route being built: where it goes in the output, and its rules by (host, type, path) for
@@ -303,6 +400,8 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
     let mut routes: Vec<Building> = Vec::new();
     // (namespace, host, path type, path) → (route, rule) of the Ingress that serves it.
     let mut served_paths: BTreeMap<(String, String, String, String), (usize, usize)> = BTreeMap::new();
+    // The HTTPRouteFilters the routes refer to.
+    let mut filters: Vec<(std::sync::Arc<str>, Value)> = Vec::new();
     for (o, ing) in ingresses {
         if let Err(message) = served(o, ing, &ours, default.as_deref()) {
             t.conditions.push(cond(o, "spec.ingressClassName".into(), "Accepted", false, "NotHandled", message));
@@ -312,6 +411,23 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
         let ns = o.id.ns();
         let n = nginx(o, &ing.metadata, &mut t.conditions);
         let Some(spec) = &ing.spec else { continue };
+        // The annotations Gateway API has no field for, in one HTTPRouteFilter per Ingress.
+        let mut shared = Vec::new();
+        let mut extra = serde_json::Map::new();
+        if let Some(bytes) = n.body_size.filter(|&b| b > 0) {
+            extra.insert("maxRequestBodyBytes".into(), json!(bytes));
+        }
+        if !n.source_ranges.is_empty() {
+            extra.insert("allowedSourceRanges".into(), json!(n.source_ranges));
+        }
+        if n.backend_http2 {
+            extra.insert("backendProtocol".into(), json!("HTTP2"));
+        }
+        if !extra.is_empty() {
+            let name = format!("{}-nginx", o.id.name);
+            filters.push((o.source.file.clone(), route_filter(&name, ns, Value::Object(extra))));
+            shared.push(name);
+        }
         let mut own_tls: Vec<String> = Vec::new();
         for (i, tls) in spec.tls.iter().flatten().enumerate() {
             let field = format!("spec.tls[{i}]");
@@ -408,6 +524,48 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
                         continue;
                     }
                 };
+                if n.backend_tls
+                    && let Some(svc) = backend["name"].as_str()
+                    && !has_backend_tls(set, ns, svc)
+                {
+                    let message = format!(
+                        "backend-protocol {}: meshgate verifies the certificates of TLS backends (ingress-nginx by default does not): add a BackendTLSPolicy for Service {ns}/{svc} with its CA and hostname; not served until then",
+                        if n.backend_http2 { "GRPCS" } else { "HTTPS" }
+                    );
+                    t.conditions.push(cond(
+                        o,
+                        format!("{field}.backend"),
+                        "ResolvedRefs",
+                        false,
+                        "InvalidBackendTLSPolicy",
+                        message,
+                    ));
+                    continue;
+                }
+                // With use-regex (or rewrite-target) a Prefix path is a regular expression
+                // matched case-insensitively from the path's start, as ingress-nginx's `~*`.
+                let (match_kind, match_value) = if n.regex && kind == "PathPrefix" {
+                    ("RegularExpression", format!("(?i){path}.*"))
+                } else {
+                    (kind, path.clone())
+                };
+                if match_kind == "RegularExpression"
+                    && let Err(e) = regex::Regex::new(&match_value)
+                {
+                    let message = format!("path {path:?} is not a regular expression: {e}; not served");
+                    t.conditions.push(cond(o, format!("{field}.path"), "Accepted", false, "UnsupportedValue", message));
+                    continue;
+                }
+                let mut extensions = shared.clone();
+                if let Some(target) = n.rewrite.as_ref().filter(|t| t.contains('$')) {
+                    // Capture groups: the whole path replaced by the target with the groups in it.
+                    let name = format!("{}-{i}-{j}-rewrite", o.id.name);
+                    let pattern =
+                        if kind == "Exact" { format!("^{}$", regex::escape(&path)) } else { format!("(?i)^{path}.*") };
+                    let spec = json!({"urlRewrite": {"path": {"type": "ReplaceRegexMatch", "replaceRegexMatch": {"pattern": pattern, "substitution": substitution(target)}}}});
+                    filters.push((o.source.file.clone(), route_filter(&name, ns, spec)));
+                    extensions.push(name);
+                }
                 let key = (ns.to_string(), host.unwrap_or("").to_string(), kind.to_string(), path.clone());
                 if n.canary {
                     // A canary joins the rule of the Ingress that serves the same path.
@@ -430,7 +588,11 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
                         }
                     }
                     if let Some((header, value)) = &n.canary_header {
-                        let mut by_header = rule(kind, &path, backend, &Nginx::default());
+                        // The main Ingress's rule (its rewrite, timeouts and filters: a
+                        // canary's other annotations are ignored, as ingress-nginx ignores
+                        // them), to the canary's backend.
+                        let mut by_header = main[rj].clone();
+                        by_header["backendRefs"] = json!([backend]);
                         by_header["matches"][0]["headers"] =
                             json!([{"name": header, "value": value.as_deref().unwrap_or("always")}]);
                         if let Some(list) = main.as_array_mut() {
@@ -440,7 +602,7 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
                     continue;
                 }
                 keys.push((key, rules.len()));
-                rules.push(rule(kind, &path, backend, &n));
+                rules.push(rule(match_kind, &match_value, backend, &n, &extensions));
             }
             if rules.is_empty() {
                 continue;
@@ -473,7 +635,7 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
         if let Some(b) = &spec.default_backend {
             match backend_ref(set, ns, b) {
                 Ok(b) => {
-                    let rules = vec![rule("PathPrefix", "/", b, &n)];
+                    let rules = vec![rule("PathPrefix", "/", b, &n, &shared)];
                     add(&mut routes, format!("{}-default", o.id.name), None, json!([gateway(None)]), rules);
                 }
                 Err((reason, message)) => {
@@ -507,6 +669,7 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
             }),
         ));
     }
+    t.docs.extend(filters);
     for b in routes {
         if !b.notes.is_empty() {
             t.comments.insert(t.docs.len(), b.notes);
@@ -547,6 +710,20 @@ mod tests {
     }
 
     const CLASS: &str = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: mg}\nspec: {controller: meshgate.io/ingress-controller}\n";
+
+    #[test]
+    fn nginx_sizes_and_substitutions() {
+        assert_eq!(nginx_size("1k"), Some(1024));
+        assert_eq!(nginx_size("8M"), Some(8 << 20));
+        assert_eq!(nginx_size("2g"), Some(2 << 30));
+        assert_eq!(nginx_size("512"), Some(512));
+        assert_eq!(nginx_size("0"), Some(0));
+        assert_eq!(nginx_size("lots"), None);
+        assert_eq!(nginx_size("1t"), None);
+        assert_eq!(substitution("/$2"), "/${2}");
+        assert_eq!(substitution("/v$1abc/$12"), "/v${1}abc/${12}");
+        assert_eq!(substitution("/price$"), "/price$");
+    }
 
     #[test]
     fn annotations_map_to_route_fields() {

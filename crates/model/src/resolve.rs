@@ -40,6 +40,7 @@ pub struct Discovery<'a> {
     /// Conditions of every TrafficPolicy.
     pub policy_conditions: Vec<Condition>,
     faults: HashMap<(&'a str, &'a str), &'a meshgate_api::policy::FaultInjectionSpec>,
+    route_filters: HashMap<(&'a str, &'a str), &'a meshgate_api::policy::HttpRouteFilterSpec>,
     /// BackendTLSPolicies by (namespace, Service): the port name they are for (all ports when
     /// `None`) and the TLS, or why the policy cannot be used.
     backend_tls: HashMap<(&'a str, &'a str), Vec<PortTls<'a>>>,
@@ -78,12 +79,16 @@ impl<'a> Discovery<'a> {
             policies: HashMap::new(),
             policy_conditions: Vec::new(),
             faults: HashMap::new(),
+            route_filters: HashMap::new(),
             backend_tls: HashMap::new(),
             trust_domain: crate::settings::mesh_settings(set).trust_domain,
         };
         d.index_backend_tls(set);
         for (o, f) in set.fault_injections() {
             d.faults.insert((o.id.ns(), &o.id.name), &f.spec);
+        }
+        for (o, f) in set.http_route_filters() {
+            d.route_filters.insert((o.id.ns(), &o.id.name), &f.spec);
         }
         for (o, s) in set.services() {
             d.services.insert((o.id.ns(), &o.id.name), s);
@@ -171,6 +176,11 @@ impl<'a> Discovery<'a> {
     /// A FaultInjection by namespace and name.
     pub fn fault(&self, ns: &str, name: &str) -> Option<&'a meshgate_api::policy::FaultInjectionSpec> {
         self.faults.get(&(ns, name)).copied()
+    }
+
+    /// An HTTPRouteFilter by namespace and name.
+    pub fn route_filter(&self, ns: &str, name: &str) -> Option<&'a meshgate_api::policy::HttpRouteFilterSpec> {
+        self.route_filters.get(&(ns, name)).copied()
     }
 
     /// The policy for one Service port: defaults, then the Service-wide policy, then the
@@ -361,9 +371,9 @@ impl<'a> Discovery<'a> {
 
     /// Runs `f` with every backend it resolves spoken to over HTTP/2 (gRPC).
     pub(crate) fn over_h2c<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.h2c.set(true);
+        let before = self.h2c.replace(true);
         let r = f();
-        self.h2c.set(false);
+        self.h2c.set(before);
         r
     }
 

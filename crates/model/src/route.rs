@@ -19,7 +19,9 @@ use meshgate_api::{GATEWAY_GROUP, Object};
 use crate::host::HostPattern;
 use crate::matching::{HeaderMatch, PathMatch, Pattern, QueryMatch, RouteMatch, ValueMatch};
 use crate::resolve::{Discovery, Referrer};
-use crate::rule::{Backend, HeaderModifier, Mirror, PathModifier, Redirect, Rewrite, Rule, WeightedBackend};
+use crate::rule::{
+    Backend, HeaderModifier, Mirror, PathModifier, Redirect, RegexReplace, Rewrite, Rule, SourceRange, WeightedBackend,
+};
 use crate::status::age;
 use crate::table::Entry;
 
@@ -103,9 +105,11 @@ fn compile_rule(
     for (k, f) in r.filters.iter().flatten().enumerate() {
         apply_filter(&mut rule, f, disc, referrer, &format!("{at}.filters[{k}]"), unresolved);
     }
+    let http2 = wants_http2(r, disc, referrer.namespace);
     for (j, b) in r.backend_refs.iter().flatten().enumerate() {
-        let backend =
-            disc.backend(referrer, b.group.as_deref(), b.kind.as_deref(), b.namespace.as_deref(), &b.name, b.port);
+        let resolve =
+            || disc.backend(referrer, b.group.as_deref(), b.kind.as_deref(), b.namespace.as_deref(), &b.name, b.port);
+        let backend = if http2 { disc.over_h2c(resolve) } else { resolve() };
         if let Backend::Invalid { reason, message } = &backend {
             unresolved.push((format!("{at}.backendRefs[{j}]"), reason, message.clone()));
         }
@@ -131,6 +135,36 @@ fn compile_rule(
         rule.backends.push(wb);
     }
     (Arc::new(rule), matches)
+}
+
+/// What an HTTPRouteFilter sets on a rule (its backend protocol is read where the backends
+/// resolve: [`wants_http2`]).
+fn route_filter(rule: &mut Rule, spec: &meshgate_api::policy::HttpRouteFilterSpec) -> Result<(), String> {
+    if let Some(m) = spec.url_rewrite.as_ref().and_then(|u| u.path.replace_regex_match.as_ref()) {
+        let pattern = regex::Regex::new(&m.pattern).map_err(|e| format!("urlRewrite pattern: {e}"))?;
+        let path = PathModifier::ReplaceRegexMatch(RegexReplace { pattern, substitution: m.substitution.clone() });
+        match &mut rule.rewrite {
+            Some(r) => r.path = Some(path),
+            None => rule.rewrite = Some(Rewrite { hostname: None, path: Some(path) }),
+        }
+    }
+    if let Some(limit) = spec.max_request_body_bytes.filter(|&l| l > 0) {
+        rule.max_request_body = Some(limit);
+    }
+    for range in spec.allowed_source_ranges.iter().flatten() {
+        let (addr, bits) = meshgate_api::validate::syntax::cidr(range)?;
+        rule.source_ranges.push(SourceRange { addr, bits });
+    }
+    Ok(())
+}
+
+/// Whether an HTTPRouteFilter of the rule asks for its backends to be spoken to over HTTP/2.
+fn wants_http2(r: &HttpRouteRules, disc: &Discovery<'_>, ns: &str) -> bool {
+    r.filters.iter().flatten().filter_map(|f| f.extension_ref.as_ref()).any(|e| {
+        e.group == meshgate_api::MESHGATE_GROUP
+            && e.kind == "HTTPRouteFilter"
+            && disc.route_filter(ns, &e.name).and_then(|s| s.backend_protocol.as_deref()) == Some("HTTP2")
+    })
 }
 
 fn compile_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
@@ -301,17 +335,22 @@ fn apply_filter(
             }
             FilterType::ExtensionRef => {
                 let Some(ext) = &f.extension_ref else { return Ok(()) };
-                if ext.group != meshgate_api::MESHGATE_GROUP || ext.kind != "FaultInjection" {
-                    return Err(format!(
-                        "extensionRef {}/{} is not supported; meshgate understands {}/FaultInjection",
-                        ext.group,
-                        ext.kind,
-                        meshgate_api::MESHGATE_GROUP
-                    ));
-                }
-                match disc.fault(referrer.namespace, &ext.name) {
-                    Some(spec) => rule.fault = Some(crate::policy::Fault::from_spec(spec)),
-                    None => return Err(format!("FaultInjection {}/{} not found", referrer.namespace, ext.name)),
+                let ns = referrer.namespace;
+                match (ext.group.as_str(), ext.kind.as_str()) {
+                    (meshgate_api::MESHGATE_GROUP, "FaultInjection") => match disc.fault(ns, &ext.name) {
+                        Some(spec) => rule.fault = Some(crate::policy::Fault::from_spec(spec)),
+                        None => return Err(format!("FaultInjection {ns}/{} not found", ext.name)),
+                    },
+                    (meshgate_api::MESHGATE_GROUP, "HTTPRouteFilter") => match disc.route_filter(ns, &ext.name) {
+                        Some(spec) => route_filter(rule, spec)?,
+                        None => return Err(format!("HTTPRouteFilter {ns}/{} not found", ext.name)),
+                    },
+                    (group, kind) => {
+                        return Err(format!(
+                            "extensionRef {group}/{kind} is not supported; meshgate understands {g}/FaultInjection and {g}/HTTPRouteFilter",
+                            g = meshgate_api::MESHGATE_GROUP
+                        ));
+                    }
                 }
             }
             other => {

@@ -45,6 +45,50 @@ pub struct Rule {
     /// Faults to inject.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<crate::policy::Fault>,
+    /// Requests with a longer body are answered 413 (an HTTPRouteFilter's
+    /// `maxRequestBodyBytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<u64>,
+    /// Only clients from these ranges are served, others get 403 (empty: everyone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<SourceRange>,
+}
+
+/// A client address range a rule serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceRange {
+    /// The network address.
+    pub addr: std::net::IpAddr,
+    /// The prefix length.
+    pub bits: u8,
+}
+
+impl SourceRange {
+    /// Whether `ip` is in the range (an IPv4 client seen as `::ffff:a.b.c.d` counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, width) = match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return false,
+        };
+        let bits = u32::from(self.bits).min(width);
+        if bits == 0 {
+            return true;
+        }
+        let shift = width - bits;
+        (a >> shift) == (b >> shift)
+    }
+}
+
+impl Serialize for SourceRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", self.addr, self.bits))
+    }
 }
 
 impl Rule {
@@ -132,6 +176,27 @@ pub enum PathModifier {
     ReplaceFullPath(String),
     /// Replace the matched prefix (stored without a trailing slash).
     ReplacePrefixMatch(String),
+    /// Replace every match of a regular expression (meshgate's HTTPRouteFilter).
+    ReplaceRegexMatch(RegexReplace),
+}
+
+/// A regular expression and what its matches are replaced with (`$1`, `${name}`: captures).
+#[derive(Debug, Clone)]
+pub struct RegexReplace {
+    /// The pattern.
+    pub pattern: regex::Regex,
+    /// The replacement.
+    pub substitution: String,
+}
+
+impl Serialize for RegexReplace {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("RegexReplace", 2)?;
+        st.serialize_field("pattern", self.pattern.as_str())?;
+        st.serialize_field("substitution", &self.substitution)?;
+        st.end()
+    }
 }
 
 impl PathModifier {
@@ -139,6 +204,10 @@ impl PathModifier {
     pub fn apply(&self, path: &str, matched_prefix: Option<&str>) -> String {
         match self {
             PathModifier::ReplaceFullPath(p) => p.clone(),
+            PathModifier::ReplaceRegexMatch(r) => {
+                let out = r.pattern.replace_all(path, r.substitution.as_str());
+                if out.starts_with('/') { out.into_owned() } else { format!("/{out}") }
+            }
             PathModifier::ReplacePrefixMatch(replacement) => {
                 let prefix = matched_prefix.unwrap_or("/");
                 // The root prefix matches the path's leading `/` as a whole element: `/` itself

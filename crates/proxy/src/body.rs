@@ -34,6 +34,29 @@ pin_project! {
         #[pin]
         body: Incoming,
         seen: Option<Arc<AtomicU64>>,
+        // When the rule limits bodies and the length is not declared: the bytes still
+        // allowed, the limit, and where going past it is told.
+        left: Option<(u64, u64, Arc<std::sync::atomic::AtomicBool>)>,
+    }
+}
+
+/// A request body longer than its rule allows (an HTTPRouteFilter's `maxRequestBodyBytes`):
+/// the attempt that streams it fails with this, and the request is answered 413.
+#[derive(Debug, thiserror::Error)]
+#[error("request body longer than the route's limit of {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+impl BodyTooLarge {
+    /// The limit, when `e` (or what caused it) is a body over the limit.
+    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
+        let mut at = Some(e);
+        while let Some(e) = at {
+            if let Some(t) = e.downcast_ref::<BodyTooLarge>() {
+                return Some(t.0);
+            }
+            at = e.source();
+        }
+        None
     }
 }
 
@@ -57,10 +80,26 @@ impl ClientBody {
     pub fn new(body: Incoming, count: bool) -> (ClientBody, RequestBytes) {
         let declared = if body.is_end_stream() || !count { Some(0) } else { body.size_hint().exact() };
         match declared {
-            Some(declared) => (ClientBody { body, seen: None }, RequestBytes { declared, seen: None }),
+            Some(declared) => (ClientBody { body, seen: None, left: None }, RequestBytes { declared, seen: None }),
             None => {
                 let seen = Arc::new(AtomicU64::new(0));
-                (ClientBody { body, seen: Some(seen.clone()) }, RequestBytes { declared: 0, seen: Some(seen) })
+                let body = ClientBody { body, seen: Some(seen.clone()), left: None };
+                (body, RequestBytes { declared: 0, seen: Some(seen) })
+            }
+        }
+    }
+
+    /// Limits the body to `max` bytes: `Err` at once when its declared length is longer;
+    /// an undeclared one fails with [`BodyTooLarge`] where it goes past the limit, and the
+    /// returned flag says so (the HTTP/2 client resets the stream without the cause).
+    pub fn limit(&mut self, max: u64) -> Result<Option<Arc<std::sync::atomic::AtomicBool>>, BodyTooLarge> {
+        match self.body.size_hint().exact() {
+            Some(n) if n > max => Err(BodyTooLarge(max)),
+            Some(_) => Ok(None),
+            None => {
+                let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                self.left = Some((max, max, over.clone()));
+                Ok(Some(over))
             }
         }
     }
@@ -68,17 +107,29 @@ impl ClientBody {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let frame = std::task::ready!(this.body.poll_frame(cx));
-        if let (Some(seen), Some(Ok(f))) = (this.seen.as_ref(), &frame)
+        if let Some(Ok(f)) = &frame
             && let Some(data) = f.data_ref()
         {
-            seen.fetch_add(data.len() as u64, Ordering::Relaxed);
+            let n = data.len() as u64;
+            if let Some(seen) = this.seen.as_ref() {
+                seen.fetch_add(n, Ordering::Relaxed);
+            }
+            if let Some((left, max, over)) = this.left.as_mut() {
+                match left.checked_sub(n) {
+                    Some(l) => *left = l,
+                    None => {
+                        over.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*max)))));
+                    }
+                }
+            }
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -156,7 +207,7 @@ impl Body for RequestBody {
                     }
                     Some(Err(_)) | None => mirrors.clear(),
                 }
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+                Poll::Ready(frame)
             }
             RequestBodyProj::Mirror { rx } => rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
             RequestBodyProj::Replay { body } => body.poll_frame(cx),

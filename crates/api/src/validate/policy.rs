@@ -165,6 +165,43 @@ pub(super) fn fault_injection(f: &FaultInjection, r: &mut Report) {
     }
 }
 
+pub(super) fn http_route_filter(f: &crate::policy::HttpRouteFilter, r: &mut Report) {
+    let s = &f.spec;
+    if s.url_rewrite.is_none()
+        && s.max_request_body_bytes.is_none()
+        && s.allowed_source_ranges.is_none()
+        && s.backend_protocol.is_none()
+    {
+        r.add("spec", "set urlRewrite, maxRequestBodyBytes, allowedSourceRanges or backendProtocol");
+    }
+    if let Some(u) = &s.url_rewrite {
+        if u.path.r#type != "ReplaceRegexMatch" {
+            r.add("spec.urlRewrite.path.type", format!("must be ReplaceRegexMatch, got {:?}", u.path.r#type));
+        }
+        match &u.path.replace_regex_match {
+            None => r.add("spec.urlRewrite.path.replaceRegexMatch", "required with type ReplaceRegexMatch"),
+            Some(m) => {
+                if let Err(e) = super::syntax::regex(&m.pattern) {
+                    r.add("spec.urlRewrite.path.replaceRegexMatch.pattern", e);
+                }
+                if !m.substitution.starts_with('/') {
+                    r.add("spec.urlRewrite.path.replaceRegexMatch.substitution", "must start with /");
+                }
+            }
+        }
+    }
+    for (i, range) in s.allowed_source_ranges.iter().flatten().enumerate() {
+        if let Err(e) = super::syntax::cidr(range) {
+            r.add(format!("spec.allowedSourceRanges[{i}]"), e);
+        }
+    }
+    if let Some(p) = &s.backend_protocol
+        && !matches!(p.as_str(), "HTTP1" | "HTTP2")
+    {
+        r.add("spec.backendProtocol", format!("must be HTTP1 or HTTP2, got {p:?}"));
+    }
+}
+
 pub(super) fn listener_policy(l: &crate::policy::ListenerPolicy, r: &mut Report) {
     if l.spec.target_refs.is_empty() {
         r.add("spec.targetRefs", "at least one Gateway");

@@ -158,9 +158,51 @@ pub fn regex(pattern: &str) -> Result<(), String> {
     regex::Regex::new(pattern).map(|_| ()).map_err(|e| format!("invalid regular expression: {e}"))
 }
 
+/// An address range: `ADDR/BITS` or one address (a /32 or /128): the network address and the
+/// prefix length. Bits set past the prefix are refused, as Kubernetes refuses them.
+pub fn cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let s = s.trim();
+    let (addr, bits) = match s.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| format!("{s:?} is not an address or CIDR range"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        None => max,
+        Some(b) => match b.parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("{s:?}: the prefix length must be 0..{max}")),
+        },
+    };
+    let host_bits = |v: u128, width: u32| {
+        if u32::from(bits) >= width { 0 } else { v & (u128::MAX >> (128 - width + u32::from(bits))) }
+    };
+    let stray = match addr {
+        std::net::IpAddr::V4(a) => host_bits(u128::from(u32::from(a)), 32),
+        std::net::IpAddr::V6(a) => host_bits(u128::from(a), 128),
+    };
+    if stray != 0 {
+        return Err(format!("{s:?} has bits set past its /{bits} prefix"));
+    }
+    Ok((addr, bits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidrs() {
+        let v4 = |a: [u8; 4]| std::net::IpAddr::from(a);
+        assert_eq!(cidr("10.0.0.0/8"), Ok((v4([10, 0, 0, 0]), 8)));
+        assert_eq!(cidr("192.168.1.7"), Ok((v4([192, 168, 1, 7]), 32)));
+        assert_eq!(cidr("0.0.0.0/0"), Ok((v4([0, 0, 0, 0]), 0)));
+        assert_eq!(cidr("fd00::/8").map(|c| c.1), Ok(8));
+        assert!(cidr("10.0.0.1/8").unwrap_err().contains("bits set past"));
+        assert!(cidr("10.0.0.0/33").unwrap_err().contains("0..32"));
+        assert!(cidr("ten/8").unwrap_err().contains("not an address"));
+    }
 
     #[test]
     fn durations() {

@@ -125,7 +125,7 @@ impl Body for ReplayBody {
                 this.trailers_sent = true;
                 Poll::Ready(None)
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     if !shared.overflowed {

@@ -19,7 +19,7 @@ use super::forward::{Picked, hash_request, pick_backend, pick_endpoint, send, se
 use super::outcome::{Failure, Hop, Outcome};
 use super::response::ResponseBody;
 use crate::body::replay::ReplayBody;
-use crate::body::{ClientBody, RequestBody};
+use crate::body::{BodyTooLarge, ClientBody, RequestBody};
 use crate::core::Snapshot;
 use crate::flags::Flags;
 use crate::headers::strip_hop_by_hop;
@@ -66,10 +66,15 @@ pub(super) async fn run(
     conn: &ConnInfo,
     request: Upstream<'_>,
     parts: &mut Parts,
-    body: ClientBody,
+    mut body: ClientBody,
     hop: &mut Hop,
 ) -> Outcome {
     let Upstream { rule, mirrors, mut flags } = request;
+    let over_limit = match rule.max_request_body.map(|max| body.limit(max)) {
+        Some(Err(e)) => return Outcome::local(StatusCode::PAYLOAD_TOO_LARGE, e.to_string(), Some(rule), flags),
+        Some(Ok(watch)) => watch,
+        None => None,
+    };
     let first = match pick_backend(snapshot, &rule) {
         Ok(b) => b,
         Err((status, msg, f)) => return Outcome::local(status, msg, Some(rule), flags | f),
@@ -166,6 +171,14 @@ pub(super) async fn run(
                         let flags = flags | Flags::UPSTREAM_OVERFLOW;
                         BackendEvents::count(&backend.state.events.overflow);
                         return Outcome::local(StatusCode::SERVICE_UNAVAILABLE, msg, Some(rule), flags);
+                    }
+                    e if BodyTooLarge::find(e).is_some()
+                        || over_limit.as_ref().is_some_and(|o| o.load(std::sync::atomic::Ordering::Relaxed)) =>
+                    {
+                        // The client's fault, not the endpoint's: no retry, no ejection.
+                        let max = rule.max_request_body.unwrap_or_default();
+                        let msg = BodyTooLarge(max).to_string();
+                        return Outcome::local(StatusCode::PAYLOAD_TOO_LARGE, msg, Some(rule), flags);
                     }
                     e if e.is_connect() => {
                         backend.record(&endpoint, Outcome5::ConnectFailure, latency);

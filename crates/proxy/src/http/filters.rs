@@ -1,4 +1,5 @@
-//! Stage 2, the rule's filters: a rule that cannot be served answers 500; a redirect answers
+//! Stage 2, the rule's filters: a rule that cannot be served answers 500; a client outside the
+//! rule's allowed source ranges 403; a redirect answers
 //! at once; an injected fault delays or aborts; then the upstream request head is made from the
 //! client's, in place and once for every attempt (request id, hop-by-hop headers out,
 //! forwarded headers, the rule's header modifiers, path and host rewrites), and the mirrors
@@ -47,6 +48,15 @@ pub(super) fn apply<'s>(
         let msg = format!("route {} rule {} cannot be served: {failure}", rule.route, rule.index);
         let answer = Outcome::local(StatusCode::INTERNAL_SERVER_ERROR, msg, Some(rule.clone()), Flags::NO_ROUTE);
         return (None, Step::Answer(answer));
+    }
+    if !rule.source_ranges.is_empty() && !rule.source_ranges.iter().any(|r| r.contains(conn.peer.ip())) {
+        let msg = format!(
+            "route {} rule {}: client address {} is not in the allowed source ranges",
+            rule.route,
+            rule.index,
+            conn.peer.ip()
+        );
+        return (None, Step::Answer(Outcome::local(StatusCode::FORBIDDEN, msg, Some(rule.clone()), Flags::NONE)));
     }
     if let Some(redirect) = &rule.redirect {
         let (path, query) = (parts.uri.path(), parts.uri.query());
