@@ -162,6 +162,15 @@ impl EchoServer {
     }
 }
 
+/// The `delay` query parameter: a number of seconds (`1s`) or milliseconds (`500ms`).
+fn query_delay(query: &str) -> Option<Duration> {
+    let v = query.split('&').find_map(|kv| kv.strip_prefix("delay="))?;
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    v.strip_suffix('s')?.parse::<f64>().ok().map(Duration::from_secs_f64)
+}
+
 async fn echo(
     name: String,
     seen: Arc<Mutex<Vec<Echoed>>>,
@@ -192,6 +201,10 @@ async fn echo(
         seen.len()
     };
     if let Some(d) = options.delay {
+        tokio::time::sleep(d).await;
+    }
+    // `?delay=1s` / `500ms`, as the Gateway API conformance echo server takes it.
+    if let Some(d) = parts.uri.query().and_then(query_delay) {
         tokio::time::sleep(d).await;
     }
     let mut resp = Response::new(Full::new(Bytes::from(serde_json::to_vec(&echoed).unwrap())));

@@ -149,7 +149,7 @@ pub struct Suite {
     pub pki: Pki,
     ports: std::sync::Mutex<HashMap<(String, i32), u16>>,
     services: String,
-    _backends: Vec<EchoServer>,
+    backends: Vec<EchoServer>,
 }
 
 impl Suite {
@@ -169,9 +169,15 @@ impl Suite {
             backends.push(server);
         }
         let gateway = Gateway::new(GatewayOptions { bind: "127.0.0.1".parse().unwrap(), ..Default::default() });
-        let suite = Suite { gateway, pki: Pki::new(ca), ports: Default::default(), services, _backends: backends };
+        let suite = Suite { gateway, pki: Pki::new(ca), ports: Default::default(), services, backends };
         suite.apply(yaml).await;
         suite
+    }
+
+    /// The requests backend `name` (of the base's six) has seen.
+    pub fn seen_by(&self, name: &str) -> Vec<meshgate_testkit::Echoed> {
+        let i = BACKENDS.iter().position(|b| b.ends_with(&format!("/{name}"))).unwrap_or_else(|| panic!("no {name}"));
+        self.backends[i].seen()
     }
 
     /// Applies the base and `yaml` in place of what was served (an edit, as `kubectl apply`).

@@ -459,3 +459,143 @@ async fn http_route_response_header_modifier() {
         }
     }
 }
+
+/// Waits until backend `name` has seen a request for `path` (mirrors are sent beside the
+/// request, not before its answer); how many it saw.
+async fn mirrored(s: &Suite, name: &str, path: &str) -> usize {
+    for _ in 0..100 {
+        let n = s.seen_by(name).iter().filter(|e| e.path == path).count();
+        if n > 0 {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    0
+}
+
+fn mirror(backend: &str) -> String {
+    format!(
+        "{{type: RequestMirror, requestMirror: {{backendRef: {{name: {backend}, namespace: {INFRA}, port: 8080}}}}}}"
+    )
+}
+
+#[tokio::test]
+async fn http_route_request_mirror() {
+    let rules = format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: /mirror}}}}]\n    filters: [{m}]\n    backendRefs: [{{name: {V1}, namespace: {INFRA}, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /mirror-and-modify-headers}}}}]\n    filters: [{MODIFY}, {m}]\n    backendRefs: [{{name: {V1}, namespace: {INFRA}, port: 8080}}]",
+        m = mirror(V2)
+    );
+    let s = Suite::start(&on_same("request-mirror", "", &rules)).await;
+    let p = s.parent(Kind::HttpRoute, INFRA, "request-mirror", SAME).expect("parent");
+    must_have(&p, "Accepted", true, "Accepted");
+    expect(&s, "GET", "/mirror", &[], Some(V1)).await;
+    assert_eq!(mirrored(&s, V2, "/mirror").await, 1, "the mirror saw it once");
+    let path = "/mirror-and-modify-headers";
+    let (status, e, _) =
+        call(&s, "GET", "any", path, &[("X-Header-Remove", "remove-val"), ("X-Header-Add-Append", "append-val-1")])
+            .await;
+    assert_eq!(status, 200);
+    let e = e.unwrap();
+    assert_eq!((e.backend.as_str(), e.path.as_str()), (V1, path));
+    modified(&e);
+    assert_eq!(mirrored(&s, V2, path).await, 1);
+    // The mirror gets the request as modified.
+    let copy = s.seen_by(V2).into_iter().find(|e| e.path == path).unwrap();
+    modified(&copy);
+    assert!(s.seen_by(V1).iter().all(|e| !e.headers.contains_key("x-header-remove")));
+}
+
+#[tokio::test]
+async fn http_route_request_multiple_mirrors() {
+    let rules = format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: /multi-mirror}}}}]\n    filters: [{a}, {b}]\n    backendRefs: [{{name: {V1}, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /multi-mirror-and-modify-headers}}}}]\n    filters: [{MODIFY}, {a}, {b}]\n    backendRefs: [{{name: {V1}, port: 8080}}]",
+        a = mirror(V2),
+        b = mirror(V3)
+    );
+    let s = Suite::start(&on_same("request-multiple-mirrors", "", &rules)).await;
+    ready(&s, "request-multiple-mirrors").await;
+    for path in ["/multi-mirror", "/multi-mirror-and-modify-headers"] {
+        let (status, e, _) = call(&s, "GET", "any", path, &[("X-Header-Remove", "remove-val")]).await;
+        assert_eq!((status, e.unwrap().backend), (200, V1.to_string()), "{path}");
+        for m in [V2, V3] {
+            assert_eq!(mirrored(&s, m, path).await, 1, "{path} mirrored to {m}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn http_route_request_percentage_mirror() {
+    let frac = |name: &str, extra: &str| {
+        format!("{{type: RequestMirror, requestMirror: {{backendRef: {{name: {name}, port: 8080}}, {extra}}}}}")
+    };
+    let rules = format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: /percent-mirror}}}}]\n    filters: [{}]\n    backendRefs: [{{name: {V1}, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /percent-mirror-fraction}}}}]\n    filters: [{}]\n    backendRefs: [{{name: {V1}, port: 8080}}]\n  - matches: [{{path: {{type: PathPrefix, value: /percent-mirror-and-modify-headers}}}}]\n    filters: [{MODIFY}, {}]\n    backendRefs: [{{name: {V1}, port: 8080}}]",
+        frac(V2, "percent: 20"),
+        frac(V2, "fraction: {numerator: 25, denominator: 1000}"),
+        frac(V2, "percent: 35"),
+    );
+    let s = Suite::start(&on_same("request-percentage-mirror", "", &rules)).await;
+    ready(&s, "request-percentage-mirror").await;
+    // Upstream sends 1000 requests per case and accepts the mirrored share within 5 points.
+    for (path, share) in
+        [("/percent-mirror", 0.20), ("/percent-mirror-fraction", 0.025), ("/percent-mirror-and-modify-headers", 0.35)]
+    {
+        let n = 1000;
+        let c = Client::h1();
+        for _ in 0..n {
+            let r = c.send(s.addr(SAME, 80), http::Method::GET, "any", path, &[], Bytes::new()).await.unwrap();
+            assert_eq!(r.status, 200, "{path}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let got = s.seen_by(V2).iter().filter(|e| e.path == path).count() as f64 / f64::from(n);
+        assert!((got - share).abs() <= 0.05, "{path}: mirrored {got}, want {share} ± 0.05");
+    }
+}
+
+/// The upstream timeout tests' cases: GET `path`, a 200 or a timeout (504; 408 also counts).
+async fn timeouts(s: &Suite, cases: &[(&str, bool)]) {
+    for (path, times_out) in cases {
+        let (status, _, _) = call(s, "GET", "any", path, &[]).await;
+        if *times_out {
+            assert!(matches!(status, 504 | 408), "{path}: {status}");
+        } else {
+            assert_eq!(status, 200, "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn http_route_timeout_request() {
+    let rules = format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: /request-timeout}}}}]\n    backendRefs: [{{name: {V1}, port: 8080}}]\n    timeouts: {{request: 500ms}}\n  - matches: [{{path: {{type: PathPrefix, value: /disable-request-timeout}}}}]\n    backendRefs: [{{name: {V1}, port: 8080}}]\n    timeouts: {{request: 0s}}"
+    );
+    let s = Suite::start(&on_same("request-timeout", "", &rules)).await;
+    ready(&s, "request-timeout").await;
+    timeouts(
+        &s,
+        &[
+            ("/request-timeout", false),
+            ("/request-timeout?delay=1s", true),
+            ("/disable-request-timeout?delay=1s", false),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn http_route_timeout_backend_request() {
+    let rules = format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: /backend-timeout}}}}]\n    backendRefs: [{{name: {V1}, port: 8080}}]\n    timeouts: {{backendRequest: 500ms}}\n  - matches: [{{path: {{type: PathPrefix, value: /disable-backend-timeout}}}}]\n    backendRefs: [{{name: {V1}, port: 8080}}]\n    timeouts: {{backendRequest: 0s}}"
+    );
+    let s = Suite::start(&on_same("backend-request-timeout", "", &rules)).await;
+    ready(&s, "backend-request-timeout").await;
+    timeouts(
+        &s,
+        &[
+            ("/backend-timeout", false),
+            ("/backend-timeout?delay=1s", true),
+            ("/disable-backend-timeout?delay=1s", false),
+        ],
+    )
+    .await;
+}
