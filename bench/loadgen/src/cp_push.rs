@@ -123,6 +123,7 @@ pub(crate) async fn run(
                 role: "sidecar".into(),
                 workload: String::new(),
                 version: String::new(),
+                addresses: Vec::new(),
                 credentials: None,
             })),
         })

@@ -32,7 +32,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
             header_timeout: opts.header_timeout,
             ..meshgate_proxy::conn::ServerSettings::default()
         },
-        ingress: opts.ingress,
+        ingress: opts.ingress.clone(),
         ..GatewayOptions::default()
     });
     // The first configuration must be valid: there is no last good one to fall back to.

@@ -434,7 +434,7 @@ fn main() -> ExitCode {
                 ingress: meshgate_model::ingress::IngressPorts {
                     http: ingress_http,
                     https: ingress_https,
-                    address: (!bind.is_unspecified()).then_some(bind),
+                    addresses: (!bind.is_unspecified()).then_some(bind).into_iter().collect(),
                 },
             };
             gateway::run(opts).await

@@ -550,7 +550,7 @@ pub(crate) async fn gateway_demo(dir: PathBuf) -> anyhow::Result<()> {
         telemetry: true,
         idle_timeout: meshgate_proxy::conn::ServerSettings::default().idle_timeout,
         header_timeout: None,
-        ingress: meshgate_model::ingress::IngressPorts { address: Some([127, 0, 0, 1].into()), ..Default::default() },
+        ingress: meshgate_model::ingress::IngressPorts { addresses: vec![[127, 0, 0, 1].into()], ..Default::default() },
     };
     let result = crate::gateway::run(opts).await;
     for mut c in children {

@@ -81,7 +81,7 @@ pub(crate) fn migrate(what: &str, paths: &[PathBuf]) -> ExitCode {
         }
         return ExitCode::FAILURE;
     }
-    let t = meshgate_model::ingress::translate(&set, meshgate_model::ingress::IngressPorts::default());
+    let t = meshgate_model::ingress::translate(&set, &meshgate_model::ingress::IngressPorts::default());
     if set.ingresses().next().is_none() {
         eprintln!(
             "error: no Ingress under {}",

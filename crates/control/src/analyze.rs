@@ -258,7 +258,7 @@ fn grants_that_grant_nothing(set: &ResourceSet, out: &mut Vec<Finding>) {
 /// Hostnames an Ingress of meshgate's and an HTTPRoute of a Gateway both serve: which answers
 /// depends on ports and precedence, rarely what either owner meant.
 fn hosts_claimed_twice(set: &ResourceSet, out: &mut Vec<Finding>) {
-    let translation = meshgate_model::ingress::translate(set, Default::default());
+    let translation = meshgate_model::ingress::translate(set, &Default::default());
     let served: Vec<&meshgate_api::ObjectRef> = translation.handled.iter().collect();
     for (o, ing) in set.ingresses().filter(|(o, _)| served.contains(&&o.id)) {
         for host in ing.spec.iter().flat_map(|s| s.rules.iter().flatten()).filter_map(|r| r.host.as_deref()) {

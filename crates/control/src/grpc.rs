@@ -186,6 +186,12 @@ impl<S: Store> Identity for IdentityService<S> {
 
 struct DiscoveryService<S: Store>(Arc<ControlPlane<S>>);
 
+/// A gateway's addresses: those it says it serves on, else the one its stream comes from.
+fn gateway_addresses(reported: &[String], caller: Option<&Caller>) -> Vec<std::net::IpAddr> {
+    let said: Vec<std::net::IpAddr> = reported.iter().filter_map(|a| a.parse().ok()).collect();
+    if said.is_empty() { caller.map(|c| c.addr.ip().to_canonical()).into_iter().collect() } else { said }
+}
+
 /// Whether a proxy of `role` in namespace `ns` needs `entry`.
 fn wanted(role: &str, ns: &str, root_ns: &str, entry: &Entry) -> bool {
     let gateway = role == "gateway";
@@ -284,6 +290,11 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 leaf_root: hello.credentials.as_ref().map(|c| c.root.clone()).unwrap_or_default(),
                 leaf_not_after: hello.credentials.as_ref().map_or(0, |c| c.not_after),
                 trusts: hello.credentials.as_ref().map(|c| c.trusts.clone()).unwrap_or_default(),
+                addresses: if role == "gateway" {
+                    gateway_addresses(&hello.addresses, caller.as_ref())
+                } else {
+                    Vec::new()
+                },
             });
             tracing::info!(%identity, role, node = %hello.node, "proxy subscribed");
             let mut stopping = cp.stopping.subscribe();

@@ -69,6 +69,9 @@ pub struct ProxyRecord {
     /// SHA-256 (hex) of every root it trusts, as it reported.
     #[serde(default)]
     pub trusts: Vec<String>,
+    /// A gateway's addresses: those it reported, else where its stream comes from.
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 impl ProxyRecord {
@@ -167,7 +170,9 @@ impl<S: Store> ControlPlane<S> {
                 r = changes.changed() => if r.is_err() { return },
                 _ = tick.tick() => {
                     self.reload_ca().await;
-                    continue;
+                    if !self.gateway_addresses_changed().await {
+                        continue;
+                    }
                 }
             }
             self.reload_ca().await;
@@ -182,6 +187,14 @@ impl<S: Store> ControlPlane<S> {
                 Err(e) => tracing::warn!(error = %e, "cannot read the store; keeping the resources in force"),
             }
         }
+    }
+
+    /// Whether the addresses of the gateways connected to any replica changed since the
+    /// status was last written (every replica sees the same published proxies, so they agree).
+    async fn gateway_addresses_changed(&self) -> bool {
+        let Ok(all) = self.all_proxies().await else { return false };
+        let addresses = all.into_iter().filter(|p| p.role == "gateway").flat_map(|p| p.addresses).collect();
+        self.state.set_gateway_addresses(addresses)
     }
 
     /// Picks up CA material another replica wrote (a root rotation step).

@@ -104,6 +104,8 @@ pub struct Snapshot {
     /// The certificates HTTPS listeners serve, by Secret: what a gateway keeps in force when
     /// an edit breaks a Secret, so the status said here matches what it serves.
     pub certs: HashMap<String, Arc<meshgate_tls::edge::EdgeCert>>,
+    /// The connected gateways' addresses the status was written with.
+    pub gateway_addresses: Vec<std::net::IpAddr>,
 }
 
 /// What changed from one version to the next.
@@ -123,6 +125,9 @@ pub struct State {
     current: ArcSwap<Snapshot>,
     changes: broadcast::Sender<Arc<Change>>,
     reloading: tokio::sync::Mutex<()>,
+    /// Where the gateways connected to any replica are reached: Gateway `status.addresses`
+    /// and Ingress `status.loadBalancer`.
+    gateway_addresses: std::sync::Mutex<Vec<std::net::IpAddr>>,
 }
 
 impl Default for State {
@@ -131,6 +136,7 @@ impl Default for State {
             current: ArcSwap::from_pointee(Snapshot::default()),
             changes: broadcast::channel(1024).0,
             reloading: tokio::sync::Mutex::new(()),
+            gateway_addresses: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -145,6 +151,20 @@ impl State {
     /// The snapshot in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Sets the connected gateways' addresses (sorted, no repeats); true when they changed
+    /// (the status is then written again by the next reload).
+    pub fn set_gateway_addresses(&self, mut addresses: Vec<std::net::IpAddr>) -> bool {
+        addresses.sort();
+        addresses.dedup();
+        match self.gateway_addresses.lock() {
+            Ok(mut a) if *a != addresses => {
+                *a = addresses;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Receives every change from now on.
@@ -183,7 +203,9 @@ impl State {
         }
         let removed: Vec<Arc<str>> = old.entries.keys().filter(|k| !entries.contains_key(*k)).cloned().collect();
         let errors_changed = old.errors != errors;
-        if changed.is_empty() && removed.is_empty() && !errors_changed && old.version > 0 {
+        let gateway_addresses = self.gateway_addresses.lock().map(|a| a.clone()).unwrap_or_default();
+        let addresses_changed = old.gateway_addresses != gateway_addresses;
+        if changed.is_empty() && removed.is_empty() && !errors_changed && !addresses_changed && old.version > 0 {
             return Ok(None);
         }
         let mut compiled = {
@@ -191,7 +213,10 @@ impl State {
             let inputs = meshgate_model::CompileInputs {
                 last_good: &last_good,
                 now: std::time::SystemTime::now(),
-                ingress: Default::default(),
+                ingress: meshgate_model::ingress::IngressPorts {
+                    addresses: gateway_addresses.clone(),
+                    ..Default::default()
+                },
             };
             compile_gateway_with(&set, &inputs)
         };
@@ -214,8 +239,11 @@ impl State {
             }
         }
         let settings = meshgate_model::settings::mesh_settings(&set);
-        let version = old.version + 1;
-        for e in &errors {
+        // Only the status inputs changed (a gateway came or went): the status is written, no
+        // version is pushed to the proxies.
+        let status_only = changed.is_empty() && removed.is_empty() && !errors_changed && old.version > 0;
+        let version = if status_only { old.version } else { old.version + 1 };
+        for e in errors.iter().filter(|_| !status_only) {
             tracing::warn!("resource refused: {e}");
         }
         let mut conditions_of: HashMap<ObjectRef, Vec<usize>> = HashMap::new();
@@ -232,7 +260,11 @@ impl State {
             status,
             settings,
             certs,
+            gateway_addresses,
         }));
+        if status_only {
+            return Ok(None);
+        }
         let change = Arc::new(Change { version, changed, removed });
         let _ = self.changes.send(change.clone());
         Ok(Some(change))

@@ -16,7 +16,7 @@ use crate::status::{Condition, cond};
 use crate::table::ListenerTls;
 
 /// What the compiler may know beyond the resources.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct CompileInputs<'a> {
     /// The certificate the configuration in force serves from a Secret (`namespace/name`).
     pub last_good: &'a dyn Fn(&str) -> Option<Arc<EdgeCert>>,

@@ -27,13 +27,14 @@ pub fn compile_gateway(set: &ResourceSet) -> Compiled {
 /// of meshgate's classes are served as the Gateway API resources `crate::ingress` makes of them.
 pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Compiled {
     let mut compiled = compile_with_ingresses(set, inputs);
-    // A Gateway that asks for no address gets the one this gateway is reached on, when known.
-    if let Some(addr) = inputs.ingress.address {
+    // A Gateway that asks for no address gets those this gateway is reached on, when known.
+    let addresses = &inputs.ingress.addresses;
+    if !addresses.is_empty() {
+        let list: Vec<serde_json::Value> =
+            addresses.iter().map(|a| serde_json::json!({"type": "IPAddress", "value": a.to_string()})).collect();
         for s in compiled.status.iter_mut().filter(|s| s.object.kind == meshgate_api::Kind::Gateway) {
             if let Some(status) = s.status.as_object_mut() {
-                status
-                    .entry("addresses")
-                    .or_insert_with(|| serde_json::json!([{"type": "IPAddress", "value": addr.to_string()}]));
+                status.entry("addresses").or_insert_with(|| serde_json::Value::Array(list.clone()));
             }
         }
     }
@@ -41,7 +42,7 @@ pub fn compile_gateway_with(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Co
 }
 
 fn compile_with_ingresses(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Compiled {
-    let translation = crate::ingress::translate(set, inputs.ingress);
+    let translation = crate::ingress::translate(set, &inputs.ingress);
     if translation.docs.is_empty() && translation.conditions.is_empty() {
         return compile_set(set, inputs);
     }
@@ -65,7 +66,7 @@ fn compile_with_ingresses(set: &ResourceSet, inputs: &CompileInputs<'_>) -> Comp
         }
     }
     compiled.status.retain(|s| !synthetic(&s.object));
-    compiled.status.extend(crate::ingress::status(&translation, inputs.ingress.address));
+    compiled.status.extend(crate::ingress::status(&translation, &inputs.ingress.addresses));
     compiled.conditions.extend(translation.conditions);
     for e in duplicates.iter() {
         if let Some(id) = &e.object {

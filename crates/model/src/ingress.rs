@@ -370,7 +370,7 @@ struct Building {
 }
 
 /// The Gateway API resources for the Ingresses in `set` that meshgate serves.
-pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
+pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
     let mut t = Translation::default();
     let (ours, default) = classes(set);
     let mut ingresses: Vec<_> = set.ingresses().collect();
@@ -680,8 +680,8 @@ pub fn translate(set: &ResourceSet, ports: IngressPorts) -> Translation {
 }
 
 /// Ingress `status.loadBalancer` for the Ingresses served, with the gateway's `address`.
-pub fn status(t: &Translation, address: Option<std::net::IpAddr>) -> Vec<crate::gwstatus::ResourceStatus> {
-    let ingress: Vec<Value> = address.iter().map(|a| json!({"ip": a.to_string()})).collect();
+pub fn status(t: &Translation, addresses: &[std::net::IpAddr]) -> Vec<crate::gwstatus::ResourceStatus> {
+    let ingress: Vec<Value> = addresses.iter().map(|a| json!({"ip": a.to_string()})).collect();
     t.handled
         .iter()
         .map(|id| crate::gwstatus::ResourceStatus {
@@ -702,7 +702,7 @@ mod tests {
     fn translated(yaml: &str) -> Translation {
         let loaded = meshgate_api::load_str(&"t.yaml".into(), yaml);
         assert!(loaded.errors.is_empty(), "{}", loaded.errors);
-        translate(&ResourceSet::from_objects(loaded.objects).0, IngressPorts::default())
+        translate(&ResourceSet::from_objects(loaded.objects).0, &IngressPorts::default())
     }
 
     fn route<'a>(t: &'a Translation, name: &str) -> &'a Value {

@@ -143,20 +143,20 @@ impl MeshSettings {
 }
 
 /// Where the gateway serves Ingresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngressPorts {
     /// Plain HTTP (`--ingress-http`).
     pub http: u16,
     /// HTTPS, for the Ingresses' TLS hosts (`--ingress-https`).
     pub https: u16,
-    /// The address clients reach the gateway on, for the Ingresses' `status.loadBalancer` and
-    /// the Gateways' `status.addresses` (none when not known: a gateway bound to every
-    /// address, or a control plane).
-    pub address: Option<std::net::IpAddr>,
+    /// The addresses clients reach the gateway on, for the Ingresses' `status.loadBalancer`
+    /// and the Gateways' `status.addresses`: a file-mode gateway's bind address; under a
+    /// control plane, those of the gateways connected to it (none when not known).
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 impl Default for IngressPorts {
     fn default() -> Self {
-        IngressPorts { http: 80, https: 443, address: None }
+        IngressPorts { http: 80, https: 443, addresses: Vec::new() }
     }
 }

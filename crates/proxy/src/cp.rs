@@ -188,6 +188,8 @@ pub struct Subscriber {
     pub node: String,
     /// `namespace/name` of a sidecar's Workload.
     pub workload: String,
+    /// A gateway's addresses (its bind address when it binds one), for Gateway status.
+    pub addresses: Vec<String>,
 }
 
 /// Subscribes for as long as the task runs, resubscribing with backoff when the control plane
@@ -233,6 +235,7 @@ async fn session(
             node: sub.node.clone(),
             role: sub.role.clone(),
             workload: sub.workload.clone(),
+            addresses: sub.addresses.clone(),
             version: version.clone(),
             credentials: Some(credentials(mesh)),
         })),

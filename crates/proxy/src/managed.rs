@@ -96,12 +96,13 @@ impl ManagedGateway {
             Box::pin(async move {
                 // CPU-bound and as large as the mesh: off the runtime's threads, as file loads are.
                 let in_force = gw.snapshot();
+                let ingress = gw.options().ingress.clone();
                 let compiled = tokio::task::spawn_blocking(move || {
                     let last_good = |secret: &str| in_force.config.served_cert(secret);
                     let inputs = meshgate_model::CompileInputs {
                         last_good: &last_good,
                         now: std::time::SystemTime::now(),
-                        ingress: Default::default(),
+                        ingress,
                     };
                     meshgate_model::compile_gateway_with(&set, &inputs)
                 })
@@ -118,7 +119,10 @@ impl ManagedGateway {
         });
         let sink = gateway.core().sink().clone();
         tasks.push(tokio::spawn(crate::cp::report(target.clone(), mesh.clone(), "gateway".into(), sink)));
-        let sub = Subscriber { target, mesh, renewal, role: "gateway".into(), node, workload: String::new() };
+        let bind = gateway.options().bind;
+        let addresses = if bind.is_unspecified() { Vec::new() } else { vec![bind.to_string()] };
+        let sub =
+            Subscriber { target, mesh, renewal, role: "gateway".into(), node, workload: String::new(), addresses };
         tasks.push(tokio::spawn(subscribe(sub, apply)));
         Ok(ManagedGateway { gateway, id, tasks })
     }
@@ -186,7 +190,7 @@ impl ManagedSidecar {
         });
         let sink = sidecar.core.sink().clone();
         tasks.push(tokio::spawn(crate::cp::report(target.clone(), mesh.clone(), "sidecar".into(), sink)));
-        let sub = Subscriber { target, mesh, renewal, role: "sidecar".into(), node, workload };
+        let sub = Subscriber { target, mesh, renewal, role: "sidecar".into(), node, workload, addresses: Vec::new() };
         tasks.push(tokio::spawn(subscribe(sub, apply)));
         Ok(ManagedSidecar { sidecar, id, tasks })
     }

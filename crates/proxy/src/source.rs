@@ -63,7 +63,7 @@ fn fingerprint(paths: &[PathBuf]) -> u64 {
 pub async fn apply_files(paths: &[PathBuf], gateway: &Arc<Gateway>) -> Option<u64> {
     let owned = paths.to_vec();
     let in_force = gateway.snapshot();
-    let ingress = gateway.options().ingress;
+    let ingress = gateway.options().ingress.clone();
     let result = tokio::task::spawn_blocking(move || load_over(&owned, Some(&in_force.config), ingress)).await.ok()?;
     let sources: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     match result {

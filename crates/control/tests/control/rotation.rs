@@ -86,6 +86,7 @@ async fn stale_proxy(cp: &Cp, target: ControlPlaneAddr, root: &str) -> StaleProx
         role: "gateway".into(),
         workload: String::new(),
         version: String::new(),
+        addresses: Vec::new(),
         credentials: Some(Credentials { root: root.to_string(), not_after: 0, trusts: vec![root.to_string()] }),
     };
     tx.send(DiscoveryRequest { kind: Some(ReqKind::Hello(hello)) }).await.unwrap();

@@ -1,11 +1,12 @@
 //! Gateway API status under a control plane: written to the store beside the resources, with
 //! `metadata.generation` counted on apply and `observedGeneration` following it, transition
-//! times kept while a condition holds (across a restart), read through any replica.
+//! times kept while a condition holds (across a restart), read through any replica; Gateway
+//! addresses from the gateways connected to any replica.
 
 use http::Method;
 use serde_json::Value;
 
-use crate::harness::{Cp, Replicas, ports, tmp};
+use crate::harness::{Cp, Replicas, gateway_on, ports, tmp};
 
 const GATEWAY: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -137,4 +138,22 @@ async fn status_written_through_one_replica_is_read_through_the_other() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     assert_eq!(via_b["status"]["parents"].as_array().map(Vec::len), Some(2), "{via_a}");
+
+    // A gateway connected to replica a, bound to 127.0.0.2: both replicas write its address
+    // into the Gateway's status.addresses (as an Ingress's loadBalancer); gone when it goes.
+    let addresses = async |cp: &Cp| get(cp, "/api/v1/resources/Gateway/infra/web").await["status"]["addresses"].clone();
+    assert!(addresses(&b).await.is_null(), "no gateway connected yet");
+    let gw = gateway_on(&a, a.target(), [127, 0, 0, 2]).await;
+    let want = serde_json::json!([{"type": "IPAddress", "value": "127.0.0.2"}]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while addresses(&a).await != want || addresses(&b).await != want {
+        assert!(tokio::time::Instant::now() < deadline, "{} / {}", addresses(&a).await, addresses(&b).await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    gw.stop().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !addresses(&a).await.is_null() || !addresses(&b).await.is_null() {
+        assert!(tokio::time::Instant::now() < deadline, "{} / {}", addresses(&a).await, addresses(&b).await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -63,7 +63,7 @@ impl Mesh {
         let dir = TempDir::new("meshgate-gw");
         dir.write("services.yaml", &services);
         dir.write("routes.yaml", &yaml.replace("{port}", &port.to_string()));
-        let ingress = options.ingress;
+        let ingress = options.ingress.clone();
         let gateway = Gateway::new(GatewayOptions { bind: "127.0.0.1".parse().unwrap(), ..options });
         let paths = vec![dir.path().to_path_buf()];
         let (_, compiled) =

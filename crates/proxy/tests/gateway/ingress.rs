@@ -80,8 +80,8 @@ async fn check(addr: std::net::SocketAddr, what: &str) {
 
 #[tokio::test]
 async fn ingresses_are_served_on_the_ingress_ports_and_migrate_to_resources_that_answer_the_same() {
-    let ports = IngressPorts { http: free_port(), https: free_port(), address: Some([127, 0, 0, 1].into()) };
-    let options = GatewayOptions { ingress: ports, ..GatewayOptions::default() };
+    let ports = IngressPorts { http: free_port(), https: free_port(), addresses: vec![[127, 0, 0, 1].into()] };
+    let options = GatewayOptions { ingress: ports.clone(), ..GatewayOptions::default() };
     let backends = ["web/api", "web/fallback"];
     let m = Mesh::start_with(INGRESS, &backends, options).await;
     let ingress_addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports.http));
@@ -116,7 +116,7 @@ async fn ingresses_are_served_on_the_ingress_ports_and_migrate_to_resources_that
     // From the gateway's files: the Ingresses and the Services they name (a port by name).
     let loaded = meshgate_api::load_paths(&[m.dir.path().to_path_buf()]);
     let (set, _) = meshgate_api::ResourceSet::from_objects(loaded.objects);
-    let migrated = translate(&set, IngressPorts { http: 0, https: 0, address: None });
+    let migrated = translate(&set, &IngressPorts { http: 0, https: 0, addresses: Vec::new() });
     let mut yaml = String::new();
     for (_, doc) in &migrated.docs {
         let mut doc = doc.clone();
@@ -297,8 +297,8 @@ spec:
 {}"#,
         crate::https::secret("web", "secure-tls", &cert)
     );
-    let ports = IngressPorts { http: free_port(), https: free_port(), address: None };
-    let options = GatewayOptions { ingress: ports, ..GatewayOptions::default() };
+    let ports = IngressPorts { http: free_port(), https: free_port(), addresses: Vec::new() };
+    let options = GatewayOptions { ingress: ports.clone(), ..GatewayOptions::default() };
     let m = Mesh::start_with(&yaml, &["web/api", "web/api-canary"], options).await;
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], ports.http));
     // What could not be applied is reported by name and field, on its Ingress; the rest not.
@@ -338,7 +338,7 @@ spec:
     let loaded = meshgate_api::load_str(&"annotated.yaml".into(), ANNOTATED);
     assert!(loaded.errors.is_empty(), "{}", loaded.errors);
     let set = meshgate_api::ResourceSet::from_objects(loaded.objects).0;
-    let migrated = translate(&set, IngressPorts::default());
+    let migrated = translate(&set, &IngressPorts::default());
     let mut yaml = String::new();
     for (_, doc) in &migrated.docs {
         let mut doc = doc.clone();
