@@ -15,7 +15,9 @@
 //! ReplaceRegexMatch. `proxy-body-size`, `whitelist-source-range` and `backend-protocol`
 //! (GRPC/H2C: HTTP/2 to the backend) go into an HTTPRouteFilter per Ingress; HTTPS and GRPCS
 //! need a BackendTLSPolicy for the Service, since meshgate verifies what ingress-nginx by
-//! default does not. A path that cannot be served (another type, no leading `/`, a regex that
+//! default does not. `proxy-connect-timeout` becomes a TrafficPolicy for the backends'
+//! Services (a connect timeout is a Service's in meshgate: connections are pooled per endpoint
+//! and shared by every route), unless one already sets their policy. A path that cannot be served (another type, no leading `/`, a regex that
 //! does not compile, a resource backend, a Service port name the Service does not have) is
 //! reported and left out; the rest is served.
 
@@ -171,6 +173,8 @@ struct Nginx {
     /// `backend-protocol`: HTTP/2 to the backends (GRPC, GRPCS, H2C), and TLS (HTTPS, GRPCS).
     backend_http2: bool,
     backend_tls: bool,
+    /// `proxy-connect-timeout` (seconds): a TrafficPolicy for the backends' Services.
+    connect_timeout: Option<u64>,
     /// What is reported, for `migrate`'s comments.
     notes: Vec<String>,
 }
@@ -265,12 +269,10 @@ fn nginx(o: &Object, meta: &meshgate_api::core::ObjectMeta, conditions: &mut Vec
                 Some(s) => n.backend_timeout = Some(n.backend_timeout.map_or(s, |t| t.max(s))),
                 None => report(&mut n, name, format!("{value:?} is not a number of seconds")),
             },
-            "proxy-connect-timeout" => report(
-                &mut n,
-                name,
-                "a connect timeout is per Service in meshgate (TrafficPolicy spec.timeouts.connect), not per Ingress"
-                    .into(),
-            ),
+            "proxy-connect-timeout" => match seconds(value) {
+                Some(s) if s > 0 => n.connect_timeout = Some(s),
+                _ => report(&mut n, name, format!("{value:?} is not a number of seconds")),
+            },
             other => report(&mut n, other, format!("meshgate has no equivalent of ingress-nginx's {other:?} yet")),
         }
     }
@@ -402,6 +404,8 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
     let mut served_paths: BTreeMap<(String, String, String, String), (usize, usize)> = BTreeMap::new();
     // The HTTPRouteFilters the routes refer to.
     let mut filters: Vec<(std::sync::Arc<str>, Value)> = Vec::new();
+    // TrafficPolicies for `proxy-connect-timeout`.
+    let mut connect_policies: Vec<(std::sync::Arc<str>, Value)> = Vec::new();
     for (o, ing) in ingresses {
         if let Err(message) = served(o, ing, &ours, default.as_deref()) {
             t.conditions.push(cond(o, "spec.ingressClassName".into(), "Accepted", false, "NotHandled", message));
@@ -411,6 +415,8 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
         let ns = o.id.ns();
         let n = nginx(o, &ing.metadata, &mut t.conditions);
         let Some(spec) = &ing.spec else { continue };
+        // The Services whose connect timeout `proxy-connect-timeout` sets.
+        let mut connect_services: Vec<String> = Vec::new();
         // The annotations Gateway API has no field for, in one HTTPRouteFilter per Ingress.
         let mut shared = Vec::new();
         let mut extra = serde_json::Map::new();
@@ -524,6 +530,12 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
                         continue;
                     }
                 };
+                if n.connect_timeout.is_some()
+                    && let Some(svc) = backend["name"].as_str()
+                    && !connect_services.iter().any(|s| s == svc)
+                {
+                    connect_services.push(svc.to_string());
+                }
                 if n.backend_tls
                     && let Some(svc) = backend["name"].as_str()
                     && !has_backend_tls(set, ns, svc)
@@ -635,6 +647,11 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
         if let Some(b) = &spec.default_backend {
             match backend_ref(set, ns, b) {
                 Ok(b) => {
+                    if let Some(svc) = b["name"].as_str().filter(|_| n.connect_timeout.is_some())
+                        && !connect_services.iter().any(|s| s == svc)
+                    {
+                        connect_services.push(svc.to_string());
+                    }
                     let rules = vec![rule("PathPrefix", "/", b, &n, &shared)];
                     add(&mut routes, format!("{}-default", o.id.name), None, json!([gateway(None)]), rules);
                 }
@@ -643,10 +660,43 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
                 }
             }
         }
+        // A connect timeout is the Service's in meshgate (connections are pooled per endpoint
+        // and shared by every route): a TrafficPolicy, unless one already sets the Service's.
+        for svc in connect_services {
+            let key = format!("{NGINX}proxy-connect-timeout");
+            if let Some(other) = set.traffic_policies().find(|(po, p)| {
+                po.id.ns() == ns && p.spec.target_refs.iter().any(|r| r.kind == "Service" && r.name == svc)
+            }) {
+                let message = format!(
+                    "annotation {key} is not applied to Service {ns}/{svc}: TrafficPolicy {} already sets its policy; set spec.timeouts.connect there",
+                    other.0.id
+                );
+                t.conditions.push(cond(
+                    o,
+                    format!("metadata.annotations[{key}]"),
+                    "Accepted",
+                    false,
+                    "Conflicted",
+                    message,
+                ));
+                continue;
+            }
+            let secs = n.connect_timeout.unwrap_or_default();
+            connect_policies.push((
+                o.source.file.clone(),
+                json!({
+                    "apiVersion": format!("{}/v1alpha1", meshgate_api::MESHGATE_GROUP),
+                    "kind": "TrafficPolicy",
+                    "metadata": {"name": format!("{}-{svc}-connect", o.id.name), "namespace": ns},
+                    "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": svc}], "timeouts": {"connect": format!("{secs}s")}},
+                }),
+            ));
+        }
     }
     if t.handled.is_empty() {
         return t;
     }
+    t.docs.extend(connect_policies);
     let gateway_file: std::sync::Arc<str> = "<ingress>".into();
     t.docs.push((
         gateway_file.clone(),
@@ -737,6 +787,7 @@ metadata:
   annotations:
     nginx.ingress.kubernetes.io/proxy-read-timeout: "20"
     nginx.ingress.kubernetes.io/proxy-send-timeout: "45"
+    nginx.ingress.kubernetes.io/proxy-connect-timeout: "7"
     nginx.ingress.kubernetes.io/permanent-redirect-code: "308"
 spec:
   ingressClassName: mg
@@ -766,6 +817,14 @@ spec:
         let a = route(&t, "a-0");
         // The longer of the read and send timeouts bounds the backend request.
         assert_eq!(a["spec"]["rules"][0]["timeouts"]["backendRequest"], "45s");
+        // The connect timeout is the Service's: a TrafficPolicy for it, which compiles.
+        let p = route(&t, "a-web-connect");
+        assert_eq!(
+            (p["kind"].as_str(), p["spec"]["timeouts"]["connect"].as_str()),
+            (Some("TrafficPolicy"), Some("7s"))
+        );
+        assert_eq!(p["spec"]["targetRefs"][0]["name"], "web");
+        assert!(t.objects().iter().any(|o| o.id.name.as_ref() == "a-web-connect"), "it loads");
         // The canary joined the main rule, 75/25.
         assert_eq!(
             a["spec"]["rules"][0]["backendRefs"],
