@@ -236,6 +236,25 @@ pub(crate) async fn delete(api: &Api, kind: &str, name: &str, ns: Option<&str>) 
     }
 }
 
+/// A one-time sign-in URL for the dashboard (the admin token stays here; the browser gets a
+/// session cookie for the code).
+pub(crate) async fn dashboard_url(api: &Api) -> anyhow::Result<String> {
+    let (status, v) = api.call(Method::POST, "/api/v1/ui/login-codes", None).await?;
+    if !status.is_success() {
+        bail!("{}", error_text(&v));
+    }
+    let path = v["path"].as_str().context("the control plane returned no sign-in path")?;
+    Ok(format!("http://{}{path}", api.server))
+}
+
+/// Prints a new dashboard sign-in URL.
+pub(crate) async fn dashboard(api: &Api) -> anyhow::Result<bool> {
+    let url = dashboard_url(api).await?;
+    println!("{url}");
+    println!("(one use, within 10 minutes; the browser keeps a session for 12 hours)");
+    Ok(true)
+}
+
 pub(crate) async fn proxy_status(api: &Api) -> anyhow::Result<bool> {
     let (status, v) = api.call(Method::GET, "/api/v1/proxies", None).await?;
     if !status.is_success() {

@@ -147,6 +147,11 @@ enum Command {
         #[command(flatten)]
         api: ApiFlags,
     },
+    /// Print a one-time sign-in URL for the dashboard (the live service map).
+    Dashboard {
+        #[command(flatten)]
+        api: ApiFlags,
+    },
     /// List connected proxies: SYNCED, STALE or NACKED, with version and reason.
     ProxyStatus {
         #[command(flatten)]
@@ -450,6 +455,7 @@ fn main() -> ExitCode {
             block(async move { client::delete(&api(&flags)?, &kind, &name, namespace.as_deref()).await })
         }
         Command::ProxyStatus { api: flags } => block(async move { client::proxy_status(&api(&flags)?).await }),
+        Command::Dashboard { api: flags } => block(async move { client::dashboard(&api(&flags)?).await }),
         Command::Analyze { api: flags } => block(async move { client::analyze(&api(&flags)?).await }),
         Command::Top { window, interval, once, api: flags } => {
             block(async move { observe::top(&api(&flags)?, &window, interval, once).await })

@@ -459,16 +459,24 @@ async fn start(lab: &mut Lab, dir: &Path, apps: &Path, store: &Path, root: bool)
         async || matches!(get("/", None).await, Ok((200, body)) if version_of(&body) != "none"),
     )
     .await?;
-    print_tips(root, &lab.state_dir);
+    // The map, signed in by a code spent on first use (the token stays in the state dir).
+    let dashboard = match crate::client::dashboard_url(&Api::new(API, None, &lab.state_dir)?).await {
+        Ok(url) => url,
+        Err(e) => format!("(no sign-in URL: {e}; `meshgate dashboard` prints one)"),
+    };
+    print_tips(root, &lab.state_dir, &dashboard);
     Ok(())
 }
 
-fn print_tips(root: bool, state_dir: &Path) {
+fn print_tips(root: bool, state_dir: &Path, dashboard: &str) {
     println!();
     println!(
         "meshgate lab is up: gateway → order → inventory (99% v1, 1% v2){}",
         if root { ", every hop mutual TLS" } else { "" }
     );
+    println!();
+    println!("  the map, in a browser: {dashboard}");
+    println!("  (a one-time sign-in link; `meshgate dashboard` prints a new one)");
     println!();
     println!("  curl http://127.0.0.1:8080/                  # through the gateway, order and inventory");
     println!("  meshgate proxy-status                        # the proxies and the config each runs");

@@ -49,7 +49,12 @@ pub async fn serve<S: Store>(cp: Arc<ControlPlane<S>>, listener: TcpListener, to
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (cp, token) = (cp.clone(), token.clone());
-                async move { Ok::<_, Infallible>(handle(&cp, &token, req).await) }
+                async move {
+                    if let Some(r) = crate::ui::route(&cp, &req).await {
+                        return Ok::<_, Infallible>(r);
+                    }
+                    Ok(handle(&cp, &token, req).await.map(BodyExt::boxed))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
@@ -79,8 +84,17 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
         r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
         return r;
     }
-    if !authorized(&req, token) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong token (Authorization: Bearer TOKEN)");
+    // The admin token (the CLI), or the dashboard's session cookie with its CSRF token.
+    let bearer = authorized(&req, token);
+    let session = if bearer { None } else { cp.sessions.csrf_of(&req) };
+    if !bearer && session.is_none() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token (Authorization: Bearer TOKEN), and no dashboard session",
+        );
+    }
+    if let Some(why) = session.as_deref().and_then(|csrf| crate::ui::cross_site(&req, csrf)) {
+        return error(StatusCode::FORBIDDEN, why);
     }
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -118,6 +132,17 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
             json_reply(StatusCode::OK, &json!({ "version": cp.state.snapshot().version, "proxies": proxies }))
         }
         (&Method::POST, ["api", "v1", "tokens"]) => create_token(cp, req).await,
+        (&Method::GET, ["api", "v1", "ui", "session"]) => match session {
+            Some(csrf) => json_reply(StatusCode::OK, &json!({ "csrf": csrf })),
+            None => error(StatusCode::BAD_REQUEST, "no dashboard session: the admin token needs none"),
+        },
+        (&Method::POST, ["api", "v1", "ui", "login-codes"]) if bearer => {
+            let code = cp.sessions.code();
+            json_reply(StatusCode::OK, &json!({ "code": code, "path": format!("/login?code={code}") }))
+        }
+        (&Method::POST, ["api", "v1", "ui", "login-codes"]) => {
+            error(StatusCode::FORBIDDEN, "sign-in codes are made with the admin token only")
+        }
         (&Method::GET, ["api", "v1", "stat", kind]) => {
             let window = query.split('&').find_map(|kv| kv.strip_prefix("window=")).unwrap_or("60s");
             match crate::graph::parse_window(window).and_then(|w| cp.graph.stat(kind, w)) {
@@ -236,6 +261,14 @@ async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Reply> {
 
 async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply {
     let source = req.headers().get("x-meshgate-source").and_then(|v| v.to_str().ok()).unwrap_or("apply").to_string();
+    // What the caller read: an edit of a resource that changed since is refused (the
+    // dashboard's confirmations send it).
+    let expected: Option<i64> = match req.headers().get("x-meshgate-if-generation").map(|v| v.to_str().map(str::parse))
+    {
+        None => None,
+        Some(Ok(Ok(g))) => Some(g),
+        Some(_) => return error(StatusCode::BAD_REQUEST, "X-Meshgate-If-Generation: a whole number"),
+    };
     let body = match body_bytes(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -247,6 +280,24 @@ async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply 
         return json_reply(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "errors": errors }));
     }
     let snap = cp.state.snapshot();
+    if let Some(want) = expected {
+        let [o] = loaded.objects.as_slice() else {
+            return error(StatusCode::BAD_REQUEST, "X-Meshgate-If-Generation applies to one resource at a time");
+        };
+        let stored: Option<serde_json::Value> =
+            snap.entries.get(key_of(&o.id).as_str()).and_then(|e| serde_json::from_slice(&e.json).ok());
+        let have = stored.as_ref().map(|v| v["metadata"]["generation"].as_i64().unwrap_or(1));
+        if have != Some(want) {
+            let now = have.map_or("it is gone".to_string(), |g| format!("it is at generation {g}"));
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} changed since it was read (generation {want}; {now}): nothing applied, reload and try again",
+                    o.id
+                ),
+            );
+        }
+    }
     let mut results = Vec::new();
     for o in &loaded.objects {
         let mut value = match serde_json::to_value(&o.resource) {

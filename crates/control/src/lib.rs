@@ -12,3 +12,4 @@ pub mod run;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod ui;

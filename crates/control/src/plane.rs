@@ -111,6 +111,8 @@ pub struct ControlPlane<S: Store> {
     pub metrics: crate::metrics::CpMetrics,
     /// The service graph, from the proxies' reports.
     pub graph: crate::graph::Graph,
+    /// The dashboard's sign-in codes and sessions.
+    pub sessions: crate::ui::Sessions,
 }
 
 impl<S: Store> std::fmt::Debug for ControlPlane<S> {
@@ -153,6 +155,7 @@ impl<S: Store> ControlPlane<S> {
             stopping: tokio::sync::watch::channel(false).0,
             metrics: crate::metrics::CpMetrics::default(),
             graph: crate::graph::Graph::default(),
+            sessions: crate::ui::Sessions::default(),
         });
         cp.state.reload(&cp.store).await?;
         Ok(cp)

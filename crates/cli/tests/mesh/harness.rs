@@ -89,25 +89,41 @@ impl Lab {
         require_root();
         let dir = TempDir::new("meshgate-mesh");
         std::fs::create_dir_all(dir.path().join("store")).unwrap();
-        let (grpc, http) =
-            (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())));
-        let cp = meshgate()
-            .arg("control-plane")
-            .arg("--store")
-            .arg(format!("dir:{}", dir.path().join("store").display()))
-            .args(["--grpc", &grpc.to_string(), "--http", &http.to_string()])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lab = Lab { dir, cp, grpc, http, children: Vec::new(), _host: host };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !(lab.dir.path().join("state").join("ca-bundle.pem").exists() && TcpStream::connect(http).is_ok()) {
-            assert!(Instant::now() < deadline, "control plane did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        // A port another test took between free_port() and the bind makes the control plane
+        // exit at once: then again on other ports.
+        for attempt in 1.. {
+            let (grpc, http) =
+                (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())));
+            let mut cp = meshgate()
+                .arg("control-plane")
+                .arg("--store")
+                .arg(format!("dir:{}", dir.path().join("store").display()))
+                .args(["--grpc", &grpc.to_string(), "--http", &http.to_string()])
+                .arg("--state-dir")
+                .arg(dir.path().join("state"))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut exited = false;
+            while !(dir.path().join("state").join("ca-bundle.pem").exists() && TcpStream::connect(http).is_ok()) {
+                if cp.try_wait().ok().flatten().is_some() {
+                    exited = true;
+                    break;
+                }
+                assert!(Instant::now() < deadline, "control plane did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Started, or another's listener answered on the port while this one exited.
+            std::thread::sleep(Duration::from_millis(100));
+            exited |= cp.try_wait().ok().flatten().is_some();
+            if exited && attempt < 5 {
+                continue;
+            }
+            assert!(!exited, "control plane exited at start-up five times");
+            return Lab { dir, cp, grpc, http, children: Vec::new(), _host: host };
         }
-        lab
+        unreachable!("the loop returns")
     }
 
     pub(crate) fn api_flags(&self, c: &mut Command) {

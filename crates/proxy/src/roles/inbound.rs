@@ -117,6 +117,8 @@ pub struct Inbound {
     builder: auto::Builder<TokioExecutor>,
     /// Set by [`Inbound::drain`]: the accept loop ends and HTTP connections finish.
     stop: watch::Sender<bool>,
+    /// Counts policy changes: a plaintext connection ends when its port turns STRICT.
+    policy_changes: watch::Sender<u64>,
     connections: Arc<Tracker>,
 }
 
@@ -152,6 +154,7 @@ impl Inbound {
             pools: Mutex::new(std::collections::HashMap::new()),
             builder: crate::conn::serve::http_builder(&crate::conn::ServerSettings::default()),
             stop: watch::channel(false).0,
+            policy_changes: watch::channel(0).0,
             connections: Arc::new(Tracker::default()),
         })
     }
@@ -168,9 +171,38 @@ impl Inbound {
         })
     }
 
-    /// Replaces the policy; connections and requests from now on use it.
+    /// Replaces the policy; connections and requests from now on use it, and plaintext
+    /// connections already open on a port it makes STRICT are closed (HTTP ones after the
+    /// request in progress), as Envoy drains a listener whose filter chains changed.
     pub fn set_policy(&self, policy: InboundPolicy) {
         self.policy.store(Arc::new(policy));
+        self.policy_changes.send_modify(|n| *n += 1);
+    }
+
+    /// Flips when the proxy stops or `port` turns STRICT: what ends a plaintext connection.
+    fn plaintext_stop(self: &Arc<Self>, port: u16) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        let (mut stop, mut changes) = (self.stop.subscribe(), self.policy_changes.subscribe());
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+                    r = changes.changed() => {
+                        let strict = me.upgrade().is_none_or(|m| m.policy.load().mode_for(port) == Mode::Strict);
+                        if r.is_err() || strict {
+                            if strict {
+                                tracing::info!(port, "mTLS is now STRICT: closing a plaintext connection");
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(true);
+        });
+        rx
     }
 
     /// Replaces what records name the workloads by.
@@ -303,12 +335,16 @@ impl Inbound {
         }
         let security = Security::Plaintext(reason);
         let kind = security.kind();
+        let stop = self.plaintext_stop(port);
         if matches!(detected, Detected::Http1 | Detected::Http2) {
-            let (bytes, close) = self.http(stream, security, None, peer, app).await;
+            let (bytes, close) = self.http_until(stream, security, None, peer, app, Some(stop)).await;
             (bytes, close, kind, None, false, Some(port))
         } else {
-            let (bytes, close) = self.tcp(stream, &security, peer, app).await;
-            (bytes, close, kind, None, true, Some(port))
+            let mut stop = stop;
+            tokio::select! {
+                (bytes, close) = self.tcp(stream, &security, peer, app) => (bytes, close, kind, None, true, Some(port)),
+                _ = stop.wait_for(|s| *s) => ((0, 0), CloseReason::Refused, kind, None, true, Some(port)),
+            }
         }
     }
 
@@ -391,6 +427,22 @@ impl Inbound {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        self.http_until(stream, security, principal, peer, app, None).await
+    }
+
+    /// Serves HTTP on `stream` until it ends, the proxy stops, or `until` flips.
+    async fn http_until<S>(
+        self: &Arc<Self>,
+        stream: S,
+        security: Security,
+        principal: Option<Arc<str>>,
+        peer: SocketAddr,
+        app: SocketAddr,
+        until: Option<watch::Receiver<bool>>,
+    ) -> ((u64, u64), CloseReason)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         // What stays the same for every request of the connection, worked out once.
         let xfcc = match (&security, &self.tls) {
             (Security::Mutual(peer), Some(tls)) => {
@@ -402,7 +454,7 @@ impl Inbound {
         let caller = Arc::new(Caller { security, principal, xfcc, pool: self.pool(app), app, peer, named });
         let me = self.clone();
         let handler = move |req| me.clone().request(req, caller.clone());
-        let stop = Some(self.stop.subscribe());
+        let stop = Some(until.unwrap_or_else(|| self.stop.subscribe()));
         let configured = match self.header_timeout_ms.load(std::sync::atomic::Ordering::Relaxed) {
             0 => None,
             ms => Some(Duration::from_millis(ms)),

@@ -179,6 +179,28 @@ async fn strict_refuses_plaintext_permissive_marks_it() {
     let r = Client::h1().try_get(direct, "x", "/plain").await.unwrap();
     assert_eq!(r.status, 200);
     assert!(!r.echoed().headers.contains_key("x-forwarded-client-cert"));
+    // A plaintext keep-alive connection open when the port turns STRICT is closed, not left
+    // to carry requests the policy now refuses.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut kept = tokio::net::TcpStream::connect(direct).await.unwrap();
+    kept.write_all(b"GET /kept HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    l.inbound.set_policy(policy(
+        "apiVersion: meshgate.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: meshgate-system}\nspec: {mtls: {mode: STRICT}}\n",
+    ));
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match kept.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the plaintext connection was still open 5 s after STRICT");
+    assert_eq!(l.mesh.get("h", "/via-mtls-after").await.status, 200, "mTLS connections stay");
 }
 
 #[tokio::test]
