@@ -9,3 +9,4 @@ mod rotation;
 mod status;
 mod stores;
 mod tokens;
+mod ui;
