@@ -19,6 +19,17 @@ const check = (ok, what) => {
   console.error(`ok: ${what}`);
 };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// Waits until the last `n` answers through the gateway all satisfy `ok`; seconds it took.
+async function answersBecome(n, ok, what) {
+  const since = Date.now();
+  versions.length = 0;
+  for (;;) {
+    await sleep(500);
+    const recent = versions.slice(-n);
+    if (recent.length >= n && recent.every(ok)) return Math.round((Date.now() - since) / 100) / 10;
+    if (Date.now() - since > 30000) throw new Error(`${what}: ${recent.join(",")}`);
+  }
+}
 
 // Traffic while the test runs: through the gateway, and (once asked) a plaintext client
 // straight to order, outside the mesh.
@@ -30,7 +41,8 @@ const traffic = (async () => {
     try {
       const r = await fetch("http://127.0.0.1:8080/");
       const body = await r.json();
-      versions.push(body.inventory && body.inventory.version);
+      // What inventory said through order: its version, or order's 502 with why.
+      versions.push(r.status === 200 ? body.inventory.version : `${r.status} ${body.inventory && body.inventory.error}`);
       if (versions.length > 400) versions.shift();
     } catch { /* the lab answers again shortly */ }
     if (plaintext) {
@@ -82,7 +94,9 @@ try {
   await page.locator("g.edge").first().dispatchEvent("click");
   await page.waitForSelector("#panel table.stats");
   const edgePanel = await page.textContent("#panel");
-  check(edgePanel.includes("proxy time") && edgePanel.includes("latency"), "the edge panel has latency and proxy time");
+  check(edgePanel.includes("proxy time") && edgePanel.includes("latency histogram"), "the edge panel has latency, its histogram and proxy time");
+  check((await page.locator("#panel .histogram .bar").count()) > 0, "the histogram has bars");
+  await page.screenshot({ path: `${outDir}/edge-panel.png` });
   const order = page.locator("g.node", { hasText: "order" }).first();
   await order.click();
   await page.waitForFunction(() => document.querySelector("#panel").textContent.includes("SPIFFE ID"), null, { timeout: 10000 });
@@ -147,17 +161,28 @@ try {
   check((await page.textContent("#confirm-yaml")).includes("weight: 100"), "the confirmation shows the new weights");
   await page.click("#confirm-apply");
   await page.waitForFunction(() => !document.querySelector("#confirm").open, null, { timeout: 10000 });
-  const movedAt = Date.now();
-  versions.length = 0;
-  for (;;) {
-    await sleep(500);
-    const recent = versions.slice(-20);
-    if (recent.length >= 20 && recent.every((v) => v === "v2")) break;
-    if (Date.now() - movedAt > 30000) throw new Error(`traffic did not move to v2: ${recent.join(",")}`);
-  }
-  results.canaryMovedSeconds = Math.round((Date.now() - movedAt) / 100) / 10;
+  results.canaryMovedSeconds = await answersBecome(20, (v) => v === "v2", "traffic did not move to v2");
   check(true, `20 requests in a row on v2, ${results.canaryMovedSeconds} s after the weights moved`);
   await page.screenshot({ path: `${outDir}/canary-moved.png` });
+
+  // Deny order → inventory from the edge's panel: inventory's sidecar answers 403, order says
+  // so; allowed again, traffic flows.
+  await page.waitForFunction(() => [...document.querySelectorAll("g.edge")].some((g) => g.getAttribute("aria-label").startsWith("shop/order-1 to shop/inventory-v2")), null, { timeout: 20000 });
+  await page.evaluate(() => [...document.querySelectorAll("g.edge")].find((g) => g.getAttribute("aria-label").startsWith("shop/order-1 to shop/inventory-v2")).dispatchEvent(new MouseEvent("click", { bubbles: true })));
+  await page.waitForSelector("text=deny these calls…", { timeout: 10000 });
+  await page.click("text=deny these calls…");
+  const deny = await page.textContent("#confirm-yaml");
+  check(deny.includes("kind: \"AuthorizationPolicy\"") && deny.includes("action: \"DENY\"") && deny.includes("cluster.local/ns/shop/sa/order"), "the confirmation shows a DENY for order's identity");
+  await page.click("#confirm-apply");
+  await page.waitForFunction(() => !document.querySelector("#confirm").open, null, { timeout: 10000 });
+  results.denySeconds = await answersBecome(10, (v) => String(v).startsWith("502 inventory answered 403"), "calls were not denied");
+  check(true, `order's calls to inventory get 403, ${results.denySeconds} s after the deny`);
+  await page.click("text=allow again…");
+  check((await page.textContent("#confirm-title")).includes("Delete"), "allowing again deletes the policy, and says so");
+  await page.click("#confirm-apply");
+  await page.waitForFunction(() => !document.querySelector("#confirm").open, null, { timeout: 10000 });
+  await answersBecome(10, (v) => v === "v2", "calls were not allowed again");
+  check(true, "allowed again: traffic flows");
 
   // A generated 500-node, 2,000-edge map: render time, and a click until the panel shows.
   const timing = await page.evaluate(async () => {

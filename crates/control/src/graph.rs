@@ -394,6 +394,11 @@ fn edge_json(
         "rps": ((count as f64 / covered as f64) * 1000.0).round() / 1000.0,
         "successRate": success,
         "latencyMs": latency,
+        // Per bucket (not cumulative), Istio's bounds, the last `+Inf`: the panel's histogram.
+        "latencyBuckets": {
+            "le": ISTIO_BUCKETS.iter().map(|b| json!(b)).chain(std::iter::once(json!("+Inf"))).collect::<Vec<_>>(),
+            "counts": (0..=ISTIO_BUCKETS.len()).map(|i| main.latency.get(i).copied().unwrap_or(0)).collect::<Vec<_>>(),
+        },
         "bytes": { "request": main.request_bytes, "response": main.response_bytes },
         "mtls": policy == "mutual_tls",
         "security": policy,
@@ -466,6 +471,12 @@ mod tests {
         let p50 = e["latencyMs"]["p50"].as_f64().unwrap();
         let p99 = e["latencyMs"]["p99"].as_f64().unwrap();
         assert!(p50 > 1.0 && p50 <= 5.0 && p99 > 25.0 && p99 <= 50.0, "{e}");
+        // The histogram the panel draws: every request in a bucket, Istio's bounds and +Inf.
+        let counts: Vec<u64> =
+            e["latencyBuckets"]["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+        assert_eq!((counts.len(), counts.iter().sum::<u64>()), (20, 1200), "{e}");
+        assert_eq!(e["latencyBuckets"]["le"][2], 5.0);
+        assert_eq!(e["latencyBuckets"]["le"][19], "+Inf");
         // Both proxies' own time: (0.05, 0.1] + (0.25, 0.5].
         let proxy = e["proxyMs"]["p50"].as_f64().unwrap();
         assert!(proxy > 0.3 && proxy <= 0.6, "{e}");

@@ -180,6 +180,7 @@ function render(graph) {
     setText(v.t3, shown || insecure ? l3 : "");
     v.lock.style.display = e.mtls && shown ? "" : "none";
     v.g.classList.toggle("insecure", insecure);
+    v.g.classList.toggle("unrouted", !e.mtls && !insecure);
     const aria = `${e.source} to ${e.destination}: ${l1}; ${l3}`;
     if (v.aria !== aria) { v.g.setAttribute("aria-label", aria); v.aria = aria; }
     v.g.classList.toggle("selected", state.selected && state.selected.edge === key);
@@ -187,7 +188,7 @@ function render(graph) {
   for (const [k, v] of state.edges) if (!liveEdges.has(k)) { v.g.remove(); state.edges.delete(k); }
   if (!svg.querySelector("defs")) {
     const defs = el("defs");
-    const m = el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto" });
+    const m = el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 10, markerHeight: 10, markerUnits: "userSpaceOnUse", orient: "auto" });
     m.append(el("path", { d: "M0,0 L10,5 L0,10 z", fill: "#57606a" }));
     defs.append(m);
     svg.prepend(defs);
@@ -277,7 +278,27 @@ function statsTable(sel) {
   }
   const t = h("table", { class: "stats" });
   for (const [k, v] of rows) t.append(h("tr", {}, h("td", {}, k), h("td", {}, v)));
+  const e = sel.edge && g.edges.find((x) => edgeKey(x) === sel.edge);
+  if (e && e.latencyBuckets) {
+    const wrap = h("div", { class: "stats" }, t, h("h3", {}, "latency histogram (ms)"), histogram(e.latencyBuckets));
+    return wrap;
+  }
   return t;
+}
+
+// Bars per latency bucket (Istio's buckets), the count and the bucket's upper bound under each;
+// empty buckets past the last used one are left out.
+function histogram(b) {
+  const last = b.counts.reduce((at, c, i) => (c > 0 ? i : at), -1);
+  const max = Math.max(1, ...b.counts);
+  const box = h("div", { class: "histogram", role: "img", "aria-label": b.counts.slice(0, last + 1).map((c, i) => `≤${b.le[i]} ms: ${c}`).join(", ") });
+  for (let i = 0; i <= last; i++) {
+    const bar = h("div", { class: "bar", title: `≤ ${b.le[i]} ms: ${b.counts[i]}` }, h("span", { class: "fill" }), h("small", {}, String(b.le[i])));
+    bar.firstChild.style.height = `${Math.round((b.counts[i] / max) * 60)}px`;
+    box.append(bar);
+  }
+  if (last < 0) box.append("no requests");
+  return box;
 }
 
 async function nodeDetails(n) {
