@@ -81,6 +81,9 @@ try {
   }, null, { timeout: 60000 });
   const names = await page.$$eval("g.node text:first-of-type", (l) => l.map((t) => t.textContent));
   check(names.some((n) => n.includes("order")) && names.some((n) => n.includes("inventory")), `nodes ${names.join(", ")}`);
+  // The canary's versions inside their Service's box.
+  await page.waitForFunction(() => [...document.querySelectorAll("g.service text")].some((t) => t.textContent.startsWith("Service inventory · 2 versions")), null, { timeout: 60000 });
+  check(true, "inventory's two versions in one Service box");
   const edgeText = () => page.$$eval("g.edge", (l) => l.map((g) => g.getAttribute("aria-label")));
   const first = await edgeText();
   check(first.some((t) => /\/s · 100\.0% · p99 [0-9.]+ ms; mTLS$/.test(t)), `an mTLS edge with rate, success and p99: ${first[0]}`);

@@ -99,8 +99,12 @@ function render(graph) {
   svg.setAttribute("width", Math.max(width, 600));
   svg.setAttribute("height", Math.max(height, 400));
   $("empty").hidden = graph.nodes.length > 0;
-  let edgesG = svg.querySelector("g.edges"), nodesG = svg.querySelector("g.nodes");
-  if (!edgesG) { edgesG = el("g", { class: "edges" }); nodesG = el("g", { class: "nodes" }); svg.append(edgesG, nodesG); }
+  let edgesG = svg.querySelector("g.edges"), nodesG = svg.querySelector("g.nodes"), groupsG = svg.querySelector("g.groups");
+  if (!edgesG) {
+    groupsG = el("g", { class: "groups" }); edgesG = el("g", { class: "edges" }); nodesG = el("g", { class: "nodes" });
+    svg.append(groupsG, edgesG, nodesG);
+  }
+  drawServices(groupsG, graph, pos);
 
   const liveNodes = new Set();
   for (const n of graph.nodes) {
@@ -194,6 +198,40 @@ function render(graph) {
     svg.prepend(defs);
   }
   if (state.selected) refreshPanel();
+}
+
+// A Service's versions (workloads of one app in one namespace) inside one box named after it,
+// with the requests it takes in all: the canary's v1 and v2 side by side under "inventory".
+function drawServices(layer, graph, pos) {
+  const apps = new Map();
+  for (const n of graph.nodes) {
+    if (n.kind !== "workload" || !n.app || n.app === "unknown") continue;
+    const k = `${n.namespace}/${n.app}`;
+    if (!apps.has(k)) apps.set(k, []);
+    apps.get(k).push(n);
+  }
+  const want = new Set();
+  for (const [k, members] of apps) {
+    if (members.length < 2) continue;
+    want.add(k);
+    const ps = members.map((m) => pos.get(m.id));
+    const x = Math.min(...ps.map((p) => p.x)) - 12, y = Math.min(...ps.map((p) => p.y)) - 26;
+    const w = Math.max(...ps.map((p) => p.x)) + NODE_W + 12 - x, hgt = Math.max(...ps.map((p) => p.y)) + NODE_H + 12 - y;
+    const ids = new Set(members.map((m) => m.id));
+    const rps = graph.edges.filter((e) => ids.has(e.destination) && !ids.has(e.source)).reduce((a, e) => a + e.rps, 0);
+    let g = layer.querySelector(`g[data-app="${CSS.escape(k)}"]`);
+    if (!g) {
+      g = el("g", { class: "service", "data-app": k });
+      g.append(el("rect", { rx: 10 }), el("text", {}));
+      layer.append(g);
+    }
+    const [rect, text] = g.children;
+    rect.setAttribute("x", x); rect.setAttribute("y", y); rect.setAttribute("width", w); rect.setAttribute("height", hgt);
+    text.setAttribute("x", x + 10); text.setAttribute("y", y + 17);
+    const label = `Service ${members[0].app} · ${members.length} versions · ${fmt(rps, 1)} req/s in`;
+    if (text.textContent !== label) text.textContent = label;
+  }
+  for (const g of [...layer.children]) if (!want.has(g.getAttribute("data-app"))) g.remove();
 }
 
 // ---- the live feed -------------------------------------------------------------------------
