@@ -105,6 +105,11 @@ try {
   await page.waitForFunction(() => document.querySelector("#panel").textContent.includes("SPIFFE ID"), null, { timeout: 10000 });
   const nodePanel = await page.textContent("#panel");
   check(nodePanel.includes("spiffe://cluster.local/ns/shop/sa/order") && nodePanel.includes("expires"), "order's identity and certificate expiry");
+  // Recent requests: a tap through the control plane, answered by order's sidecar.
+  await page.click("text=tap 10 s");
+  await page.waitForFunction(() => document.querySelectorAll("#panel table.recent tr").length >= 4, null, { timeout: 20000 });
+  const recent = await page.$$eval("#panel table.recent tr", (l) => l.map((r) => r.textContent));
+  check(recent.some((r) => r.includes("GET") && r.includes("200")), `recent requests through order's sidecar: ${recent[1]}`);
   await page.screenshot({ path: `${outDir}/order-panel.png` });
 
   // A narrow window: the panel goes under the map, both readable.

@@ -136,6 +136,11 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
             Some(csrf) => json_reply(StatusCode::OK, &json!({ "csrf": csrf })),
             None => error(StatusCode::BAD_REQUEST, "no dashboard session: the admin token needs none"),
         },
+        (&Method::POST, ["api", "v1", "taps"]) => start_tap(cp, req).await,
+        (&Method::GET, ["api", "v1", "taps", id]) => match id.parse().ok().and_then(|id| cp.taps.get(id)) {
+            Some(v) => json_reply(StatusCode::OK, &v),
+            None => error(StatusCode::NOT_FOUND, format!("no tap {id} (taps are kept ten minutes)")),
+        },
         (&Method::POST, ["api", "v1", "ui", "login-codes"]) if bearer => {
             let code = cp.sessions.code();
             json_reply(StatusCode::OK, &json!({ "code": code, "path": format!("/login?code={code}") }))
@@ -350,6 +355,32 @@ fn versioned(value: &mut serde_json::Value, stored: Option<serde_json::Value>) -
         m.insert("generation".into(), json!(generation));
     }
     (action, generation)
+}
+
+#[derive(Deserialize)]
+struct TapRequest {
+    workload: String,
+    #[serde(default)]
+    seconds: Option<u32>,
+    #[serde(default)]
+    max: Option<u32>,
+}
+
+/// Asks the proxies of a workload for what they serve for a while (10 s, 50 records unless
+/// said): the tap's id, to read with `GET /api/v1/taps/ID`.
+async fn start_tap<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply {
+    let body = match body_bytes(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let t: TapRequest = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("tap request: {e}")),
+    };
+    match cp.taps.start(&t.workload, t.seconds.unwrap_or(10), t.max.unwrap_or(50)) {
+        Ok(id) => json_reply(StatusCode::OK, &json!({ "id": id, "workload": t.workload })),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
 }
 
 #[derive(Deserialize)]

@@ -455,6 +455,7 @@ mod tests {
                 interval_ms: 5000,
                 edges: vec![stats("source", 100, 2, 90, 80), stats("destination", 100, 2, 90, 400)],
                 dropped: 0,
+                tapped: Vec::new(),
             };
             g.record_at(&report, now - 55 + t * 5);
         }

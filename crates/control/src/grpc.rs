@@ -129,6 +129,9 @@ impl<S: Store> Telemetry for TelemetryService<S> {
         let mut accepted = 0;
         while let Some(report) = stream.message().await? {
             self.0.graph.record(&report);
+            if !report.tapped.is_empty() {
+                self.0.taps.record(&report.tapped);
+            }
             accepted += 1;
         }
         Ok(Response::new(ReportSummary { accepted }))
@@ -297,6 +300,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 },
             });
             tracing::info!(%identity, role, node = %hello.node, "proxy subscribed");
+            let mut taps = cp.taps.register(conn, &hello.workload);
             let mut stopping = cp.stopping.subscribe();
             let mut bundle = cp.bundle_version.subscribe();
             let mut sent_keys = HashMap::new();
@@ -326,6 +330,13 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 }
                 next = tokio::select! {
                     _ = stopping.changed() => break,
+                    // A tap, alone in its message: the proxy answers it in its reports.
+                    Some(ask) = taps.recv() => {
+                        if tx.send(Ok(DiscoveryResponse { tap: Some(ask), ..DiscoveryResponse::default() })).await.is_err() {
+                            break;
+                        }
+                        DiscoveryResponse::default()
+                    }
                     // A new trust bundle alone: sent with the version in force.
                     _ = bundle.changed() => DiscoveryResponse { version: cp.state.snapshot().version.to_string(), ..DiscoveryResponse::default() },
                     msg = inbound.message() => {
@@ -362,6 +373,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 };
             }
             cp.unregister(conn);
+            cp.taps.unregister(conn);
             tracing::info!(%identity, "proxy disconnected");
         });
         Ok(Response::new(ReceiverStream::new(rx)))

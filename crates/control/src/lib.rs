@@ -11,5 +11,6 @@ pub mod plane;
 pub mod run;
 pub mod state;
 pub mod store;
+pub mod taps;
 pub mod tokens;
 pub mod ui;

@@ -113,6 +113,8 @@ pub struct ControlPlane<S: Store> {
     pub graph: crate::graph::Graph,
     /// The dashboard's sign-in codes and sessions.
     pub sessions: crate::ui::Sessions,
+    /// Taps asked of connected proxies, and what they caught.
+    pub taps: crate::taps::Taps,
 }
 
 impl<S: Store> std::fmt::Debug for ControlPlane<S> {
@@ -156,6 +158,7 @@ impl<S: Store> ControlPlane<S> {
             metrics: crate::metrics::CpMetrics::default(),
             graph: crate::graph::Graph::default(),
             sessions: crate::ui::Sessions::default(),
+            taps: crate::taps::Taps::default(),
         });
         cp.state.reload(&cp.store).await?;
         Ok(cp)

@@ -373,6 +373,7 @@ async function nodeDetails(n) {
     }
     if (!list.children.length) list.append(h("li", {}, "none: the mesh defaults (mTLS PERMISSIVE, allow all)"));
     out.push(list);
+    out.push(recentRequests(n));
     out.push(...mtlsOps(n));
     const splits = routes.items.filter((r) => (r.spec.rules || []).some((rule) => (rule.backendRefs || []).length > 1));
     out.push(h("h3", {}, "traffic splits"));
@@ -382,6 +383,42 @@ async function nodeDetails(n) {
     out.push(h("p", { class: "error" }, `details: ${err.message}`));
   }
   return out;
+}
+
+// The requests a workload's proxies serve for ten seconds, through the control plane's tap
+// (each sidecar answers in its telemetry reports, every few seconds).
+function recentRequests(n) {
+  const box = h("div", { class: "op" });
+  const table = h("table", { class: "recent" });
+  const note = h("p", {}, "");
+  const go = h("button", { type: "button", onclick: async () => {
+    go.disabled = true;
+    table.replaceChildren();
+    try {
+      const t = await api("POST", "/api/v1/taps", JSON.stringify({ workload: `${n.namespace}/${n.workload}`, seconds: 10, max: 30 }), { "Content-Type": "application/json" });
+      note.textContent = "listening for 10 s…";
+      for (;;) {
+        await new Promise((r) => setTimeout(r, 1000));
+        const got = await api("GET", `/api/v1/taps/${t.id}`);
+        table.replaceChildren(h("tr", {}, ...["time", "side", "request", "code", "flags", "ms", "from"].map((x) => h("td", {}, x))));
+        for (const r of got.records.slice(-30).reverse()) {
+          const from = r.source_workload ? r.source_workload.workload || r.source_workload : r.downstream_peer;
+          table.append(h("tr", {},
+            h("td", {}, (r.start_time || "").slice(11, 19)), h("td", {}, r.reporter === "destination" ? "in" : "out"),
+            h("td", {}, `${r.method || ""} ${r.authority || ""}${r.path || ""}`), h("td", {}, String(r.response_code)),
+            h("td", {}, r.response_flags), h("td", {}, fmt(r.duration_ms, 1)), h("td", {}, typeof from === "string" ? from : JSON.stringify(from))));
+        }
+        note.textContent = got.done ? `${got.records.length} request(s) in 10 s` : `listening… ${got.records.length} so far`;
+        if (got.done) break;
+      }
+    } catch (err) {
+      note.textContent = `tap: ${err.message}`;
+      note.className = "error";
+    }
+    go.disabled = false;
+  } }, "tap 10 s");
+  box.append(go, note, table);
+  return h("div", {}, h("h3", {}, "recent requests"), box);
 }
 
 // ---- operations ---------------------------------------------------------------------------

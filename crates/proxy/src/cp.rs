@@ -17,7 +17,7 @@ use meshgate_proto::meshgate::discovery_client::DiscoveryClient;
 use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
 use meshgate_proto::meshgate::identity_client::IdentityClient;
 use meshgate_proto::meshgate::telemetry_client::TelemetryClient;
-use meshgate_proto::meshgate::{Ack, CertifyRequest, Credentials, DiscoveryRequest, Hello, Nack};
+use meshgate_proto::meshgate::{Ack, CertifyRequest, Credentials, DiscoveryRequest, Hello, Nack, TapAsk, Tapped};
 use meshgate_tls::{MeshTls, TrustBundle};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -190,6 +190,8 @@ pub struct Subscriber {
     pub workload: String,
     /// A gateway's addresses (its bind address when it binds one), for Gateway status.
     pub addresses: Vec<String>,
+    /// Where the control plane's taps go: to the [`report`] task, which answers them.
+    pub taps: Option<mpsc::Sender<TapAsk>>,
 }
 
 /// Subscribes for as long as the task runs, resubscribing with backoff when the control plane
@@ -263,6 +265,20 @@ async fn session(
                 continue;
             }
         };
+        // A tap alone: no configuration, nothing to acknowledge.
+        if let Some(ask) = resp.tap
+            && !resp.full
+            && resp.upserts.is_empty()
+            && resp.removals.is_empty()
+            && resp.roots.is_empty()
+        {
+            if let Some(t) = &sub.taps
+                && t.try_send(ask).is_err()
+            {
+                tracing::debug!("a tap asked while others still wait: dropped");
+            }
+            continue;
+        }
         if !resp.roots.is_empty() {
             let bundle = TrustBundle {
                 trust_domain: mesh.material().bundle.trust_domain.clone(),
@@ -347,10 +363,18 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// [`REPORT_INTERVAL`]: what changed in its metrics since the last report. At most a few
 /// reports wait while the control plane is slow; a report that cannot be queued (or is lost
 /// with a broken stream) is dropped, and the next one says how many were.
-pub async fn report(target: ControlPlaneAddr, mesh: Arc<MeshTls>, role: String, sink: crate::telemetry::Sink) {
+pub async fn report(
+    target: ControlPlaneAddr,
+    mesh: Arc<MeshTls>,
+    role: String,
+    sink: crate::telemetry::Sink,
+    mut asks: mpsc::Receiver<TapAsk>,
+) {
     if sink.metrics().is_none() {
         return;
     }
+    // What the taps the control plane asked for have caught, sent with the next report.
+    let tapped: Arc<std::sync::Mutex<Vec<Tapped>>> = Arc::default();
     let mut deltas = crate::telemetry::report::Deltas::default();
     let mut dropped = 0u64;
     let mut backoff = Duration::from_millis(500);
@@ -371,7 +395,13 @@ pub async fn report(target: ControlPlaneAddr, mesh: Arc<MeshTls>, role: String, 
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                Some(ask) = asks.recv() => {
+                    catch(&sink, ask, tapped.clone());
+                    continue;
+                }
+            }
             let Some(metrics) = sink.metrics() else { return };
             let edges = deltas.next(metrics);
             let report = meshgate_proto::meshgate::EdgeReport {
@@ -379,6 +409,7 @@ pub async fn report(target: ControlPlaneAddr, mesh: Arc<MeshTls>, role: String, 
                 interval_ms: REPORT_INTERVAL.as_millis() as u64,
                 edges,
                 dropped,
+                tapped: tapped.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default(),
             };
             match tx.try_send(report) {
                 Ok(()) => {
@@ -399,4 +430,30 @@ pub async fn report(target: ControlPlaneAddr, mesh: Arc<MeshTls>, role: String, 
         tokio::time::sleep(backoff + Duration::from_millis(fastrand::u64(0..500))).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+}
+
+/// Answers a tap: listens to this proxy's requests for `ask.seconds` (at most `ask.max`
+/// records, ten minutes at most), each kept as its tap record for the next report. Requests are
+/// recorded in detail only while some tap listens, so this costs nothing the rest of the time.
+fn catch(sink: &crate::telemetry::Sink, ask: TapAsk, into: Arc<std::sync::Mutex<Vec<Tapped>>>) {
+    let Some(tap) = sink.tap() else { return };
+    let (mut rx, listening) = tap.subscribe();
+    let until = tokio::time::Instant::now() + Duration::from_secs(u64::from(ask.seconds.clamp(1, 600)));
+    let max = ask.max.clamp(1, 1000) as usize;
+    tokio::spawn(async move {
+        let _listening = listening;
+        let mut caught = 0;
+        while caught < max {
+            let r = match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(_)) | Err(_) => break,
+            };
+            let record = crate::telemetry::access::request_json(&r).to_string();
+            if let Ok(mut t) = into.lock() {
+                t.push(Tapped { tap: ask.id, record });
+                caught += 1;
+            }
+        }
+    });
 }

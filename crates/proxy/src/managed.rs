@@ -118,11 +118,20 @@ impl ManagedGateway {
             })
         });
         let sink = gateway.core().sink().clone();
-        tasks.push(tokio::spawn(crate::cp::report(target.clone(), mesh.clone(), "gateway".into(), sink)));
+        let (taps, asks) = tokio::sync::mpsc::channel(4);
+        tasks.push(tokio::spawn(crate::cp::report(target.clone(), mesh.clone(), "gateway".into(), sink, asks)));
         let bind = gateway.options().bind;
         let addresses = if bind.is_unspecified() { Vec::new() } else { vec![bind.to_string()] };
-        let sub =
-            Subscriber { target, mesh, renewal, role: "gateway".into(), node, workload: String::new(), addresses };
+        let sub = Subscriber {
+            target,
+            mesh,
+            renewal,
+            role: "gateway".into(),
+            node,
+            workload: String::new(),
+            addresses,
+            taps: Some(taps),
+        };
         tasks.push(tokio::spawn(subscribe(sub, apply)));
         Ok(ManagedGateway { gateway, id, tasks })
     }
@@ -189,8 +198,18 @@ impl ManagedSidecar {
             })
         });
         let sink = sidecar.core.sink().clone();
-        tasks.push(tokio::spawn(crate::cp::report(target.clone(), mesh.clone(), "sidecar".into(), sink)));
-        let sub = Subscriber { target, mesh, renewal, role: "sidecar".into(), node, workload, addresses: Vec::new() };
+        let (taps, asks) = tokio::sync::mpsc::channel(4);
+        tasks.push(tokio::spawn(crate::cp::report(target.clone(), mesh.clone(), "sidecar".into(), sink, asks)));
+        let sub = Subscriber {
+            target,
+            mesh,
+            renewal,
+            role: "sidecar".into(),
+            node,
+            workload,
+            addresses: Vec::new(),
+            taps: Some(taps),
+        };
         tasks.push(tokio::spawn(subscribe(sub, apply)));
         Ok(ManagedSidecar { sidecar, id, tasks })
     }

@@ -324,6 +324,10 @@ pub trait TelemetrySink: Send + Sync + std::fmt::Debug + 'static {
     fn wants_details(&self) -> bool {
         false
     }
+    /// The live request stream, for the control plane's taps (the dashboard's recent requests).
+    fn tap(&self) -> Option<&tap::Tap> {
+        None
+    }
     /// The metrics this sink keeps, for the service-graph report.
     fn metrics(&self) -> Option<&metrics::Metrics> {
         None

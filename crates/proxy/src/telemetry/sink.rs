@@ -75,6 +75,10 @@ impl TelemetrySink for Telemetry {
         Some(&self.metrics)
     }
 
+    fn tap(&self) -> Option<&Tap> {
+        Some(&self.tap)
+    }
+
     fn configure(&self, settings: &meshgate_model::settings::Telemetry, me: &Peer) {
         self.logging.store(self.forced || settings.access_log, Ordering::Relaxed);
         let Some(t) = &settings.tracing else {

@@ -167,18 +167,22 @@ async fn grpc_route_weight() {
     );
     let s = start(&yaml).await;
     accepted(&s, "weighted-backends", "same-namespace");
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let mut kv = client(&s, "same-namespace", "any").await;
-        tasks.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            for _ in 0..50 {
-                seen.push(echo(&mut kv, &[]).await.unwrap());
-            }
-            seen
-        }));
-    }
-    super::assert_split(tasks, V1, V2).await;
+    let s = &s;
+    let round = || async move {
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let mut kv = client(s, "same-namespace", "any").await;
+            tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..50 {
+                    seen.push(echo(&mut kv, &[]).await.unwrap());
+                }
+                seen
+            }));
+        }
+        tasks
+    };
+    super::assert_split(round, V1, V2).await;
 }
 
 #[tokio::test]

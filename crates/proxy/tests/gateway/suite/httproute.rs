@@ -602,19 +602,22 @@ async fn http_route_weight() {
     .await;
     accepted(&s, INFRA, "weighted-backends", SAME, true, "ResolvedRefs");
     let addr = s.addr(SAME, 80);
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
-        tasks.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            for _ in 0..50 {
-                let r = meshgate_testkit::Client::h1().get(addr, "any", "/", &[]).await;
-                assert_eq!(r.status, 200);
-                seen.push(r.echoed().backend);
-            }
-            seen
-        }));
-    }
-    super::assert_split(tasks, V1, V2).await;
+    let round = || async move {
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..50 {
+                    let r = meshgate_testkit::Client::h1().get(addr, "any", "/", &[]).await;
+                    assert_eq!(r.status, 200);
+                    seen.push(r.echoed().backend);
+                }
+                seen
+            }));
+        }
+        tasks
+    };
+    super::assert_split(round, V1, V2).await;
 }
 
 #[tokio::test]
