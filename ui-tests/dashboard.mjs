@@ -143,8 +143,13 @@ try {
   await page.screenshot({ path: `${outDir}/confirm-strict.png` });
   await page.click("#confirm-apply");
   await page.waitForFunction(() => !document.querySelector("#confirm").open, null, { timeout: 10000 });
-  // Refused now: the plaintext edge stops carrying requests and leaves the 30 s window.
+  // Refused now, at once: the plaintext client's connections are drawn as refused.
   const appliedAt = Date.now();
+  await page.waitForFunction(() => [...document.querySelectorAll("g.edge.refused")].some((g) => g.getAttribute("aria-label").includes(" to shop/order") && g.getAttribute("aria-label").includes("refused: plaintext under STRICT")), null, { timeout: 20000, polling: 250 });
+  results.strictRefusedSeconds = Math.round((Date.now() - appliedAt) / 100) / 10;
+  check(true, `the plaintext client's connections are drawn refused ${results.strictRefusedSeconds} s after STRICT`);
+  await page.screenshot({ path: `${outDir}/strict-refused.png` });
+  // And the plaintext edge stops carrying requests and leaves the 30 s window.
   await page.waitForFunction(() => ![...document.querySelectorAll("g.edge.insecure")].some((g) => g.getAttribute("aria-label").includes(" to shop/order")), null, { timeout: 60000, polling: 500 });
   results.strictEdgeGoneSeconds = Math.round((Date.now() - appliedAt) / 100) / 10;
   check(true, `the plaintext edge left the map ${results.strictEdgeGoneSeconds} s after STRICT`);

@@ -136,6 +136,8 @@ function render(graph) {
   const liveEdges = new Set();
   const allLabels = graph.edges.length <= LABELS_UP_TO;
   const setText = (t, v) => { if (t.textContent !== v) t.textContent = v; };
+  // Several edges between one pair (HTTP and TCP, say) bend apart instead of lying on each other.
+  const pairs = new Map();
   for (const e of graph.edges) {
     const key = edgeKey(e);
     const a = pos.get(e.source), b = pos.get(e.destination);
@@ -157,18 +159,23 @@ function render(graph) {
       v = { g, hit, line, t1, t2, t3, lock };
       state.edges.set(key, v);
     }
+    const pair = `${e.source}|${e.destination}`;
+    const nth = pairs.get(pair) || 0;
+    pairs.set(pair, nth + 1);
+    const bend = nth * 48;
     const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
     const mx = (x1 + x2) / 2;
-    const d = `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2 - 6},${y2}`;
+    const d = `M${x1},${y1} C${mx},${y1 + bend * 1.4} ${mx},${y2 + bend * 1.4} ${x2 - 6},${y2}`;
     if (v.d !== d) { v.line.setAttribute("d", d); v.hit.setAttribute("d", d); v.d = d; }
-    const lx = mx, ly = (y1 + y2) / 2 - 8;
+    const lx = mx, ly = (y1 + y2) / 2 - 8 + bend;
     const succ = e.successRate === null ? "–" : fmt(e.successRate * 100, 1) + "%";
     const l1 = e.protocol === "tcp" ? `${fmt(e.rps, 2)} conn/s` : `${fmt(e.rps, 1)}/s · ${succ} · p99 ${fmt(e.latencyMs.p99, 1)} ms`;
     const share = e.proxyShareOfP50 === null || e.proxyShareOfP50 === undefined ? "" : ` (${fmt(e.proxyShareOfP50 * 100, 0)}% of p50)`;
     const l2 = e.protocol === "tcp" ? "" : `proxies ${fmt(e.proxyMs.p50, 2)} ms${share}`;
     // "unknown": the request never reached an upstream (no route, no endpoint): no channel.
-    const insecure = !e.mtls && e.security !== "unknown";
-    const l3 = e.mtls ? "mTLS" : insecure ? `⚠ insecure channel: cleartext${e.plaintextReason ? " (" + e.plaintextReason + ")" : ""}` : "no upstream connection";
+    const refused = e.plaintextReason === "RefusedStrict";
+    const insecure = !e.mtls && e.security !== "unknown" && !refused;
+    const l3 = e.mtls ? "mTLS" : refused ? "✕ refused: plaintext under STRICT" : insecure ? `⚠ insecure channel: cleartext${e.plaintextReason ? " (" + e.plaintextReason + ")" : ""}` : "no upstream connection";
     const sel = state.selected;
     const shown = allLabels || (sel && (sel.edge === key || sel.node === e.source || sel.node === e.destination));
     if (v.lx !== lx || v.ly !== ly) {
@@ -181,10 +188,11 @@ function render(graph) {
     setText(v.t1, shown ? l1 : "");
     setText(v.t2, shown ? l2 : "");
     // Plaintext keeps its warning even unlabelled: the red dashes are never the only signal.
-    setText(v.t3, shown || insecure ? l3 : "");
+    setText(v.t3, shown || insecure || refused ? l3 : "");
     v.lock.style.display = e.mtls && shown ? "" : "none";
     v.g.classList.toggle("insecure", insecure);
-    v.g.classList.toggle("unrouted", !e.mtls && !insecure);
+    v.g.classList.toggle("unrouted", !e.mtls && !insecure && !refused);
+    v.g.classList.toggle("refused", refused);
     const aria = `${e.source} to ${e.destination}: ${l1}; ${l3}`;
     if (v.aria !== aria) { v.g.setAttribute("aria-label", aria); v.aria = aria; }
     v.g.classList.toggle("selected", state.selected && state.selected.edge === key);
@@ -300,7 +308,8 @@ function statsTable(sel) {
     const sum = (l) => l.reduce((a, e) => a + e.rps, 0);
     rows.push(["kind", n.kind], ["namespace", n.namespace || "–"], ["app / version", `${n.app || "–"} / ${n.version || "–"}`]);
     rows.push(["inbound", `${fmt(sum(ins), 1)} req/s from ${ins.length} caller(s)`], ["outbound", `${fmt(sum(outs), 1)} req/s to ${outs.length} callee(s)`]);
-    for (const e of ins) rows.push([`from ${nodeName(e.source)}`, `${e.mtls ? "mTLS (locked)" : "⚠ cleartext" + (e.plaintextReason ? " (" + e.plaintextReason + ")" : "")} · p99 ${fmt(e.latencyMs.p99, 1)} ms`]);
+    const how = (e) => (e.mtls ? "mTLS (locked)" : e.plaintextReason === "RefusedStrict" ? "✕ refused (plaintext under STRICT)" : "⚠ cleartext" + (e.plaintextReason ? " (" + e.plaintextReason + ")" : ""));
+    for (const e of ins) rows.push([`from ${nodeName(e.source)} (${e.protocol})`, `${how(e)}${e.protocol === "tcp" ? ` · ${fmt(e.rps, 1)} conn/s` : ` · p99 ${fmt(e.latencyMs.p99, 1)} ms`}`]);
   } else {
     const e = g.edges.find((x) => edgeKey(x) === sel.edge);
     if (e) {

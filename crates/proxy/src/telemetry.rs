@@ -50,6 +50,9 @@ pub enum PlaintextReason {
     /// The application beside the proxy, in the same pod (its outbound calls reach the
     /// sidecar in plaintext, as in every mesh: the pod's network namespace is the boundary).
     Local,
+    /// STRICT refused a plaintext client: the connection was closed unanswered (recorded, so
+    /// the service graph shows the refusals).
+    RefusedStrict,
 }
 
 /// How the hop this proxy answers for is secured: the downstream connection for an inbound

@@ -327,7 +327,9 @@ impl Inbound {
                 workload = %self.opts.workload,
                 "plaintext connection refused: mTLS is STRICT"
             );
-            return refused(CloseReason::Refused);
+            // Counted as a connection (opaque: no request was read), so the refusal shows.
+            let security = telemetry::Security::Plaintext(PlaintextReason::RefusedStrict);
+            return ((0, 0), CloseReason::Refused, security, None, true, Some(port));
         }
         let reason = if mode == Mode::Disable { PlaintextReason::Disabled } else { PlaintextReason::Permissive };
         if reason == PlaintextReason::Permissive {
