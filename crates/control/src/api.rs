@@ -264,6 +264,12 @@ async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, Reply> {
     }
 }
 
+/// A JSON request body as `T`, or the reply saying what is wrong with it (`what`: its name).
+async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>, what: &str) -> Result<T, Reply> {
+    let body = body_bytes(req).await?;
+    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
 async fn apply<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply {
     let source = req.headers().get("x-meshgate-source").and_then(|v| v.to_str().ok()).unwrap_or("apply").to_string();
     // What the caller read: an edit of a resource that changed since is refused (the
@@ -369,13 +375,9 @@ struct TapRequest {
 /// Asks the proxies of a workload for what they serve for a while (10 s, 50 records unless
 /// said): the tap's id, to read with `GET /api/v1/taps/ID`.
 async fn start_tap<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply {
-    let body = match body_bytes(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let t: TapRequest = match serde_json::from_slice(&body) {
+    let t: TapRequest = match json_body(req, "tap request").await {
         Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("tap request: {e}")),
+        Err(r) => return r,
     };
     match cp.taps.start(&t.workload, t.seconds.unwrap_or(10), t.max.unwrap_or(50)) {
         Ok(id) => json_reply(StatusCode::OK, &json!({ "id": id, "workload": t.workload })),
@@ -393,13 +395,9 @@ struct TokenRequest {
 }
 
 async fn create_token<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Reply {
-    let body = match body_bytes(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let t: TokenRequest = match serde_json::from_slice(&body) {
+    let t: TokenRequest = match json_body(req, "token request").await {
         Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("token request: {e}")),
+        Err(r) => return r,
     };
     for (what, v) in [("namespace", &t.namespace), ("serviceAccount", &t.service_account)] {
         if meshgate_api::validate::syntax::dns_label(v).is_err() {
