@@ -111,6 +111,12 @@ try {
   const recent = await page.$$eval("#panel table.recent tr", (l) => l.map((r) => r.textContent));
   check(recent.some((r) => r.includes("GET") && r.includes("200")), `recent requests through order's sidecar: ${recent[1]}`);
   await page.screenshot({ path: `${outDir}/order-panel.png` });
+  // The gateway's too (tapped by its identity: it has no Workload).
+  await page.locator("g.node", { hasText: "gateway" }).first().click();
+  await page.click("text=tap 10 s");
+  await page.waitForFunction(() => document.querySelectorAll("#panel table.recent tr").length >= 3, null, { timeout: 20000 });
+  const viaGateway = await page.$$eval("#panel table.recent tr", (l) => l.map((r) => r.textContent));
+  check(viaGateway.some((r) => r.includes("GET 127.0.0.1:8080/") && r.includes("200")), `recent requests through the gateway: ${viaGateway[1]}`);
 
   // A narrow window: the panel goes under the map, both readable.
   await page.setViewportSize({ width: 420, height: 800 });

@@ -300,7 +300,13 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 },
             });
             tracing::info!(%identity, role, node = %hello.node, "proxy subscribed");
-            let mut taps = cp.taps.register(conn, &hello.workload);
+            // Tapped by Workload; a gateway (no Workload) by its identity's namespace and
+            // service account, as the service graph names it.
+            let tap_name = match (role.as_str(), identity.workload()) {
+                ("gateway", Some((ns, sa))) => format!("{ns}/{sa}"),
+                _ => hello.workload.clone(),
+            };
+            let mut taps = cp.taps.register(conn, &tap_name);
             let mut stopping = cp.stopping.subscribe();
             let mut bundle = cp.bundle_version.subscribe();
             let mut sent_keys = HashMap::new();

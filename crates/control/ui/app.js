@@ -283,6 +283,7 @@ async function refreshPanel(full) {
     const n = g.nodes.find((x) => x.id === sel.node);
     if (!n) return;
     panel.append(h("h2", {}, label(n)), statsTable(sel));
+    if (n.kind === "gateway") panel.append(recentRequests(n));
     if (n.kind === "workload") {
       const extra = await nodeDetails(n);
       if (token !== panelToken) return;
