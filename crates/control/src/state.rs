@@ -243,8 +243,10 @@ impl State {
         // version is pushed to the proxies.
         let status_only = changed.is_empty() && removed.is_empty() && !errors_changed && old.version > 0;
         let version = if status_only { old.version } else { old.version + 1 };
-        for e in errors.iter().filter(|_| !status_only) {
-            tracing::warn!("resource refused: {e}");
+        if !status_only {
+            for e in &errors {
+                tracing::warn!("resource refused: {e}");
+            }
         }
         let mut conditions_of: HashMap<ObjectRef, Vec<usize>> = HashMap::new();
         for (i, c) in conditions.iter().enumerate() {

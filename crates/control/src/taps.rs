@@ -56,11 +56,12 @@ impl Taps {
     pub fn start(&self, workload: &str, seconds: u32, max: u32) -> Result<u64, String> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let ask = TapAsk { id, seconds: seconds.clamp(1, 600), max: max.clamp(1, 1000) };
-        let asked = self
-            .streams
-            .lock()
-            .map(|s| s.values().filter(|(w, _)| w == workload).filter(|(_, tx)| tx.try_send(ask).is_ok()).count())
-            .unwrap_or(0);
+        let mut asked = 0;
+        if let Ok(streams) = self.streams.lock() {
+            for (_, tx) in streams.values().filter(|(w, _)| w == workload) {
+                asked += usize::from(tx.try_send(ask).is_ok());
+            }
+        }
         if asked == 0 {
             return Err(format!("no proxy of Workload {workload} is connected to this control-plane replica"));
         }

@@ -63,7 +63,7 @@ fn prune<V>(map: &mut HashMap<String, V>, expiry: impl Fn(&V) -> Instant) {
 }
 
 /// Whether two secrets are equal, in time independent of where they differ.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -170,7 +170,7 @@ const SIGN_IN: &str = "<!doctype html><meta charset=utf-8><title>meshgate — si
 <code>meshgate dashboard</code>.</p>";
 
 /// The dashboard's own routes: `Some` when `req` is one of them.
-pub async fn route<S: Store + 'static>(
+pub fn route<S: Store + 'static>(
     cp: &std::sync::Arc<ControlPlane<S>>,
     req: &Request<Incoming>,
 ) -> Option<Response<Body>> {

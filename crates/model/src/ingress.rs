@@ -415,8 +415,8 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
         let ns = o.id.ns();
         let n = nginx(o, &ing.metadata, &mut t.conditions);
         let Some(spec) = &ing.spec else { continue };
-        // The Services whose connect timeout `proxy-connect-timeout` sets.
-        let mut connect_services: Vec<String> = Vec::new();
+        // The Services this Ingress sends to (whose connect timeout `proxy-connect-timeout` sets).
+        let mut services: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         // The annotations Gateway API has no field for, in one HTTPRouteFilter per Ingress.
         let mut shared = Vec::new();
         let mut extra = serde_json::Map::new();
@@ -530,12 +530,7 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
                         continue;
                     }
                 };
-                if n.connect_timeout.is_some()
-                    && let Some(svc) = backend["name"].as_str()
-                    && !connect_services.iter().any(|s| s == svc)
-                {
-                    connect_services.push(svc.to_string());
-                }
+                services.extend(backend["name"].as_str().map(str::to_string));
                 if n.backend_tls
                     && let Some(svc) = backend["name"].as_str()
                     && !has_backend_tls(set, ns, svc)
@@ -647,11 +642,7 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
         if let Some(b) = &spec.default_backend {
             match backend_ref(set, ns, b) {
                 Ok(b) => {
-                    if let Some(svc) = b["name"].as_str().filter(|_| n.connect_timeout.is_some())
-                        && !connect_services.iter().any(|s| s == svc)
-                    {
-                        connect_services.push(svc.to_string());
-                    }
+                    services.extend(b["name"].as_str().map(str::to_string));
                     let rules = vec![rule("PathPrefix", "/", b, &n, &shared)];
                     add(&mut routes, format!("{}-default", o.id.name), None, json!([gateway(None)]), rules);
                 }
@@ -662,10 +653,11 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
         }
         // A connect timeout is the Service's in meshgate (connections are pooled per endpoint
         // and shared by every route): a TrafficPolicy, unless one already sets the Service's.
-        for svc in connect_services {
+        let Some(secs) = n.connect_timeout else { continue };
+        for svc in &services {
             let key = format!("{NGINX}proxy-connect-timeout");
             if let Some(other) = set.traffic_policies().find(|(po, p)| {
-                po.id.ns() == ns && p.spec.target_refs.iter().any(|r| r.kind == "Service" && r.name == svc)
+                po.id.ns() == ns && p.spec.target_refs.iter().any(|r| r.kind == "Service" && r.name == *svc)
             }) {
                 let message = format!(
                     "annotation {key} is not applied to Service {ns}/{svc}: TrafficPolicy {} already sets its policy; set spec.timeouts.connect there",
@@ -681,7 +673,6 @@ pub fn translate(set: &ResourceSet, ports: &IngressPorts) -> Translation {
                 ));
                 continue;
             }
-            let secs = n.connect_timeout.unwrap_or_default();
             connect_policies.push((
                 o.source.file.clone(),
                 json!({

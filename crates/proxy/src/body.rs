@@ -46,20 +46,6 @@ pin_project! {
 #[error("request body longer than the route's limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-impl BodyTooLarge {
-    /// The limit, when `e` (or what caused it) is a body over the limit.
-    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
-        let mut at = Some(e);
-        while let Some(e) = at {
-            if let Some(t) = e.downcast_ref::<BodyTooLarge>() {
-                return Some(t.0);
-            }
-            at = e.source();
-        }
-        None
-    }
-}
-
 /// A request body's size for its record: declared, or counted as it streams.
 #[derive(Debug, Default)]
 pub struct RequestBytes {
@@ -91,7 +77,8 @@ impl ClientBody {
 
     /// Limits the body to `max` bytes: `Err` at once when its declared length is longer;
     /// an undeclared one fails with [`BodyTooLarge`] where it goes past the limit, and the
-    /// returned flag says so (the HTTP/2 client resets the stream without the cause).
+    /// returned flag says so (the upstream client's error may not carry the cause: HTTP/2
+    /// resets the stream without it).
     pub fn limit(&mut self, max: u64) -> Result<Option<Arc<std::sync::atomic::AtomicBool>>, BodyTooLarge> {
         match self.body.size_hint().exact() {
             Some(n) if n > max => Err(BodyTooLarge(max)),

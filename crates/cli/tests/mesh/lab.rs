@@ -5,112 +5,12 @@
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use meshgate_testkit::TempDir;
 
 use crate::harness::*;
-
-const LAB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/lab");
-const LAB_PORTS: [u16; 5] = [8080, 15000, 15012, 15014, 15020];
-/// What the command lines of the example applications contain (the lab's own, and those tests
-/// start with `meshgate run`).
-const APP_MARKERS: [&str; 2] = ["examples/lab/../apps/", "examples/apps/"];
-
-/// A `meshgate up` with its output read in the background.
-struct Up {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    state: TempDir,
-}
-
-impl Up {
-    fn start(dir: &str, state: TempDir) -> Up {
-        let mut child = meshgate()
-            .arg("up")
-            .arg("--dir")
-            .arg(dir)
-            .arg("--state-dir")
-            .arg(state.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel::<String>();
-        for stream in
-            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
-        {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Up { child, lines, seen: Vec::new(), state }
-    }
-
-    fn lab() -> Up {
-        Up::start(LAB_DIR, TempDir::new("meshgate-lab"))
-    }
-
-    fn take_lines(&mut self) {
-        self.seen.extend(self.lines.try_iter());
-    }
-
-    fn output(&mut self) -> String {
-        self.take_lines();
-        self.seen.join("\n")
-    }
-
-    /// Waits for a line starting with `prefix`.
-    fn wait_line(&mut self, prefix: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.seen.iter().any(|l| l.starts_with(prefix)) {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line {prefix:?} within {within:?}:\n{}", self.output()),
-            }
-        }
-    }
-
-    /// Signals `up` and checks that it stops within 10 s, leaving nothing behind.
-    fn stop_with(mut self, signal: &str, what: &str) -> String {
-        send_signal(self.child.id(), signal);
-        let status = wait_exit(&mut self.child, Duration::from_secs(10), what);
-        // Reader threads end with the process's pipes.
-        std::thread::sleep(Duration::from_millis(50));
-        let out = self.output();
-        assert!(status.success(), "{what}: {status}\n{out}");
-        assert_nothing_left(&self.state, what, &out);
-        out
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            send_signal(self.child.id(), "INT");
-            let _ = wait_exit(&mut self.child, Duration::from_secs(20), "the lab, stopped after a failed test");
-        }
-    }
-}
-
-/// Nothing of a lab is left: processes, namespaces, veths, leases, the bridge, ports.
-fn assert_nothing_left(state: &TempDir, what: &str, out: &str) {
-    assert_host_bare_within(Duration::from_secs(2), what);
-    let marker = state.path().display().to_string();
-    for m in std::iter::once(marker.as_str()).chain(APP_MARKERS) {
-        let left = processes_with(m);
-        assert!(left.is_empty(), "{what}: processes left: {left:?}\n{out}");
-    }
-    for port in LAB_PORTS {
-        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "{what}: port {port} is still listening\n{out}");
-    }
-}
+use crate::up::*;
 
 fn gateway_ok() -> Option<String> {
     let r = plain_get(SocketAddr::from(([127, 0, 0, 1], 8080)), "/").ok()?;
@@ -788,48 +688,4 @@ fn hex(b: &[u8]) -> String {
 fn fastrand_u64() -> u64 {
     let b = meshgate_tls::random_bytes(8);
     u64::from_be_bytes(b.try_into().unwrap()) | 1
-}
-
-/// Where the dashboard test keeps its screenshots (a test artifact, kept after the run).
-const SHOTS: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/dashboard");
-
-#[test]
-fn the_dashboard_in_headless_chromium_shows_the_lab_and_changes_it() {
-    let _host = bare_host();
-    let ui_tests = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ui-tests");
-    assert!(
-        std::path::Path::new(ui_tests).join("node_modules/playwright-core").exists(),
-        "playwright-core is not installed: run ./scripts/deps test (npm ci in ui-tests)"
-    );
-    let mut up = Up::lab();
-    up.wait_line("  the map, in a browser:", Duration::from_secs(90));
-    let out = up.output();
-    let url = out
-        .split_whitespace()
-        .find(|w| w.starts_with("http://127.0.0.1:15014/login?code="))
-        .unwrap_or_else(|| panic!("no sign-in URL printed:\n{out}"))
-        .to_string();
-    // A plaintext client for the test: straight to order's address, outside the mesh.
-    let order = out
-        .lines()
-        .find_map(|l| l.split("shop/order-1 at ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address for order-1:\n{out}"))
-        .to_string();
-    let run = Command::new("node")
-        .arg("dashboard.mjs")
-        .arg(&url)
-        .arg(format!("http://{order}:8080/"))
-        .arg(SHOTS)
-        .current_dir(ui_tests)
-        .output()
-        .expect("node");
-    let log = String::from_utf8_lossy(&run.stderr);
-    let measured = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "the browser test failed:\n{log}\n{measured}\nlab:\n{}", up.output());
-    // The measurements, for the record: a generated 500-node, 2,000-edge map.
-    println!("{log}\n{measured}\nscreenshots in {SHOTS}");
-    let v: serde_json::Value = serde_json::from_str(measured.trim()).expect("the measurements");
-    assert!(v["large"]["updateMedianMs"].as_f64().is_some_and(|ms| ms < 1000.0), "{v}");
-    up.stop_with("INT", "the lab after the dashboard test");
 }

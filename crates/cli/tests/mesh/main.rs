@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod conformance;
+mod dashboard;
 mod harness;
 mod lab;
 mod telemetry;
+mod up;
 mod workloads;

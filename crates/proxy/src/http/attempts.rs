@@ -172,9 +172,7 @@ pub(super) async fn run(
                         BackendEvents::count(&backend.state.events.overflow);
                         return Outcome::local(StatusCode::SERVICE_UNAVAILABLE, msg, Some(rule), flags);
                     }
-                    e if BodyTooLarge::find(e).is_some()
-                        || over_limit.as_ref().is_some_and(|o| o.load(std::sync::atomic::Ordering::Relaxed)) =>
-                    {
+                    _ if over_limit.as_ref().is_some_and(|o| o.load(std::sync::atomic::Ordering::Relaxed)) => {
                         // The client's fault, not the endpoint's: no retry, no ejection.
                         let max = rule.max_request_body.unwrap_or_default();
                         let msg = BodyTooLarge(max).to_string();

@@ -316,7 +316,7 @@ impl Inbound {
             let (bytes, close) = if opaque {
                 self.tcp(stream, &security, peer, app).await
             } else {
-                self.http(stream, security, Some(principal.clone()), peer, app).await
+                self.http(stream, security, Some(principal.clone()), peer, app, None).await
             };
             return (bytes, close, telemetry::Security::Mutual, Some(principal), opaque, Some(port));
         }
@@ -339,7 +339,7 @@ impl Inbound {
         let kind = security.kind();
         let stop = self.plaintext_stop(port);
         if matches!(detected, Detected::Http1 | Detected::Http2) {
-            let (bytes, close) = self.http_until(stream, security, None, peer, app, Some(stop)).await;
+            let (bytes, close) = self.http(stream, security, None, peer, app, Some(stop)).await;
             (bytes, close, kind, None, false, Some(port))
         } else {
             let mut stop = stop;
@@ -418,22 +418,8 @@ impl Inbound {
         decision
     }
 
+    /// Serves HTTP on `stream` until it ends, the proxy stops, or `until` (when given) flips.
     async fn http<S>(
-        self: &Arc<Self>,
-        stream: S,
-        security: Security,
-        principal: Option<Arc<str>>,
-        peer: SocketAddr,
-        app: SocketAddr,
-    ) -> ((u64, u64), CloseReason)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        self.http_until(stream, security, principal, peer, app, None).await
-    }
-
-    /// Serves HTTP on `stream` until it ends, the proxy stops, or `until` flips.
-    async fn http_until<S>(
         self: &Arc<Self>,
         stream: S,
         security: Security,

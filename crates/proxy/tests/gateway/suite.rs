@@ -35,6 +35,11 @@ use crate::harness::service_yaml;
 pub const INFRA: &str = "gateway-conformance-infra";
 pub const APP: &str = "gateway-conformance-app-backend";
 pub const WEB: &str = "gateway-conformance-web-backend";
+/// The base's backends in the infra namespace, and its Gateway in it.
+pub const V1: &str = "infra-backend-v1";
+pub const V2: &str = "infra-backend-v2";
+pub const V3: &str = "infra-backend-v3";
+pub const SAME: &str = "same-namespace";
 
 /// Upstream's `conformance/base/manifests.yaml`, its Gateways and namespaces (the backends'
 /// Services are written from the echo servers).

@@ -5,12 +5,7 @@ use bytes::Bytes;
 use meshgate_api::Kind;
 use meshgate_testkit::{Client, Echoed};
 
-use super::{INFRA, Suite, must_have};
-
-const V1: &str = "infra-backend-v1";
-const V2: &str = "infra-backend-v2";
-const V3: &str = "infra-backend-v3";
-const SAME: &str = "same-namespace";
+use super::{INFRA, SAME, Suite, V1, V2, V3, must_have};
 
 fn on_same(name: &str, extra: &str, rules: &str) -> String {
     format!(

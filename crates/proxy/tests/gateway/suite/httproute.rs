@@ -2,12 +2,7 @@
 
 use meshgate_api::Kind;
 
-use super::{APP, INFRA, Suite, WEB, must_have};
-
-const V1: &str = "infra-backend-v1";
-const V2: &str = "infra-backend-v2";
-const V3: &str = "infra-backend-v3";
-const SAME: &str = "same-namespace";
+use super::{APP, INFRA, SAME, Suite, V1, V2, V3, WEB, must_have};
 
 fn route(ns: &str, name: &str, spec: &str) -> String {
     format!(
