@@ -136,10 +136,17 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
             None => error(StatusCode::BAD_REQUEST, "no dashboard session: the admin token needs none"),
         },
         (&Method::POST, ["api", "v1", "taps"]) => start_tap(cp, req).await,
-        (&Method::GET, ["api", "v1", "taps", id]) => match id.parse().ok().and_then(|id| cp.taps.get(id)) {
-            Some(v) => json_reply(StatusCode::OK, &v),
-            None => error(StatusCode::NOT_FOUND, format!("no tap {id} (taps are kept ten minutes)")),
-        },
+        (&Method::GET, ["api", "v1", "taps", id]) => {
+            let found = match id.parse() {
+                Ok(n) => crate::taps::read(cp, n).await,
+                Err(_) => Ok(None),
+            };
+            match found {
+                Ok(Some(v)) => json_reply(StatusCode::OK, &v),
+                Ok(None) => error(StatusCode::NOT_FOUND, format!("no tap {id} (taps are kept ten minutes)")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read tap {id}: {e}")),
+            }
+        }
         (&Method::POST, ["api", "v1", "ui", "login-codes"]) if bearer => {
             let code = cp.sessions.code();
             json_reply(StatusCode::OK, &json!({ "code": code, "path": format!("/login?code={code}") }))
@@ -378,9 +385,10 @@ async fn start_tap<S: Store>(cp: &ControlPlane<S>, req: Request<Incoming>) -> Re
         Ok(t) => t,
         Err(r) => return r,
     };
-    match cp.taps.start(&t.workload, t.seconds.unwrap_or(10), t.max.unwrap_or(50)) {
+    match crate::taps::start(cp, &t.workload, t.seconds.unwrap_or(10), t.max.unwrap_or(50)).await {
         Ok(id) => json_reply(StatusCode::OK, &json!({ "id": id, "workload": t.workload })),
-        Err(e) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ crate::taps::TapError::NoProxy(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

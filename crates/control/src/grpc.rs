@@ -300,12 +300,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 },
             });
             tracing::info!(%identity, role, node = %hello.node, "proxy subscribed");
-            // Tapped by Workload; a gateway (no Workload) by its identity's namespace and
-            // service account, as the service graph names it.
-            let tap_name = match (role.as_str(), identity.workload()) {
-                ("gateway", Some((ns, sa))) => format!("{ns}/{sa}"),
-                _ => hello.workload.clone(),
-            };
+            let tap_name = crate::taps::tap_name(&role, identity.as_str(), &hello.workload);
             let mut taps = cp.taps.register(conn, &tap_name);
             let mut stopping = cp.stopping.subscribe();
             let mut bundle = cp.bundle_version.subscribe();

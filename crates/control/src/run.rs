@@ -130,6 +130,7 @@ pub async fn run(
         }),
         tokio::spawn(renew_own(cp.clone(), tls, bundle_path(&opts.state_dir))),
         tokio::spawn(cp.clone().publish_proxies()),
+        tokio::spawn(crate::taps::share(cp.clone())),
     ];
     started(running);
     shutdown.await;

@@ -181,6 +181,13 @@ impl Store for DirStore {
             Ok(()) => {
                 let v = std::fs::read(&claimed)?;
                 let _ = std::fs::remove_file(&claimed);
+                // A key two levels down (`tapped/ID/REPLICA`): its directory goes with its last
+                // key (remove_dir refuses one that is not empty).
+                if key.matches('/').count() >= 2
+                    && let Some(dir) = path.parent()
+                {
+                    let _ = std::fs::remove_dir(dir);
+                }
                 Ok(Some(v))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -11,6 +11,7 @@ use meshgate_identity::TrustDomain;
 use meshgate_proxy::GatewayOptions;
 use meshgate_proxy::cp::ControlPlaneAddr;
 use meshgate_proxy::managed::ManagedGateway;
+use meshgate_proxy::telemetry::{Telemetry, TelemetryOptions};
 use meshgate_testkit::{Client, Reply, TempDir, free_port};
 use serde_json::Value;
 
@@ -113,9 +114,21 @@ pub async fn gateway(cp: &Cp, target: ControlPlaneAddr) -> ManagedGateway {
 
 /// The same, with listeners on another loopback address.
 pub async fn gateway_on(cp: &Cp, target: ControlPlaneAddr, ip: [u8; 4]) -> ManagedGateway {
+    let opts = GatewayOptions { bind: std::net::IpAddr::from(ip), ..GatewayOptions::default() };
+    gateway_with(cp, target, opts).await
+}
+
+/// The same, recording its requests (metrics, reports, taps) as `meshgate gateway` does.
+pub async fn recording_gateway_on(cp: &Cp, target: ControlPlaneAddr, ip: [u8; 4]) -> ManagedGateway {
+    let options = TelemetryOptions { access_log: false, role: "gateway" };
+    let sink: meshgate_proxy::telemetry::Sink = std::sync::Arc::new(Telemetry::new(options));
+    let opts = GatewayOptions { bind: std::net::IpAddr::from(ip), sink, ..GatewayOptions::default() };
+    gateway_with(cp, target, opts).await
+}
+
+async fn gateway_with(cp: &Cp, target: ControlPlaneAddr, opts: GatewayOptions) -> ManagedGateway {
     let token = cp.token("infra", "gateway", 600).await;
     let id = TrustDomain::new("cluster.local").unwrap().workload_id("infra", "gateway").unwrap();
-    let opts = GatewayOptions { bind: std::net::IpAddr::from(ip), ..GatewayOptions::default() };
     ManagedGateway::start(target, id, Some(token), opts, "test".into()).await.unwrap()
 }
 

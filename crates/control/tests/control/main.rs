@@ -8,5 +8,6 @@ mod push;
 mod rotation;
 mod status;
 mod stores;
+mod taps;
 mod tokens;
 mod ui;
