@@ -261,19 +261,26 @@ pub(crate) async fn proxy_status(api: &Api) -> anyhow::Result<bool> {
         bail!("{}", error_text(&v));
     }
     println!("control plane version {}", v["version"]);
-    println!("{:<46} {:<22} {:<8} {:<8} {:<6} {:<6} REASON", "PROXY", "WORKLOAD", "ROLE", "STATUS", "SENT", "ACKED");
+    if let Some(p) = v["partial"].as_str() {
+        println!("warning: {p}; this replica's proxies only");
+    }
+    println!(
+        "{:<46} {:<22} {:<8} {:<8} {:<6} {:<6} {:<10} REASON",
+        "PROXY", "WORKLOAD", "ROLE", "STATUS", "SENT", "ACKED", "REPLICA"
+    );
     let mut proxies: Vec<&Value> = v["proxies"].as_array().into_iter().flatten().collect();
     proxies.sort_by_key(|p| (p["identity"].as_str().unwrap_or(""), p["workload"].as_str().unwrap_or("")));
     for p in proxies {
         let workload = p["workload"].as_str().filter(|w| !w.is_empty()).unwrap_or("-");
         println!(
-            "{:<46} {:<22} {:<8} {:<8} {:<6} {:<6} {}",
+            "{:<46} {:<22} {:<8} {:<8} {:<6} {:<6} {:<10} {}",
             p["identity"].as_str().unwrap_or("?"),
             workload,
             p["role"].as_str().unwrap_or("?"),
             p["status"].as_str().unwrap_or("?"),
             p["sent"].to_string(),
             p["acked"].to_string(),
+            p["replica"].as_str().unwrap_or("?"),
             p["nack"].as_str().unwrap_or("")
         );
     }

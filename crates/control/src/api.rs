@@ -115,20 +115,25 @@ async fn handle<S: Store>(cp: &ControlPlane<S>, token: &str, req: Request<Incomi
         },
         (&Method::POST, ["api", "v1", "apply"]) => apply(cp, req).await,
         (&Method::GET, ["api", "v1", "proxies"]) => {
-            let proxies: Vec<serde_json::Value> = cp
-                .proxies
-                .lock()
-                .map(|p| {
-                    p.values()
-                        .map(|r| {
-                            let mut v = serde_json::to_value(r).unwrap_or_default();
-                            v["status"] = json!(r.status());
-                            v
-                        })
-                        .collect()
+            // Every replica's (as istiod's proxy-status shows every istiod's), each with the
+            // replica it is connected to; this replica's alone when the others cannot be read.
+            let (records, partial) = match cp.all_proxies().await {
+                Ok(all) => (all, None),
+                Err(e) => (cp.local_proxies(), Some(format!("other replicas' proxies unknown: {e}"))),
+            };
+            let proxies: Vec<serde_json::Value> = records
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    v["status"] = json!(r.status());
+                    v
                 })
-                .unwrap_or_default();
-            json_reply(StatusCode::OK, &json!({ "version": cp.state.snapshot().version, "proxies": proxies }))
+                .collect();
+            let mut body = json!({ "version": cp.state.snapshot().version, "proxies": proxies });
+            if let Some(p) = partial {
+                body["partial"] = json!(p);
+            }
+            json_reply(StatusCode::OK, &body)
         }
         (&Method::POST, ["api", "v1", "tokens"]) => create_token(cp, req).await,
         (&Method::GET, ["api", "v1", "ui", "session"]) => match session {

@@ -315,7 +315,8 @@ impl<S: Store> ControlPlane<S> {
         }
     }
 
-    fn local_proxies(&self) -> Vec<ProxyRecord> {
+    /// The proxies connected to this replica.
+    pub fn local_proxies(&self) -> Vec<ProxyRecord> {
         self.proxies.lock().map(|p| p.values().cloned().collect()).unwrap_or_default()
     }
 

@@ -367,7 +367,7 @@ async function nodeDetails(n) {
     const mine = proxies.proxies.filter((p) => p.workload === `${ns}/${n.workload}`);
     out.push(h("h3", {}, "identity"));
     const t = h("table");
-    if (!mine.length) t.append(h("tr", {}, h("td", {}, "proxy"), h("td", {}, "not connected to this control plane")));
+    if (!mine.length) t.append(h("tr", {}, h("td", {}, "proxy"), h("td", {}, "not connected to the control plane")));
     for (const p of mine) {
       const exp = p.leafNotAfter ? new Date(p.leafNotAfter * 1000) : null;
       t.append(h("tr", {}, h("td", {}, "SPIFFE ID"), h("td", {}, p.identity)));

@@ -1,6 +1,6 @@
 //! Taps through the control plane (the dashboard's recent requests): asked through one replica,
 //! answered by a proxy connected to another, read the same through either, on the directory
-//! store and on etcd; a tap of a workload with no connected proxy, or of no tap, is refused.
+//! store and on etcd (and proxy-status lists every replica's proxies); a tap of a workload with no connected proxy, or of no tap, is refused.
 
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ async fn tapped_across(a: &Cp, b: &Cp, state: &std::path::Path) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let id = asked.expect("replica a never saw the gateway connected to b")["id"].as_u64().unwrap();
+    // proxy-status through a lists it too, with the replica it is connected to.
+    let listed = a.proxies().await;
+    assert!(listed.iter().any(|p| p["role"] == "gateway" && p["replica"] == "b"), "{listed:?}");
     // Replica b takes the tap on within a second and asks its gateway.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let gw = std::net::SocketAddr::from(([127, 0, 0, 4], port));
