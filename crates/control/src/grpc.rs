@@ -257,6 +257,41 @@ fn delta<'a>(
     }
 }
 
+/// The most resource JSON one message of a push carries: a larger push (the first, full one of
+/// a large mesh) goes in parts. tonic keeps a stream's encode buffer at the size of its largest
+/// message for the stream's life, so a whole-mesh message would cost every connected proxy the
+/// size of the mesh on the control plane (~0.9 MiB each at 1,000 Services × 10 endpoints).
+const PART_BYTES: usize = 32 * 1024;
+
+/// Sends `resp`, in parts of at most [`PART_BYTES`] of resources when it is larger (each but
+/// the last marked `more`; the first keeps `full`, the removals and the roots).
+async fn send_in_parts(
+    tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    mut resp: DiscoveryResponse,
+) -> Result<(), mpsc::error::SendError<Result<DiscoveryResponse, Status>>> {
+    let size = |r: &WireResource| r.json.len() + r.key.len();
+    if resp.upserts.iter().map(size).sum::<usize>() <= PART_BYTES {
+        return tx.send(Ok(resp)).await;
+    }
+    let mut rest = std::mem::take(&mut resp.upserts).into_iter().peekable();
+    let mut part = resp;
+    loop {
+        let mut bytes = 0;
+        while let Some(r) = rest.next_if(|r| part.upserts.is_empty() || bytes + size(r) <= PART_BYTES) {
+            bytes += size(&r);
+            part.upserts.push(r);
+        }
+        let last = rest.peek().is_none();
+        part.more = !last;
+        let next = DiscoveryResponse { version: part.version.clone(), ..DiscoveryResponse::default() };
+        tx.send(Ok(part)).await?;
+        if last {
+            return Ok(());
+        }
+        part = next;
+    }
+}
+
 #[tonic::async_trait]
 impl<S: Store> Discovery for DiscoveryService<S> {
     type StreamStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -323,7 +358,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                         r.nack = None;
                         r.sent_at = unix_now();
                     });
-                    if tx.send(Ok(next)).await.is_err() {
+                    if send_in_parts(&tx, next).await.is_err() {
                         break;
                     }
                     crate::metrics::CpMetrics::count(&cp.metrics.pushes);

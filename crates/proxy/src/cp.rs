@@ -17,7 +17,9 @@ use meshgate_proto::meshgate::discovery_client::DiscoveryClient;
 use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
 use meshgate_proto::meshgate::identity_client::IdentityClient;
 use meshgate_proto::meshgate::telemetry_client::TelemetryClient;
-use meshgate_proto::meshgate::{Ack, CertifyRequest, Credentials, DiscoveryRequest, Hello, Nack, TapAsk, Tapped};
+use meshgate_proto::meshgate::{
+    Ack, CertifyRequest, Credentials, DiscoveryRequest, DiscoveryResponse, Hello, Nack, TapAsk, Tapped,
+};
 use meshgate_tls::{MeshTls, TrustBundle};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -249,6 +251,7 @@ async fn session(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     tracing::info!(addr = %target.addr, "subscribed to the control plane");
+    let mut parts: Option<DiscoveryResponse> = None;
     loop {
         let resp = tokio::select! {
             resp = stream.message() => match resp.map_err(|s| format!("{}: {}", s.code(), s.message()))? {
@@ -279,6 +282,8 @@ async fn session(
             }
             continue;
         }
+        // A push in parts is gathered first: applied and answered once, after its last part.
+        let Some(resp) = gather(&mut parts, resp) else { continue };
         if !resp.roots.is_empty() {
             let bundle = TrustBundle {
                 trust_domain: mesh.material().bundle.trust_domain.clone(),
@@ -354,6 +359,32 @@ async fn session(
         }
     }
     Ok(())
+}
+
+/// Adds `resp` to the parts of a push gathered so far: the whole push once `resp` is its last
+/// part (or the push came whole), `None` while more parts are to come.
+fn gather(parts: &mut Option<DiscoveryResponse>, resp: DiscoveryResponse) -> Option<DiscoveryResponse> {
+    let whole = match parts.take() {
+        None => resp,
+        Some(mut so_far) => {
+            so_far.full |= resp.full;
+            so_far.upserts.extend(resp.upserts);
+            so_far.removals.extend(resp.removals);
+            if !resp.roots.is_empty() {
+                so_far.roots = resp.roots;
+                so_far.signer = resp.signer;
+            }
+            so_far.version = resp.version;
+            so_far.more = resp.more;
+            so_far
+        }
+    };
+    if whole.more {
+        *parts = Some(whole);
+        None
+    } else {
+        Some(whole)
+    }
 }
 
 /// How often a proxy reports its edges for the service graph.
@@ -456,4 +487,41 @@ fn catch(sink: &crate::telemetry::Sink, ask: TapAsk, into: Arc<std::sync::Mutex<
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgate_proto::meshgate::Resource;
+
+    fn part(version: &str, full: bool, keys: &[&str], more: bool) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version: version.into(),
+            full,
+            upserts: keys.iter().map(|k| Resource { key: (*k).into(), json: bytes::Bytes::new() }).collect(),
+            more,
+            ..DiscoveryResponse::default()
+        }
+    }
+
+    #[test]
+    fn a_push_in_parts_is_gathered_whole_and_a_whole_push_passes() {
+        let mut parts = None;
+        assert!(gather(&mut parts, part("7", true, &["a", "b"], true)).is_none());
+        let mut second = part("7", false, &["c"], true);
+        second.removals.push("old".into());
+        assert!(gather(&mut parts, second).is_none());
+        let mut last = part("7", false, &["d"], false);
+        last.roots.push(b"root".to_vec());
+        last.signer = "abc".into();
+        let whole = gather(&mut parts, last).unwrap();
+        assert!(whole.full && !whole.more && parts.is_none());
+        assert_eq!(whole.upserts.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+        assert_eq!(
+            (whole.removals.as_slice(), whole.roots.len(), whole.signer.as_str()),
+            (&["old".to_string()][..], 1, "abc")
+        );
+        let alone = gather(&mut parts, part("8", false, &["e"], false)).unwrap();
+        assert_eq!((alone.version.as_str(), alone.upserts.len(), alone.full), ("8", 1, false));
+    }
 }

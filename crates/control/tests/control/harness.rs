@@ -53,6 +53,12 @@ impl Cp {
         Cp { running, state: state.to_path_buf(), stop: Some(stop), task: Some(task) }
     }
 
+    /// One replica ("a") on a directory store under `dir` (`dir/store`, state in `dir/state`).
+    pub async fn on_dir(dir: &Path) -> Cp {
+        let (g, h) = ports();
+        Cp::start(&format!("dir:{}", dir.join("store").display()), &dir.join("state"), g, h, "a").await
+    }
+
     pub async fn stop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());

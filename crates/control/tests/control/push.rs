@@ -12,9 +12,7 @@ use crate::harness::{Cp, config, gateway, ports, tmp, wait_config};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_is_pushed_acked_and_changes_arrive() {
     let dir = tmp();
-    let (g, h) = ports();
-    let cp =
-        Cp::start(&format!("dir:{}", dir.path().join("store").display()), &dir.path().join("state"), g, h, "a").await;
+    let cp = Cp::on_dir(dir.path()).await;
     let app = EchoServer::start("app").await;
     let port = free_port();
     cp.apply(&config(port, app.addr, "v1")).await;
@@ -98,4 +96,78 @@ async fn proxies_keep_serving_while_the_control_plane_is_down() {
     driver.await.unwrap();
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed while the control plane was down");
     assert!(ok.load(Ordering::Relaxed) > during && during > 50);
+}
+
+/// `n` more Services in namespace infra, each with a long label: enough JSON for several parts.
+fn many_services(n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: extra-{i}, namespace: infra, labels: {{note: \"{}\"}}}}\nspec: {{selector: {{app: extra-{i}}}, ports: [{{port: 80}}]}}\n",
+            "x".repeat(1000)
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_first_push_comes_in_bounded_parts_and_a_proxy_applies_it_whole() {
+    use meshgate_proto::meshgate::discovery_client::DiscoveryClient;
+    use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
+    use meshgate_proto::meshgate::{DiscoveryRequest, Hello};
+
+    let dir = tmp();
+    let cp = Cp::on_dir(dir.path()).await;
+    let app = EchoServer::start("app").await;
+    let port = free_port();
+    cp.apply(&format!("{}{}", config(port, app.addr, "v1"), many_services(100))).await;
+
+    // A raw subscription: the parts as they come.
+    let token = cp.token("infra", "raw", 600).await;
+    let id = meshgate_identity::TrustDomain::new("cluster.local").unwrap().workload_id("infra", "raw").unwrap();
+    let certifier = meshgate_proxy::cp::CpCertifier::new(cp.target(), Some(token));
+    let mesh = meshgate_proxy::identity::bootstrap(certifier.as_ref(), &id).await.unwrap();
+    let m = mesh.material();
+    let ch = meshgate_proxy::cp::channel(&cp.target(), m.bundle.clone(), Some(&m.svid)).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = Hello { node: "t".into(), role: "gateway".into(), ..Hello::default() };
+    tx.send(DiscoveryRequest { kind: Some(ReqKind::Hello(hello)) }).await.unwrap();
+    let mut stream =
+        DiscoveryClient::new(ch).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut parts = Vec::new();
+    loop {
+        let part = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+        let last = !part.more;
+        parts.push(part);
+        if last {
+            break;
+        }
+    }
+    assert!(parts.len() >= 4, "100 Services of ~1,150 bytes in {} part(s)", parts.len());
+    assert!(parts[0].full && parts[1..].iter().all(|p| !p.full), "only the first part says full");
+    assert!(parts.iter().all(|p| p.version == parts[0].version), "one version in every part");
+    for p in &parts {
+        let bytes: usize = p.upserts.iter().map(|r| r.json.len() + r.key.len()).sum();
+        assert!(bytes <= 32 * 1024, "a part of {bytes} bytes of resources");
+    }
+    let keys: std::collections::BTreeSet<String> =
+        parts.iter().flat_map(|p| p.upserts.iter().map(|r| r.key.clone())).collect();
+    let count: usize = parts.iter().map(|p| p.upserts.len()).sum();
+    assert_eq!(keys.len(), count, "no resource twice");
+    assert!(keys.contains("Service/infra/extra-0") && keys.contains("Service/infra/extra-99"), "{keys:?}");
+    assert!(keys.contains("HTTPRoute/infra/r") && keys.contains("Gateway/infra/gw"));
+
+    // A real proxy gathers the parts, applies the whole, and acknowledges it.
+    let _gw = gateway(&cp, cp.target()).await;
+    wait_config(port, "v1").await;
+    let mut synced = false;
+    for _ in 0..100 {
+        let ps = cp.proxies().await;
+        if ps.iter().any(|p| p["identity"] == "spiffe://cluster.local/ns/infra/sa/gateway" && p["status"] == "SYNCED") {
+            synced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(synced, "{:?}", cp.proxies().await);
 }
