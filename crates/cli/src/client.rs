@@ -110,14 +110,14 @@ pub(crate) async fn apply(api: &Api, paths: &[PathBuf]) -> anyhow::Result<bool> 
         let source = f.display().to_string();
         let (status, v) = api.call(Method::POST, "/api/v1/apply", Some((Bytes::from(text), &source))).await?;
         for r in v.get("results").and_then(Value::as_array).into_iter().flatten() {
-            println!("{} {}", r["object"].as_str().unwrap_or("?"), r["action"].as_str().unwrap_or("?"));
+            out!("{} {}", r["object"].as_str().unwrap_or("?"), r["action"].as_str().unwrap_or("?"));
         }
         for e in v.get("errors").and_then(Value::as_array).into_iter().flatten() {
-            println!("error: {}", e.as_str().unwrap_or("?"));
+            out!("error: {}", e.as_str().unwrap_or("?"));
             ok = false;
         }
         if !status.is_success() && v.get("errors").is_none() {
-            println!("error: {}", error_text(&v));
+            out!("error: {}", error_text(&v));
             ok = false;
         }
     }
@@ -185,10 +185,10 @@ pub(crate) async fn get(
             let path = format!("/api/v1/resources/{kind}/{}/{name}", ns.unwrap_or("default"));
             let (status, v) = api.call(Method::GET, &path, None).await?;
             if !status.is_success() {
-                println!("error: {}", error_text(&v));
+                out!("error: {}", error_text(&v));
                 return Ok(false);
             }
-            print!("{}", render(&v, output.unwrap_or("yaml"))?);
+            put!("{}", render(&v, output.unwrap_or("yaml"))?);
             Ok(true)
         }
         None => {
@@ -198,16 +198,16 @@ pub(crate) async fn get(
             }
             let (status, v) = api.call(Method::GET, &path, None).await?;
             if !status.is_success() {
-                println!("error: {}", error_text(&v));
+                out!("error: {}", error_text(&v));
                 return Ok(false);
             }
             let items = v["items"].as_array().cloned().unwrap_or_default();
             match output {
-                Some(o) => print!("{}", render(&Value::Array(items), o)?),
+                Some(o) => put!("{}", render(&Value::Array(items), o)?),
                 None => {
-                    println!("{:<20} {:<32} STATUS", "NAMESPACE", "NAME");
+                    out!("{:<20} {:<32} STATUS", "NAMESPACE", "NAME");
                     for i in &items {
-                        println!(
+                        out!(
                             "{:<20} {:<32} {}",
                             i["metadata"]["namespace"].as_str().unwrap_or("-"),
                             i["metadata"]["name"].as_str().unwrap_or("?"),
@@ -217,7 +217,7 @@ pub(crate) async fn get(
                 }
             }
             for e in v["invalid"].as_array().into_iter().flatten() {
-                println!("invalid: {}", e.as_str().unwrap_or("?"));
+                out!("invalid: {}", e.as_str().unwrap_or("?"));
             }
             Ok(true)
         }
@@ -228,10 +228,10 @@ pub(crate) async fn delete(api: &Api, kind: &str, name: &str, ns: Option<&str>) 
     let path = format!("/api/v1/resources/{kind}/{}/{name}", ns.unwrap_or("default"));
     let (status, v) = api.call(Method::DELETE, &path, None).await?;
     if status.is_success() {
-        println!("{} deleted", v["deleted"].as_str().unwrap_or(name));
+        out!("{} deleted", v["deleted"].as_str().unwrap_or(name));
         Ok(true)
     } else {
-        println!("error: {}", error_text(&v));
+        out!("error: {}", error_text(&v));
         Ok(false)
     }
 }
@@ -250,8 +250,8 @@ pub(crate) async fn dashboard_url(api: &Api) -> anyhow::Result<String> {
 /// Prints a new dashboard sign-in URL.
 pub(crate) async fn dashboard(api: &Api) -> anyhow::Result<bool> {
     let url = dashboard_url(api).await?;
-    println!("{url}");
-    println!("(one use, within 10 minutes; the browser keeps a session for 12 hours)");
+    out!("{url}");
+    out!("(one use, within 10 minutes; the browser keeps a session for 12 hours)");
     Ok(true)
 }
 
@@ -260,19 +260,25 @@ pub(crate) async fn proxy_status(api: &Api) -> anyhow::Result<bool> {
     if !status.is_success() {
         bail!("{}", error_text(&v));
     }
-    println!("control plane version {}", v["version"]);
+    out!("control plane version {}", v["version"]);
     if let Some(p) = v["partial"].as_str() {
-        println!("warning: {p}; this replica's proxies only");
+        out!("warning: {p}; this replica's proxies only");
     }
-    println!(
+    out!(
         "{:<46} {:<22} {:<8} {:<8} {:<6} {:<6} {:<10} REASON",
-        "PROXY", "WORKLOAD", "ROLE", "STATUS", "SENT", "ACKED", "REPLICA"
+        "PROXY",
+        "WORKLOAD",
+        "ROLE",
+        "STATUS",
+        "SENT",
+        "ACKED",
+        "REPLICA"
     );
     let mut proxies: Vec<&Value> = v["proxies"].as_array().into_iter().flatten().collect();
     proxies.sort_by_key(|p| (p["identity"].as_str().unwrap_or(""), p["workload"].as_str().unwrap_or("")));
     for p in proxies {
         let workload = p["workload"].as_str().filter(|w| !w.is_empty()).unwrap_or("-");
-        println!(
+        out!(
             "{:<46} {:<22} {:<8} {:<8} {:<6} {:<6} {:<10} {}",
             p["identity"].as_str().unwrap_or("?"),
             workload,
@@ -294,7 +300,7 @@ pub(crate) async fn analyze(api: &Api) -> anyhow::Result<bool> {
     }
     let findings = v["findings"].as_array().cloned().unwrap_or_default();
     for f in &findings {
-        println!(
+        out!(
             "{} [{}] {}: {}",
             f["severity"].as_str().unwrap_or("?"),
             f["source"].as_str().unwrap_or("?"),
@@ -303,7 +309,7 @@ pub(crate) async fn analyze(api: &Api) -> anyhow::Result<bool> {
         );
     }
     if findings.is_empty() {
-        println!("no problems found");
+        out!("no problems found");
     }
     Ok(!findings.iter().any(|f| f["severity"] == "Error"))
 }
@@ -317,11 +323,11 @@ pub(crate) async fn token_create(
     let v = match api.create_token(namespace, service_account, ttl_seconds, "cli").await {
         Ok(v) => v,
         Err(e) => {
-            println!("error: {e}");
+            out!("error: {e}");
             return Ok(false);
         }
     };
-    println!("{}", v["token"].as_str().unwrap_or(""));
+    out!("{}", v["token"].as_str().unwrap_or(""));
     eprintln!("one-time join token for {} (valid {} s)", v["identity"].as_str().unwrap_or("?"), v["expiresInSeconds"]);
     Ok(true)
 }
@@ -329,15 +335,15 @@ pub(crate) async fn token_create(
 pub(crate) async fn ca_rotate(api: &Api, step: &str) -> anyhow::Result<bool> {
     let (status, v) = api.call(Method::POST, &format!("/api/v1/ca/{step}"), Some((Bytes::new(), "cli"))).await?;
     if !status.is_success() {
-        println!("error: {}", error_text(&v));
+        out!("error: {}", error_text(&v));
         return Ok(false);
     }
-    println!("{step}: the trust bundle now holds {} root(s)", v["roots"]);
+    out!("{step}: the trust bundle now holds {} root(s)", v["roots"]);
     match step {
-        "add-root" => println!(
+        "add-root" => out!(
             "next: once `meshgate ca status` shows every proxy trusting the new root (seconds), `meshgate ca rotate use-root`"
         ),
-        "use-root" => println!(
+        "use-root" => out!(
             "next: proxies renew their leaves from the new root now; when `meshgate ca status` shows none left on the old root, `meshgate ca rotate withdraw-old-roots`"
         ),
         _ => {}
@@ -348,14 +354,14 @@ pub(crate) async fn ca_rotate(api: &Api, step: &str) -> anyhow::Result<bool> {
 pub(crate) async fn ca_status(api: &Api) -> anyhow::Result<bool> {
     let (status, v) = api.call(Method::GET, "/api/v1/ca", None).await?;
     if !status.is_success() {
-        println!("error: {}", error_text(&v));
+        out!("error: {}", error_text(&v));
         return Ok(false);
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    println!("trust domain {}", v["trustDomain"].as_str().unwrap_or("?"));
+    out!("trust domain {}", v["trustDomain"].as_str().unwrap_or("?"));
     let total = v["proxies"].as_array().map_or(0, Vec::len);
-    println!("{total} connected proxy(ies); PROXIES: leaves from the root; TRUSTED BY: proxies whose bundle holds it");
-    println!("{:<18} {:<9} {:>7} {:>10} {:<22} SUBJECT", "ROOT (SHA-256)", "STATE", "PROXIES", "TRUSTED BY", "EXPIRES");
+    out!("{total} connected proxy(ies); PROXIES: leaves from the root; TRUSTED BY: proxies whose bundle holds it");
+    out!("{:<18} {:<9} {:>7} {:>10} {:<22} SUBJECT", "ROOT (SHA-256)", "STATE", "PROXIES", "TRUSTED BY", "EXPIRES");
     for r in v["roots"].as_array().into_iter().flatten() {
         let fp = r["fingerprint"].as_str().unwrap_or("");
         let state = if r["signing"] == true {
@@ -367,7 +373,7 @@ pub(crate) async fn ca_status(api: &Api) -> anyhow::Result<bool> {
         };
         let not_after = r["notAfter"].as_i64().unwrap_or(0);
         let expires = format!("{} ({} days)", unix_date(not_after), (not_after - now) / 86_400);
-        println!(
+        out!(
             "{:<18} {:<9} {:>7} {:>10} {:<22} {}",
             fp.get(..16).unwrap_or(fp),
             state,
@@ -379,7 +385,7 @@ pub(crate) async fn ca_status(api: &Api) -> anyhow::Result<bool> {
     }
     let unreported = v["unreported"].as_u64().unwrap_or(0);
     if unreported > 0 {
-        println!("{unreported} connected proxy(ies) have not reported which root their leaf is from");
+        out!("{unreported} connected proxy(ies) have not reported which root their leaf is from");
     }
     Ok(true)
 }
@@ -406,14 +412,14 @@ pub(crate) async fn certs(admin: &str) -> anyhow::Result<bool> {
         if t >= now { format!("in {}s", t - now) } else { format!("{}s ago", now - t) }
     };
     let Some(svid) = v.get("svid").filter(|s| !s.is_null()) else {
-        println!("this proxy has no mTLS identity");
+        out!("this proxy has no mTLS identity");
         return Ok(true);
     };
-    println!("identity:      {}", svid["spiffeId"].as_str().unwrap_or("?"));
-    println!("expires:       {}", when(&svid["notAfter"]));
-    println!("next rotation: {}", when(&svid["nextRotation"]));
+    out!("identity:      {}", svid["spiffeId"].as_str().unwrap_or("?"));
+    out!("expires:       {}", when(&svid["notAfter"]));
+    out!("next rotation: {}", when(&svid["nextRotation"]));
     for (i, c) in svid["chain"].as_array().into_iter().flatten().enumerate() {
-        println!(
+        out!(
             "chain[{i}]: serial {} issuer {:?} valid until {}",
             c["serial"].as_str().unwrap_or("?"),
             c["issuer"].as_str().unwrap_or("?"),
@@ -421,7 +427,7 @@ pub(crate) async fn certs(admin: &str) -> anyhow::Result<bool> {
         );
     }
     for (i, r) in v["bundle"].as_array().into_iter().flatten().enumerate() {
-        println!("trust bundle[{i}]: {} (valid until {})", r["subject"].as_str().unwrap_or("?"), when(&r["notAfter"]));
+        out!("trust bundle[{i}]: {} (valid until {})", r["subject"].as_str().unwrap_or("?"), when(&r["notAfter"]));
     }
     Ok(true)
 }

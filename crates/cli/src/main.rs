@@ -9,6 +9,40 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// `println!` for what the CLI prints to be read or piped (`meshgate get … | head`): ends the
+/// process quietly (status 0) when stdout's reader is gone. Rust ignores SIGPIPE, so `println!`
+/// would panic there instead of stopping as `ls | head` does. Not for `up` and `run`, whose
+/// exits must clean up first.
+macro_rules! out {
+    () => { $crate::write_out(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::write_out(format_args!($($arg)*), true) };
+}
+
+/// `print!` the same way as [`out!`].
+macro_rules! put {
+    ($($arg:tt)*) => { $crate::write_out(format_args!($($arg)*), false) };
+}
+
+/// What [`out!`] and [`put!`] do.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let mut written = stdout.write_fmt(args);
+    if newline {
+        written = written.and_then(|()| stdout.write_all(b"\n"));
+    }
+    // `put!` output (a screen of `top`) is seen at once, as print! and a flush would.
+    written = written.and_then(|()| if newline { Ok(()) } else { stdout.flush() });
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 mod client;
 mod control;
 mod gateway;

@@ -65,13 +65,13 @@ pub(crate) async fn top(api: &Api, window: &str, interval: Duration, once: bool)
         }
         let table = edges_table(&v);
         if once {
-            print!("{table}");
+            put!("{table}");
             return Ok(true);
         }
         // Clear the screen and redraw, as top does.
-        print!("\x1b[2J\x1b[H");
-        println!("meshgate top — window {window}, every {}s (Ctrl-C to stop)\n", interval.as_secs());
-        print!("{table}");
+        put!("\x1b[2J\x1b[H");
+        out!("meshgate top — window {window}, every {}s (Ctrl-C to stop)\n", interval.as_secs());
+        put!("{table}");
         let _ = std::io::stdout().flush();
         tokio::time::sleep(interval).await;
     }
@@ -99,22 +99,30 @@ pub(crate) async fn stat(
     };
     let rows: Vec<&Value> = v["rows"].as_array().into_iter().flatten().filter(wanted).collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(true);
     }
     if rows.is_empty() {
-        println!(
+        out!(
             "no traffic to any {kind}{} in the last {window}",
             name.map(|n| format!(" named {n}")).unwrap_or_default()
         );
         return Ok(true);
     }
-    println!(
+    out!(
         "{:<36} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7}",
-        "NAME", "RPS", "SUCCESS", "P50", "P95", "P99", "PROXY P50", "TCP", "MESHED"
+        "NAME",
+        "RPS",
+        "SUCCESS",
+        "P50",
+        "P95",
+        "P99",
+        "PROXY P50",
+        "TCP",
+        "MESHED"
     );
     for r in rows {
-        println!(
+        out!(
             "{:<36} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7}",
             r["name"].as_str().unwrap_or("?"),
             r["rps"].as_f64().map_or("-".into(), |v| format!("{v:.1}")),
@@ -193,7 +201,6 @@ pub(crate) async fn tap_admin(admin: SocketAddr, args: &TapArgs) -> anyhow::Resu
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     let mut shown = 0u64;
-    let mut out = std::io::stdout();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else { continue };
         buf.extend_from_slice(&data);
@@ -205,11 +212,10 @@ pub(crate) async fn tap_admin(admin: SocketAddr, args: &TapArgs) -> anyhow::Resu
                 continue;
             }
             if args.json {
-                let _ = writeln!(out, "{}", String::from_utf8_lossy(&line).trim_end());
+                out!("{}", String::from_utf8_lossy(&line).trim_end());
             } else {
-                let _ = writeln!(out, "{}", tap_line(&v));
+                out!("{}", tap_line(&v));
             }
-            let _ = out.flush();
             shown += 1;
             if args.max.is_some_and(|m| shown >= m) {
                 return Ok(true);

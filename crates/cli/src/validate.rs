@@ -7,9 +7,9 @@ pub(crate) fn run(paths: &[PathBuf], strict: bool, status: bool) -> ExitCode {
     match meshgate_proxy::source::load(paths) {
         Err(errors) => {
             for e in errors.iter() {
-                println!("error: {e}");
+                out!("error: {e}");
             }
-            println!("{} error(s)", errors.len());
+            out!("{} error(s)", errors.len());
             ExitCode::FAILURE
         }
         Ok((set, compiled)) => {
@@ -21,14 +21,14 @@ pub(crate) fn run(paths: &[PathBuf], strict: bool, status: bool) -> ExitCode {
             for p in &problems {
                 let error = strict || p.severity == meshgate_model::Severity::Error;
                 errors += usize::from(error);
-                println!("{}: {p}", if error { "error" } else { "warning" });
+                out!("{}: {p}", if error { "error" } else { "warning" });
             }
             if errors > 0 {
-                println!("{errors} error(s)");
+                out!("{errors} error(s)");
                 return ExitCode::FAILURE;
             }
             let listeners: usize = compiled.config.ports.values().map(|s| s.listeners.len()).sum();
-            println!(
+            out!(
                 "OK: {} resources, {} HTTP listener(s) on {} port(s){}",
                 set.len(),
                 listeners,
@@ -58,8 +58,8 @@ fn print_status(all: &[meshgate_model::gwstatus::ResourceStatus]) {
             "status": status,
         });
         match serde_saphyr::to_string(&doc) {
-            Ok(y) => print!("---\n{y}"),
-            Err(e) => println!("# {}: cannot print its status: {e}", s.object),
+            Ok(y) => put!("---\n{y}"),
+            Err(e) => out!("# {}: cannot print its status: {e}", s.object),
         }
     }
 }
@@ -91,15 +91,15 @@ pub(crate) fn migrate(what: &str, paths: &[PathBuf]) -> ExitCode {
     }
     for c in &t.conditions {
         let at = if c.field.is_empty() { String::new() } else { format!(" {}", c.field) };
-        println!("# {}{at}: {}", c.object, c.message);
+        out!("# {}{at}: {}", c.object, c.message);
     }
     for (i, (_, doc)) in t.docs.iter().enumerate() {
-        println!("---");
+        out!("---");
         for note in t.comments.get(&i).into_iter().flatten() {
-            println!("# {note}");
+            out!("# {note}");
         }
         match serde_saphyr::to_string(doc) {
-            Ok(y) => print!("{y}"),
+            Ok(y) => put!("{y}"),
             Err(e) => {
                 eprintln!("error: cannot print {doc}: {e}");
                 return ExitCode::FAILURE;

@@ -1,5 +1,5 @@
 //! The `meshgate` binary end to end: `validate` output and exit codes for every kind of bad
-//! input, and `gateway` start-up, admin endpoint and graceful shutdown on SIGTERM.
+//! input (and output into a closed pipe), and `gateway` start-up, admin endpoint and graceful shutdown on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
@@ -22,6 +22,23 @@ fn validate_accepts_the_example() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.starts_with("OK: 10 resources, 1 HTTP listener(s) on 1 port(s)"), "{stdout}");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_as_head_expects() {
+    // `meshgate validate --status | head -1`: the reader is gone before the output is written
+    // (here from the start), so every write fails with EPIPE.
+    let mut child = meshgate()
+        .args(["validate", "-f", "../../examples/lab/mesh.yaml", "--status"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
