@@ -27,12 +27,8 @@ macro_rules! put {
 pub(crate) fn write_out(args: std::fmt::Arguments<'_>, newline: bool) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    let mut written = stdout.write_fmt(args);
-    if newline {
-        written = written.and_then(|()| stdout.write_all(b"\n"));
-    }
-    // `put!` output (a screen of `top`) is seen at once, as print! and a flush would.
-    written = written.and_then(|()| if newline { Ok(()) } else { stdout.flush() });
+    // Without a newline (a screen of `top`) the output is flushed, to be seen at once.
+    let written = stdout.write_fmt(args).and_then(|()| if newline { stdout.write_all(b"\n") } else { stdout.flush() });
     match written {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),

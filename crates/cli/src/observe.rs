@@ -1,7 +1,6 @@
 //! `meshgate top`, `stat` and `tap`: the service graph, per-workload statistics and a live
 //! request stream, in the terminal.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -72,7 +71,6 @@ pub(crate) async fn top(api: &Api, window: &str, interval: Duration, once: bool)
         put!("\x1b[2J\x1b[H");
         out!("meshgate top — window {window}, every {}s (Ctrl-C to stop)\n", interval.as_secs());
         put!("{table}");
-        let _ = std::io::stdout().flush();
         tokio::time::sleep(interval).await;
     }
 }

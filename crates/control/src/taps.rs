@@ -145,10 +145,6 @@ impl Taps {
         let c = self.caught.lock().ok()?;
         c.get(&id).map(|t| (t.ask.clone(), t.records.clone()))
     }
-
-    fn is_known(&self, id: u64) -> bool {
-        self.caught.lock().is_ok_and(|c| c.contains_key(&id))
-    }
 }
 
 /// Why a tap was not started.
@@ -234,9 +230,7 @@ async fn share_once<S: Store>(cp: &ControlPlane<S>) -> Result<(), StoreError> {
             cp.store.take_blob(&format!("{ASKS}/{id}")).await?;
             continue;
         }
-        if !cp.taps.is_known(id) {
-            cp.taps.take_on(id, &ask, now);
-        }
+        cp.taps.take_on(id, &ask, now);
     }
     for (id, records) in cp.taps.unpublished() {
         let bytes = serde_json::to_vec(&records).map_err(|e| StoreError::Refused(e.to_string()))?;
