@@ -76,7 +76,8 @@ pub(crate) async fn run(
         .arg(format!("dir:{}", store.display()))
         .args(["--grpc", grpc, "--http", http, "--state-dir"])
         .arg(&state)
-        .env("RUST_LOG", "warn")
+        // CP_LOG=meshgate_control::state=debug shows where each reload's time goes.
+        .env("RUST_LOG", std::env::var("CP_LOG").unwrap_or_else(|_| "warn".into()))
         .kill_on_drop(true)
         .spawn()
         .context("starting the control plane")?;

@@ -12,7 +12,7 @@ use crate::kind::Kind;
 use crate::resource::{Object, ObjectRef, Resource, Source};
 
 /// What loading produced: every resource that decoded, and every error found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Loaded {
     /// Resources that decoded and passed their own validation.
     pub objects: Vec<Object>,
@@ -225,30 +225,30 @@ fn decode_value(source: &Source, value: Value, prefix: &str) -> Result<Vec<Objec
         return Err(errors);
     }
     let resource = match kind {
-        Kind::GatewayClass => typed(value).map(|r| Resource::GatewayClass(Box::new(r))),
-        Kind::Gateway => typed(value).map(|r| Resource::Gateway(Box::new(r))),
-        Kind::HttpRoute => typed(value).map(|r| Resource::HttpRoute(Box::new(r))),
-        Kind::BackendTlsPolicy => typed(value).map(|r| Resource::BackendTlsPolicy(Box::new(r))),
-        Kind::ConfigMap => typed(value).map(|r| Resource::ConfigMap(Box::new(r))),
-        Kind::GrpcRoute => typed(value).map(|r| Resource::GrpcRoute(Box::new(r))),
-        Kind::TlsRoute => typed(value).map(|r| Resource::TlsRoute(Box::new(r))),
-        Kind::TcpRoute => typed(value).map(|r| Resource::TcpRoute(Box::new(r))),
-        Kind::ReferenceGrant => typed(value).map(|r| Resource::ReferenceGrant(Box::new(r))),
-        Kind::Namespace => typed(value).map(|r| Resource::Namespace(Box::new(r))),
-        Kind::Service => typed(value).map(|r| Resource::Service(Box::new(r))),
-        Kind::EndpointSlice => typed(value).map(|r| Resource::EndpointSlice(Box::new(r))),
-        Kind::Endpoints => typed(value).map(|r| Resource::Endpoints(Box::new(r))),
-        Kind::IngressClass => typed(value).map(|r| Resource::IngressClass(Box::new(r))),
-        Kind::Ingress => typed(value).map(|r| Resource::Ingress(Box::new(r))),
-        Kind::Secret => typed(value).map(|r| Resource::Secret(Box::new(r))),
-        Kind::Workload => typed(value).map(|r| Resource::Workload(Box::new(r))),
-        Kind::TrafficPolicy => typed(value).map(|r| Resource::TrafficPolicy(Box::new(r))),
-        Kind::FaultInjection => typed(value).map(|r| Resource::FaultInjection(Box::new(r))),
-        Kind::HttpRouteFilter => typed(value).map(|r| Resource::HttpRouteFilter(Box::new(r))),
-        Kind::ListenerPolicy => typed(value).map(|r| Resource::ListenerPolicy(Box::new(r))),
-        Kind::PeerAuthentication => typed(value).map(|r| Resource::PeerAuthentication(Box::new(r))),
-        Kind::AuthorizationPolicy => typed(value).map(|r| Resource::AuthorizationPolicy(Box::new(r))),
-        Kind::MeshConfig => typed(value).map(|r| Resource::MeshConfig(Box::new(r))),
+        Kind::GatewayClass => typed(value).map(|r| Resource::GatewayClass(Arc::new(r))),
+        Kind::Gateway => typed(value).map(|r| Resource::Gateway(Arc::new(r))),
+        Kind::HttpRoute => typed(value).map(|r| Resource::HttpRoute(Arc::new(r))),
+        Kind::BackendTlsPolicy => typed(value).map(|r| Resource::BackendTlsPolicy(Arc::new(r))),
+        Kind::ConfigMap => typed(value).map(|r| Resource::ConfigMap(Arc::new(r))),
+        Kind::GrpcRoute => typed(value).map(|r| Resource::GrpcRoute(Arc::new(r))),
+        Kind::TlsRoute => typed(value).map(|r| Resource::TlsRoute(Arc::new(r))),
+        Kind::TcpRoute => typed(value).map(|r| Resource::TcpRoute(Arc::new(r))),
+        Kind::ReferenceGrant => typed(value).map(|r| Resource::ReferenceGrant(Arc::new(r))),
+        Kind::Namespace => typed(value).map(|r| Resource::Namespace(Arc::new(r))),
+        Kind::Service => typed(value).map(|r| Resource::Service(Arc::new(r))),
+        Kind::EndpointSlice => typed(value).map(|r| Resource::EndpointSlice(Arc::new(r))),
+        Kind::Endpoints => typed(value).map(|r| Resource::Endpoints(Arc::new(r))),
+        Kind::IngressClass => typed(value).map(|r| Resource::IngressClass(Arc::new(r))),
+        Kind::Ingress => typed(value).map(|r| Resource::Ingress(Arc::new(r))),
+        Kind::Secret => typed(value).map(|r| Resource::Secret(Arc::new(r))),
+        Kind::Workload => typed(value).map(|r| Resource::Workload(Arc::new(r))),
+        Kind::TrafficPolicy => typed(value).map(|r| Resource::TrafficPolicy(Arc::new(r))),
+        Kind::FaultInjection => typed(value).map(|r| Resource::FaultInjection(Arc::new(r))),
+        Kind::HttpRouteFilter => typed(value).map(|r| Resource::HttpRouteFilter(Arc::new(r))),
+        Kind::ListenerPolicy => typed(value).map(|r| Resource::ListenerPolicy(Arc::new(r))),
+        Kind::PeerAuthentication => typed(value).map(|r| Resource::PeerAuthentication(Arc::new(r))),
+        Kind::AuthorizationPolicy => typed(value).map(|r| Resource::AuthorizationPolicy(Arc::new(r))),
+        Kind::MeshConfig => typed(value).map(|r| Resource::MeshConfig(Arc::new(r))),
     };
     let mut resource = match resource {
         Ok(r) => r,

@@ -66,53 +66,53 @@ impl fmt::Display for Source {
 #[allow(clippy::large_enum_variant)]
 pub enum Resource {
     /// A GatewayClass.
-    GatewayClass(Box<GatewayClass>),
+    GatewayClass(Arc<GatewayClass>),
     /// A Gateway.
-    Gateway(Box<Gateway>),
+    Gateway(Arc<Gateway>),
     /// An HTTPRoute.
-    HttpRoute(Box<HttpRoute>),
+    HttpRoute(Arc<HttpRoute>),
     /// A GRPCRoute.
-    GrpcRoute(Box<GrpcRoute>),
+    GrpcRoute(Arc<GrpcRoute>),
     /// A TLSRoute.
-    TlsRoute(Box<TlsRoute>),
+    TlsRoute(Arc<TlsRoute>),
     /// A TCPRoute.
-    TcpRoute(Box<TcpRoute>),
+    TcpRoute(Arc<TcpRoute>),
     /// A ReferenceGrant.
-    ReferenceGrant(Box<ReferenceGrant>),
+    ReferenceGrant(Arc<ReferenceGrant>),
     /// A BackendTLSPolicy.
-    BackendTlsPolicy(Box<BackendTlsPolicy>),
+    BackendTlsPolicy(Arc<BackendTlsPolicy>),
     /// A ConfigMap.
-    ConfigMap(Box<ConfigMap>),
+    ConfigMap(Arc<ConfigMap>),
     /// A Namespace.
-    Namespace(Box<Namespace>),
+    Namespace(Arc<Namespace>),
     /// A Service.
-    Service(Box<Service>),
+    Service(Arc<Service>),
     /// An EndpointSlice.
-    EndpointSlice(Box<EndpointSlice>),
+    EndpointSlice(Arc<EndpointSlice>),
     /// A (v1) Endpoints.
-    Endpoints(Box<Endpoints>),
+    Endpoints(Arc<Endpoints>),
     /// An IngressClass.
-    IngressClass(Box<IngressClass>),
+    IngressClass(Arc<IngressClass>),
     /// An Ingress.
-    Ingress(Box<Ingress>),
+    Ingress(Arc<Ingress>),
     /// A Secret.
-    Secret(Box<Secret>),
+    Secret(Arc<Secret>),
     /// A Workload.
-    Workload(Box<Workload>),
+    Workload(Arc<Workload>),
     /// A TrafficPolicy.
-    TrafficPolicy(Box<TrafficPolicy>),
+    TrafficPolicy(Arc<TrafficPolicy>),
     /// A FaultInjection.
-    FaultInjection(Box<FaultInjection>),
+    FaultInjection(Arc<FaultInjection>),
     /// An HTTPRouteFilter.
-    HttpRouteFilter(Box<HttpRouteFilter>),
+    HttpRouteFilter(Arc<HttpRouteFilter>),
     /// A ListenerPolicy.
-    ListenerPolicy(Box<ListenerPolicy>),
+    ListenerPolicy(Arc<ListenerPolicy>),
     /// A PeerAuthentication.
-    PeerAuthentication(Box<PeerAuthentication>),
+    PeerAuthentication(Arc<PeerAuthentication>),
     /// An AuthorizationPolicy.
-    AuthorizationPolicy(Box<AuthorizationPolicy>),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
     /// The MeshConfig.
-    MeshConfig(Box<MeshConfig>),
+    MeshConfig(Arc<MeshConfig>),
 }
 
 impl Resource {
@@ -176,33 +176,69 @@ impl Resource {
         }
     }
 
+    /// Whether both are the same shared content, not merely equal (a store that keeps what it
+    /// parsed hands out the same resource until its file changes: the control plane then
+    /// reuses what it derived from it instead of serializing it again).
+    pub fn shares(&self, other: &Resource) -> bool {
+        std::ptr::eq(self.content(), other.content())
+    }
+
+    fn content(&self) -> *const () {
+        match self {
+            Resource::GatewayClass(r) => Arc::as_ptr(r).cast(),
+            Resource::Gateway(r) => Arc::as_ptr(r).cast(),
+            Resource::HttpRoute(r) => Arc::as_ptr(r).cast(),
+            Resource::GrpcRoute(r) => Arc::as_ptr(r).cast(),
+            Resource::TlsRoute(r) => Arc::as_ptr(r).cast(),
+            Resource::TcpRoute(r) => Arc::as_ptr(r).cast(),
+            Resource::ReferenceGrant(r) => Arc::as_ptr(r).cast(),
+            Resource::BackendTlsPolicy(r) => Arc::as_ptr(r).cast(),
+            Resource::ConfigMap(r) => Arc::as_ptr(r).cast(),
+            Resource::Namespace(r) => Arc::as_ptr(r).cast(),
+            Resource::Service(r) => Arc::as_ptr(r).cast(),
+            Resource::EndpointSlice(r) => Arc::as_ptr(r).cast(),
+            Resource::Endpoints(r) => Arc::as_ptr(r).cast(),
+            Resource::IngressClass(r) => Arc::as_ptr(r).cast(),
+            Resource::Ingress(r) => Arc::as_ptr(r).cast(),
+            Resource::Secret(r) => Arc::as_ptr(r).cast(),
+            Resource::Workload(r) => Arc::as_ptr(r).cast(),
+            Resource::TrafficPolicy(r) => Arc::as_ptr(r).cast(),
+            Resource::FaultInjection(r) => Arc::as_ptr(r).cast(),
+            Resource::HttpRouteFilter(r) => Arc::as_ptr(r).cast(),
+            Resource::ListenerPolicy(r) => Arc::as_ptr(r).cast(),
+            Resource::PeerAuthentication(r) => Arc::as_ptr(r).cast(),
+            Resource::AuthorizationPolicy(r) => Arc::as_ptr(r).cast(),
+            Resource::MeshConfig(r) => Arc::as_ptr(r).cast(),
+        }
+    }
+
     /// The object metadata, mutable (defaults are filled in on load).
     pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
         match self {
-            Resource::GatewayClass(r) => &mut r.metadata,
-            Resource::Gateway(r) => &mut r.metadata,
-            Resource::HttpRoute(r) => &mut r.metadata,
-            Resource::BackendTlsPolicy(r) => &mut r.metadata,
-            Resource::ConfigMap(r) => &mut r.metadata,
-            Resource::GrpcRoute(r) => &mut r.metadata,
-            Resource::TlsRoute(r) => &mut r.metadata,
-            Resource::TcpRoute(r) => &mut r.metadata,
-            Resource::ReferenceGrant(r) => &mut r.metadata,
-            Resource::Namespace(r) => &mut r.metadata,
-            Resource::Service(r) => &mut r.metadata,
-            Resource::EndpointSlice(r) => &mut r.metadata,
-            Resource::Endpoints(r) => &mut r.metadata,
-            Resource::IngressClass(r) => &mut r.metadata,
-            Resource::Ingress(r) => &mut r.metadata,
-            Resource::Secret(r) => &mut r.metadata,
-            Resource::Workload(r) => &mut r.metadata,
-            Resource::TrafficPolicy(r) => &mut r.metadata,
-            Resource::FaultInjection(r) => &mut r.metadata,
-            Resource::HttpRouteFilter(r) => &mut r.metadata,
-            Resource::ListenerPolicy(r) => &mut r.metadata,
-            Resource::PeerAuthentication(r) => &mut r.metadata,
-            Resource::AuthorizationPolicy(r) => &mut r.metadata,
-            Resource::MeshConfig(r) => &mut r.metadata,
+            Resource::GatewayClass(r) => &mut Arc::make_mut(r).metadata,
+            Resource::Gateway(r) => &mut Arc::make_mut(r).metadata,
+            Resource::HttpRoute(r) => &mut Arc::make_mut(r).metadata,
+            Resource::BackendTlsPolicy(r) => &mut Arc::make_mut(r).metadata,
+            Resource::ConfigMap(r) => &mut Arc::make_mut(r).metadata,
+            Resource::GrpcRoute(r) => &mut Arc::make_mut(r).metadata,
+            Resource::TlsRoute(r) => &mut Arc::make_mut(r).metadata,
+            Resource::TcpRoute(r) => &mut Arc::make_mut(r).metadata,
+            Resource::ReferenceGrant(r) => &mut Arc::make_mut(r).metadata,
+            Resource::Namespace(r) => &mut Arc::make_mut(r).metadata,
+            Resource::Service(r) => &mut Arc::make_mut(r).metadata,
+            Resource::EndpointSlice(r) => &mut Arc::make_mut(r).metadata,
+            Resource::Endpoints(r) => &mut Arc::make_mut(r).metadata,
+            Resource::IngressClass(r) => &mut Arc::make_mut(r).metadata,
+            Resource::Ingress(r) => &mut Arc::make_mut(r).metadata,
+            Resource::Secret(r) => &mut Arc::make_mut(r).metadata,
+            Resource::Workload(r) => &mut Arc::make_mut(r).metadata,
+            Resource::TrafficPolicy(r) => &mut Arc::make_mut(r).metadata,
+            Resource::FaultInjection(r) => &mut Arc::make_mut(r).metadata,
+            Resource::HttpRouteFilter(r) => &mut Arc::make_mut(r).metadata,
+            Resource::ListenerPolicy(r) => &mut Arc::make_mut(r).metadata,
+            Resource::PeerAuthentication(r) => &mut Arc::make_mut(r).metadata,
+            Resource::AuthorizationPolicy(r) => &mut Arc::make_mut(r).metadata,
+            Resource::MeshConfig(r) => &mut Arc::make_mut(r).metadata,
         }
     }
 }

@@ -3,12 +3,12 @@
 //! the control plane's own SVID. Client certificates are optional (a first request carries a
 //! join token) and, when present, verified and used as the caller's identity.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use meshgate_api::ObjectRef;
 use meshgate_identity::SpiffeId;
 use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
 use meshgate_proto::meshgate::discovery_server::{Discovery, DiscoveryServer};
@@ -27,7 +27,7 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::plane::{ControlPlane, ProxyRecord, unix_now};
-use crate::state::{Audience, Entry, Snapshot};
+use crate::state::{Audience, Change, Snapshot};
 use crate::store::Store;
 
 /// Who called: the address, and the SPIFFE ID when a client certificate was presented.
@@ -196,9 +196,9 @@ fn gateway_addresses(reported: &[String], caller: Option<&Caller>) -> Vec<std::n
 }
 
 /// Whether a proxy of `role` in namespace `ns` needs `entry`.
-fn wanted(role: &str, ns: &str, root_ns: &str, entry: &Entry) -> bool {
+fn wanted(role: &str, ns: &str, root_ns: &str, id: &ObjectRef, audience: Audience) -> bool {
     let gateway = role == "gateway";
-    match entry.audience {
+    match audience {
         Audience::Everyone => true,
         Audience::Nobody => false,
         Audience::Gateways => gateway,
@@ -209,40 +209,42 @@ fn wanted(role: &str, ns: &str, root_ns: &str, entry: &Entry) -> bool {
                 mesh
             }
         }
-        Audience::NamespaceSidecars => !gateway && (entry.id.ns() == ns || entry.id.ns() == root_ns),
+        Audience::NamespaceSidecars => !gateway && (id.ns() == ns || id.ns() == root_ns),
     }
 }
 
 /// Everything a proxy needs, from scratch.
-fn full(snap: &Snapshot, role: &str, ns: &str, sent: &mut HashMap<Arc<str>, u64>) -> DiscoveryResponse {
-    sent.clear();
-    let mut response = delta(snap, snap.entries.keys(), role, ns, sent);
-    response.full = true;
-    response
+fn full(snap: &Snapshot, role: &str, ns: &str) -> DiscoveryResponse {
+    let root = snap.settings.root_namespace.as_str();
+    let upserts = snap
+        .entries
+        .iter()
+        .filter(|(_, e)| wanted(role, ns, root, &e.id, e.audience))
+        .map(|(k, e)| WireResource { key: k.to_string(), json: e.json.clone() })
+        .collect();
+    DiscoveryResponse { version: snap.version.to_string(), full: true, upserts, ..DiscoveryResponse::default() }
 }
 
-/// What changed for one proxy among `keys` (a change's keys: a change to one Service costs
-/// the same whatever the size of the mesh).
-fn delta<'a>(
-    snap: &Snapshot,
-    keys: impl Iterator<Item = &'a Arc<str>>,
-    role: &str,
-    ns: &str,
-    sent: &mut HashMap<Arc<str>, u64>,
-) -> DiscoveryResponse {
+/// What `change` changed for one proxy (it costs the same whatever the size of the mesh).
+/// What a key is now is read from the snapshot in force, which may be newer than the change:
+/// the proxy is then sent the newer content (and sent it again with the change that made it,
+/// which it applies as a no-op), never older. A removal goes only to proxies that received
+/// the key before.
+fn delta(snap: &Snapshot, change: &Change, role: &str, ns: &str) -> DiscoveryResponse {
     let root = snap.settings.root_namespace.as_str();
+    if change.resync(root) {
+        return full(snap, role, ns);
+    }
     let mut upserts = Vec::new();
     let mut removals = Vec::new();
-    for k in keys {
+    for (k, before) in change.changed.iter().chain(&change.removed).zip(&change.before) {
         match snap.entries.get(k) {
-            Some(e) if wanted(role, ns, root, e) => {
-                if sent.get(k) != Some(&e.hash) {
-                    sent.insert(k.clone(), e.hash);
-                    upserts.push(WireResource { key: k.to_string(), json: e.json.clone() });
-                }
+            Some(e) if wanted(role, ns, root, &e.id, e.audience) => {
+                upserts.push(WireResource { key: k.to_string(), json: e.json.clone() });
             }
             _ => {
-                if sent.remove(k).is_some() {
+                let had = before.as_ref().is_some_and(|(a, id)| wanted(role, ns, &change.root_before, id, *a));
+                if had {
                     removals.push(k.to_string());
                 }
             }
@@ -339,9 +341,8 @@ impl<S: Store> Discovery for DiscoveryService<S> {
             let mut taps = cp.taps.register(conn, &tap_name);
             let mut stopping = cp.stopping.subscribe();
             let mut bundle = cp.bundle_version.subscribe();
-            let mut sent_keys = HashMap::new();
             let mut bundle_sent = 0;
-            let mut next = full(&cp.state.snapshot(), &role, &ns, &mut sent_keys);
+            let mut next = full(&cp.state.snapshot(), &role, &ns);
             let mut pushed_at: Option<std::time::Instant> = None;
             loop {
                 let bv = *bundle.borrow_and_update();
@@ -401,8 +402,8 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                     }
                     change = changes.recv() => {
                         match change {
-                            Ok(c) => delta(&cp.state.snapshot(), c.changed.iter().chain(&c.removed), &role, &ns, &mut sent_keys),
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => full(&cp.state.snapshot(), &role, &ns, &mut sent_keys),
+                            Ok(c) => delta(&cp.state.snapshot(), &c, &role, &ns),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => full(&cp.state.snapshot(), &role, &ns),
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                         }
                     }

@@ -171,3 +171,116 @@ async fn a_large_first_push_comes_in_bounded_parts_and_a_proxy_applies_it_whole(
     }
     assert!(synced, "{:?}", cp.proxies().await);
 }
+
+/// A subscription of our own, as a proxy of `role` with identity ns/sa: its messages as they
+/// come (the sender is kept so the stream stays open).
+struct Raw {
+    stream: tonic::Streaming<meshgate_proto::meshgate::DiscoveryResponse>,
+    _tx: tokio::sync::mpsc::Sender<meshgate_proto::meshgate::DiscoveryRequest>,
+}
+
+impl Raw {
+    async fn subscribe(cp: &Cp, ns: &str, sa: &str, role: &str) -> Raw {
+        use meshgate_proto::meshgate::discovery_client::DiscoveryClient;
+        use meshgate_proto::meshgate::discovery_request::Kind as ReqKind;
+        use meshgate_proto::meshgate::{DiscoveryRequest, Hello};
+        let token = cp.token(ns, sa, 600).await;
+        let id = meshgate_identity::TrustDomain::new("cluster.local").unwrap().workload_id(ns, sa).unwrap();
+        let certifier = meshgate_proxy::cp::CpCertifier::new(cp.target(), Some(token));
+        let mesh = meshgate_proxy::identity::bootstrap(certifier.as_ref(), &id).await.unwrap();
+        let m = mesh.material();
+        let ch = meshgate_proxy::cp::channel(&cp.target(), m.bundle.clone(), Some(&m.svid)).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let hello = Hello { node: sa.into(), role: role.into(), ..Hello::default() };
+        tx.send(DiscoveryRequest { kind: Some(ReqKind::Hello(hello)) }).await.unwrap();
+        let stream = DiscoveryClient::new(ch)
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Raw { stream, _tx: tx }
+    }
+
+    /// Everything received until (and with) the message carrying `marker`: the keys upserted
+    /// and removed, and whether any message was a full push.
+    async fn until(&mut self, marker: &str) -> (Vec<String>, Vec<String>, bool) {
+        let (mut upserts, mut removals, mut full) = (Vec::new(), Vec::new(), false);
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("no {marker} within 10 s; so far {upserts:?} {removals:?}"))
+                .unwrap()
+                .unwrap();
+            full |= m.full;
+            upserts.extend(m.upserts.iter().map(|r| r.key.clone()));
+            removals.extend(m.removals.iter().cloned());
+            if upserts.iter().any(|k| k == marker) && !m.more {
+                return (upserts, removals, full);
+            }
+        }
+    }
+}
+
+/// Marks a point in the pushes: a Service every proxy receives.
+async fn mark(cp: &Cp, n: u32) -> String {
+    cp.apply(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: marker-{n}, namespace: infra}}\nspec: {{ports: [{{port: 80}}]}}\n")).await;
+    format!("Service/infra/marker-{n}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_proxy_is_sent_what_it_receives_and_removals_only_of_what_it_was_sent() {
+    let dir = tmp();
+    let cp = Cp::on_dir(dir.path()).await;
+    let mut sidecar = Raw::subscribe(&cp, "shop", "order", "sidecar").await;
+    let mut gw = Raw::subscribe(&cp, "infra", "gateway", "gateway").await;
+    let m = mark(&cp, 0).await;
+    sidecar.until(&m).await;
+    gw.until(&m).await;
+
+    let route = |parent: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r2, namespace: shop}}\nspec:\n  parentRefs: [{parent}]\n  rules: [{{backendRefs: [{{name: inventory, port: 80}}]}}]\n"
+        )
+    };
+    // A route of a Gateway: the gateway's, not the sidecar's.
+    cp.apply(&route("{name: gw, namespace: infra}")).await;
+    let m = mark(&cp, 1).await;
+    let (up, rm, _) = gw.until(&m).await;
+    assert!(up.contains(&"HTTPRoute/shop/r2".to_string()) && rm.is_empty(), "{up:?} {rm:?}");
+    let (up, rm, _) = sidecar.until(&m).await;
+    assert_eq!((up, rm), (vec![m.clone()], vec![]), "the sidecar hears of the marker alone");
+
+    // Moved to a Service (a mesh route): the gateway is told to remove it, the sidecar gets it.
+    cp.apply(&route("{kind: Service, group: '', name: inventory}")).await;
+    let m = mark(&cp, 2).await;
+    let (up, rm, _) = gw.until(&m).await;
+    assert_eq!((up, rm), (vec![m.clone()], vec!["HTTPRoute/shop/r2".to_string()]));
+    let (up, rm, _) = sidecar.until(&m).await;
+    assert!(up.contains(&"HTTPRoute/shop/r2".to_string()) && rm.is_empty(), "{up:?} {rm:?}");
+
+    // Deleted: a removal to the sidecar, which had it; nothing to the gateway.
+    let (status, _) = cp.call(http::Method::DELETE, "/api/v1/resources/HTTPRoute/shop/r2", "").await;
+    assert_eq!(status, 200);
+    let m = mark(&cp, 3).await;
+    let (up, rm, _) = gw.until(&m).await;
+    assert_eq!((up, rm), (vec![m.clone()], vec![]));
+    let (up, rm, _) = sidecar.until(&m).await;
+    assert_eq!((up, rm), (vec![m.clone()], vec!["HTTPRoute/shop/r2".to_string()]));
+
+    // A policy of another namespace: neither its upsert nor its removal reaches shop's sidecar.
+    let policy = "apiVersion: meshgate.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: billing}\nspec: {action: AUDIT, rules: [{from: [{source: {principals: [cluster.local/ns/x/sa/y]}}]}]}\n";
+    cp.apply(policy).await;
+    let (status, _) = cp.call(http::Method::DELETE, "/api/v1/resources/AuthorizationPolicy/billing/deny-all", "").await;
+    assert_eq!(status, 200);
+    let m = mark(&cp, 4).await;
+    let (up, rm, _) = sidecar.until(&m).await;
+    assert_eq!((up, rm), (vec![m.clone()], vec![]));
+
+    // The root namespace moved to billing: billing's policies now apply everywhere, so every
+    // proxy is sent everything again, billing's policy with it.
+    cp.apply(policy).await;
+    cp.apply("apiVersion: meshgate.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: default, namespace: meshgate-system}\nspec: {rootNamespace: billing}\n").await;
+    let m = mark(&cp, 5).await;
+    let (up, _, full) = sidecar.until(&m).await;
+    assert!(full && up.contains(&"AuthorizationPolicy/billing/deny-all".to_string()), "{full} {up:?}");
+}

@@ -196,7 +196,7 @@ impl Suite {
             for o in &mut objects {
                 if let Resource::Gateway(g) = &mut o.resource {
                     let gw = format!("{}/{}", o.id.ns(), o.id.name);
-                    for l in &mut g.spec.listeners {
+                    for l in &mut std::sync::Arc::make_mut(g).spec.listeners {
                         let port = *ports.entry((gw.clone(), l.port)).or_insert_with(free_port);
                         l.port = i32::from(port);
                     }
