@@ -265,8 +265,10 @@ impl Store for DirStore {
                 )));
             }
         };
+        // No change notice of our own: whoever writes reloads right after (the API does), and
+        // the file watcher reports the write too; a notice here made every change cost one
+        // more reload that found nothing (~0.2 s at 10,000 Services).
         write_atomically(&target, yaml.as_bytes())?;
-        self.changes.send_modify(|v| *v += 1);
         Ok(())
     }
 
@@ -275,7 +277,6 @@ impl Store for DirStore {
             [] => Ok(false),
             [(file, 1)] => {
                 std::fs::remove_file(file)?;
-                self.changes.send_modify(|v| *v += 1);
                 Ok(true)
             }
             [(file, _), ..] => Err(StoreError::Refused(format!(
