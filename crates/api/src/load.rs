@@ -70,7 +70,12 @@ pub fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()>
             continue;
         }
         if entry.is_dir() {
-            collect_files(&entry, out)?;
+            match collect_files(&entry, out) {
+                // Removed between the listing and now: gone, as if listed a moment later
+                // (failing the whole listing would make a store being edited look empty).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
         } else if is_resource_file(&entry) {
             out.push(entry);
         }

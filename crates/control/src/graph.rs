@@ -119,6 +119,10 @@ pub struct Graph {
     dropped: std::sync::atomic::AtomicU64,
     /// Reports the proxies said they dropped (their stream to us was behind).
     reports_dropped: std::sync::atomic::AtomicU64,
+    /// The slot of the first report (0: none yet): the graph covers the time since. Not the
+    /// oldest slot in the window: proxies with nothing to say send no report, so a quiet
+    /// minute leaves no slot, and the rates would be divided by too few seconds.
+    first_epoch: std::sync::atomic::AtomicU64,
 }
 
 fn node_id(p: Option<&PeerInfo>) -> String {
@@ -162,6 +166,12 @@ impl Graph {
 
     fn record_at(&self, report: &EdgeReport, now: u64) {
         let epoch = now / SLOT_SECS;
+        let _ = self.first_epoch.compare_exchange(
+            0,
+            epoch,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.reports_dropped.fetch_add(report.dropped, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut nodes) = self.nodes.lock() {
             for e in &report.edges {
@@ -224,18 +234,18 @@ impl Graph {
     fn window(&self, window: Duration, now: u64) -> (BTreeMap<EdgeId, Agg>, u64) {
         let since = now.saturating_sub(window.as_secs()) / SLOT_SECS;
         let mut sums: BTreeMap<EdgeId, Agg> = BTreeMap::new();
-        let mut first = None;
         if let Ok(slots) = self.slots.lock() {
             for s in slots.iter().filter(|s| s.epoch >= since) {
-                first = Some(first.map_or(s.epoch, |f: u64| f.min(s.epoch)));
                 for (id, a) in &s.edges {
                     sums.entry(id.clone()).or_default().add_agg(a);
                 }
             }
         }
-        let covered = first
-            .map_or(window.as_secs(), |f| (now + SLOT_SECS).saturating_sub(f * SLOT_SECS))
-            .clamp(1, window.as_secs().max(1));
+        let covered = match self.first_epoch.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => window.as_secs(),
+            first => (now + SLOT_SECS).saturating_sub(first.max(since) * SLOT_SECS),
+        }
+        .clamp(1, window.as_secs().max(1));
         (sums, covered)
     }
 
@@ -485,6 +495,29 @@ mod tests {
         // A shorter window sees less.
         let v = g.json_at(Duration::from_secs(10), now);
         assert!(v["edges"][0]["requests"].as_u64().unwrap() <= 300, "{v}");
+    }
+
+    #[test]
+    fn a_quiet_stretch_without_reports_still_counts_in_the_rates() {
+        // 60 requests in one report, then a minute in which the idle proxies send nothing:
+        // over the last 60 s that is 1 request per second, not 60 over the one slot seen.
+        let g = Graph::default();
+        let now = 1_000_000;
+        g.record_at(&EdgeReport { role: "sidecar".into(), ..EdgeReport::default() }, now - 300);
+        let report = EdgeReport {
+            role: "sidecar".into(),
+            interval_ms: 5000,
+            edges: vec![stats("source", 60, 0, 60, 80)],
+            ..EdgeReport::default()
+        };
+        g.record_at(&report, now - 55);
+        let v = g.json_at(Duration::from_secs(60), now);
+        assert_eq!(v["edges"][0]["rps"], 1.0, "{v}");
+        // A graph younger than the window covers its own age.
+        let young = Graph::default();
+        young.record_at(&report, now - 10);
+        let v = young.json_at(Duration::from_secs(60), now);
+        assert_eq!(v["edges"][0]["rps"], 4.0, "60 requests over the 15 s since the first report: {v}");
     }
 
     #[test]

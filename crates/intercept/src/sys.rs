@@ -12,6 +12,7 @@ struct Mapping {
     perms: String,
     path: String,
     anonymous_kb: u64,
+    swap_kb: u64,
 }
 
 fn mappings(smaps: &str) -> Vec<Mapping> {
@@ -24,11 +25,16 @@ fn mappings(smaps: &str) -> Vec<Mapping> {
         {
             let perms = fields.next().unwrap_or("").to_string();
             let path = fields.nth(3).unwrap_or("").to_string();
-            out.push(Mapping { start, end, perms, path, anonymous_kb: 0 });
+            out.push(Mapping { start, end, perms, path, anonymous_kb: 0, swap_kb: 0 });
         } else if first == "Anonymous:"
             && let Some(m) = out.last_mut()
         {
             m.anonymous_kb = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        } else if first == "Swap:"
+            && let Some(m) = out.last_mut()
+        {
+            // Written (copy-on-write) pages swapped out count here, not under Anonymous.
+            m.swap_kb = fields.next().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
         }
     }
     out
@@ -52,14 +58,14 @@ pub fn release_startup_pages() -> std::io::Result<usize> {
         // idle sidecar faults back ~0.4 MiB of libc's 1.5 MiB (each fault maps the 64 KiB
         // around it, so what start-up touched stays otherwise).
         let file = m.path.starts_with('/') && !m.path.starts_with("/dev/") && !m.path.starts_with("/memfd:");
-        if !file || !(m.perms == "r-xp" || m.perms == "r--p") || m.anonymous_kb != 0 {
+        if !file || !(m.perms == "r-xp" || m.perms == "r--p") || m.anonymous_kb != 0 || m.swap_kb != 0 {
             continue;
         }
         let Some(addr) = NonNull::new(m.start as *mut c_void) else { continue };
         let len = m.end - m.start;
         // SAFETY: the range is exactly one mapping of a file (this process's executable or a
         // library it loaded) that is private, not writable and holds no anonymous
-        // (copy-on-write) page, so every byte in it equals the file's. MADV_DONTNEED drops the
+        // (copy-on-write) page, resident or swapped out, so every byte in it equals the file's. MADV_DONTNEED drops the
         // page-table entries; the next access faults the same bytes back in from the file, for
         // any thread, so a reference into these pages reads what it read before. The RELRO
         // segments, which the dynamic loader wrote before making them read-only, hold

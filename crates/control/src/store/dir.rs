@@ -57,7 +57,9 @@ impl Stamp {
         use std::os::unix::fs::MetadataExt;
         let ctime = SystemTime::UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec() as u32);
         let changed = meta.modified().ok()?.max(ctime);
-        if now.duration_since(changed).unwrap_or_default() < racy {
+        // A time ahead of the clock (skew, `touch -d`) is trusted: a write now would set an
+        // earlier time, so it could not leave the same stamp.
+        if now.duration_since(changed).is_ok_and(|age| age < racy) {
             return None;
         }
         Some(Stamp {
@@ -102,16 +104,17 @@ fn load_changed(root: &Path, parsed: &mut HashMap<PathBuf, Parsed>, racy: Durati
             _ => {
                 let source: Arc<str> = file.display().to_string().into();
                 parses += 1;
-                let part = match std::fs::read_to_string(&file) {
-                    Ok(text) => meshgate_api::load_str(&source, &text),
+                match std::fs::read_to_string(&file) {
+                    Ok(text) => Parsed { stamp, loaded: meshgate_api::load_str(&source, &text) },
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    // Not kept: a read that failed (out of descriptors, an I/O error) is tried
+                    // again at the next load, not remembered until the file changes.
                     Err(e) => {
                         let mut l = Loaded::default();
                         l.errors.push(meshgate_api::ConfigError::file(&source, format!("cannot read: {e}")));
-                        l
+                        Parsed { stamp: None, loaded: l }
                     }
-                };
-                Parsed { stamp, loaded: part }
+                }
             }
         };
         loaded.objects.extend(part.loaded.objects.iter().cloned());
@@ -416,6 +419,18 @@ mod tests {
         let (fixed, _) = load_changed(dir.path(), &mut parsed, Duration::ZERO);
         assert_eq!(names(&fixed).len(), 3);
         assert!(fixed.errors.0.is_empty());
+    }
+
+    #[test]
+    fn a_file_dated_ahead_of_the_clock_is_not_parsed_at_every_load() {
+        let dir = meshgate_testkit::TempDir::new("dir-store");
+        let f = dir.path().join("s.yaml");
+        std::fs::write(&f, service("s", 80)).unwrap();
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(ahead).unwrap();
+        let mut parsed = HashMap::new();
+        assert_eq!(load_changed(dir.path(), &mut parsed, RACY).1, 1);
+        assert_eq!(load_changed(dir.path(), &mut parsed, RACY).1, 0);
     }
 
     #[test]
