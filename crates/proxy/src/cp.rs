@@ -409,6 +409,9 @@ pub async fn report(
     let mut deltas = crate::telemetry::report::Deltas::default();
     let mut dropped = 0u64;
     let mut backoff = Duration::from_millis(500);
+    // A report the stream ended under: sent first on the next one (an idle proxy writes to its
+    // stream only when it has something to say, so that is when it finds the stream gone).
+    let mut unsent: Option<meshgate_proto::meshgate::EdgeReport> = None;
     loop {
         let material = mesh.material();
         let ch = match channel(&target, material.bundle.clone(), Some(&material.svid)) {
@@ -420,6 +423,12 @@ pub async fn report(
             }
         };
         let (tx, rx) = mpsc::channel::<meshgate_proto::meshgate::EdgeReport>(4);
+        if let Some(mut r) = unsent.take() {
+            r.dropped = dropped;
+            if tx.try_send(r).is_ok() {
+                dropped = 0;
+            }
+        }
         let mut client = TelemetryClient::new(ch);
         let call = tokio::spawn(async move { client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
         let mut ticker = tokio::time::interval(REPORT_INTERVAL);
@@ -457,13 +466,18 @@ pub async fn report(
                     dropped += 1;
                     tracing::debug!("telemetry report dropped: the control plane is behind");
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
+                Err(mpsc::error::TrySendError::Closed(r)) => {
+                    unsent = Some(r);
+                    break;
+                }
             }
         }
         if let Ok(Err(s)) = call.await {
             tracing::debug!("telemetry report stream ended: {}: {}", s.code(), s.message());
         }
-        dropped += 1;
+        if unsent.is_none() {
+            dropped += 1;
+        }
         tokio::time::sleep(backoff + Duration::from_millis(fastrand::u64(0..500))).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
