@@ -14,7 +14,9 @@ mod workload;
 
 pub use error::{ConfigError, Errors};
 pub use kind::{GATEWAY_GROUP, Kind, MESHGATE_GROUP};
-pub use load::{Loaded, collect_files, decode_document, is_resource_file, load_paths, load_str};
+pub use load::{
+    Loaded, cannot_read, collect_files, decode_document, is_resource_file, load_file, load_paths, load_str,
+};
 pub use resource::{Object, ObjectRef, Resource, Source};
 pub use set::ResourceSet;
 pub use workload::{TlsMode, Workload, WorkloadSpec, selector_matches};

@@ -33,26 +33,32 @@ pub fn load_paths(paths: &[PathBuf]) -> Loaded {
     let mut loaded = Loaded::default();
     for path in paths {
         let mut files = Vec::new();
-        let display: Arc<str> = path.display().to_string().into();
-        match collect_files(path, &mut files) {
-            Ok(()) => {}
-            Err(e) => {
-                loaded.errors.push(ConfigError::file(&display, format!("cannot read: {e}")));
-                continue;
-            }
+        if let Err(e) = collect_files(path, &mut files) {
+            loaded.errors.push(cannot_read(path, &e));
+            continue;
         }
         for file in files {
-            let source: Arc<str> = file.display().to_string().into();
-            match std::fs::read_to_string(&file) {
-                Ok(text) => loaded.extend(load_str(&source, &text)),
+            match load_file(&file) {
+                Ok(l) => loaded.extend(l),
                 // Deleted between the listing and the read (a store being written to): gone,
                 // as if listed a moment later; not an error.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && file != *path => {}
-                Err(e) => loaded.errors.push(ConfigError::file(&source, format!("cannot read: {e}"))),
+                Err(e) => loaded.errors.push(cannot_read(&file, &e)),
             }
         }
     }
     loaded
+}
+
+/// The resources of one file, named after its path.
+pub fn load_file(file: &Path) -> std::io::Result<Loaded> {
+    let text = std::fs::read_to_string(file)?;
+    Ok(load_str(&file.display().to_string().into(), &text))
+}
+
+/// The error for a file or directory that could not be read.
+pub fn cannot_read(path: &Path, e: &std::io::Error) -> ConfigError {
+    ConfigError::file(&path.display().to_string().into(), format!("cannot read: {e}"))
 }
 
 /// Lists the resource files under `path` (the path itself when it is a file).

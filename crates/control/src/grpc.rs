@@ -195,7 +195,7 @@ fn gateway_addresses(reported: &[String], caller: Option<&Caller>) -> Vec<std::n
     if said.is_empty() { caller.map(|c| c.addr.ip().to_canonical()).into_iter().collect() } else { said }
 }
 
-/// Whether a proxy of `role` in namespace `ns` needs `entry`.
+/// Whether a proxy of `role` in namespace `ns` needs the resource `id` with `audience`.
 fn wanted(role: &str, ns: &str, root_ns: &str, id: &ObjectRef, audience: Audience) -> bool {
     let gateway = role == "gateway";
     match audience {

@@ -42,10 +42,10 @@ fn mappings(smaps: &str) -> Vec<Mapping> {
 
 /// Drops this process's page-table entries for the read-only, never-written parts of its own
 /// executable and of the shared libraries it loaded (libc, libm, the loader: code, read-only
-/// data, unwind tables): what start-up touched (argument and
-/// configuration parsing, the first TLS handshake) stops counting as resident, and what the
-/// request path needs faults back in from the page cache on first use. Returns the bytes
-/// released from the mappings (not all of them were resident).
+/// data, unwind tables): what start-up touched (argument and configuration parsing, the first
+/// TLS handshake) stops counting as resident, and what the request path needs faults back in
+/// from the page cache on first use. Returns the bytes released from the mappings (not all of
+/// them were resident).
 ///
 /// Why: code pages stay mapped once touched, and start-up touches a lot of code it never
 /// runs again; for a proxy beside every workload that is most of its resident memory.
@@ -65,11 +65,11 @@ pub fn release_startup_pages() -> std::io::Result<usize> {
         let len = m.end - m.start;
         // SAFETY: the range is exactly one mapping of a file (this process's executable or a
         // library it loaded) that is private, not writable and holds no anonymous
-        // (copy-on-write) page, resident or swapped out, so every byte in it equals the file's. MADV_DONTNEED drops the
-        // page-table entries; the next access faults the same bytes back in from the file, for
-        // any thread, so a reference into these pages reads what it read before. The RELRO
-        // segments, which the dynamic loader wrote before making them read-only, hold
-        // anonymous pages and are skipped above.
+        // (copy-on-write) page, resident or swapped out, so every byte in it equals the
+        // file's. MADV_DONTNEED drops the page-table entries; the next access faults the same
+        // bytes back in from the file, for any thread, so a reference into these pages reads
+        // what it read before. The RELRO segments, which the dynamic loader wrote before
+        // making them read-only, hold anonymous pages and are skipped above.
         let r = unsafe { nix::sys::mman::madvise(addr, len, nix::sys::mman::MmapAdvise::MADV_DONTNEED) };
         if r.is_ok() {
             released += len;

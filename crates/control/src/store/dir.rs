@@ -79,40 +79,36 @@ fn load_changed(root: &Path, parsed: &mut HashMap<PathBuf, Parsed>, racy: Durati
     let mut parses = 0;
     let mut files = Vec::new();
     if let Err(e) = meshgate_api::collect_files(root, &mut files) {
-        let display: Arc<str> = root.display().to_string().into();
-        loaded.errors.push(meshgate_api::ConfigError::file(&display, format!("cannot read: {e}")));
+        loaded.errors.push(meshgate_api::cannot_read(root, &e));
         return (loaded, 0);
     }
     let now = SystemTime::now();
     let mut next = HashMap::with_capacity(files.len());
     for file in files {
-        let meta = match std::fs::metadata(&file) {
-            Ok(m) => m,
+        // The stamp is taken before the read: a write after it changes the stamp, so the next
+        // load reads the file again.
+        let stamp = match std::fs::metadata(&file) {
+            Ok(meta) => Stamp::of(&meta, now, racy),
             // Deleted between the listing and now: gone, as if listed a moment later.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                let source: Arc<str> = file.display().to_string().into();
-                loaded.errors.push(meshgate_api::ConfigError::file(&source, format!("cannot read: {e}")));
+                loaded.errors.push(meshgate_api::cannot_read(&file, &e));
                 continue;
             }
         };
-        // The stamp is taken before the read: a write after it changes the stamp, so the next
-        // load reads the file again.
-        let stamp = Stamp::of(&meta, now, racy);
         let part = match parsed.remove(&file) {
             Some(p) if p.stamp.is_some() && p.stamp == stamp => p,
             _ => {
-                let source: Arc<str> = file.display().to_string().into();
                 parses += 1;
-                match std::fs::read_to_string(&file) {
-                    Ok(text) => Parsed { stamp, loaded: meshgate_api::load_str(&source, &text) },
+                match meshgate_api::load_file(&file) {
+                    Ok(loaded) => Parsed { stamp, loaded },
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     // Not kept: a read that failed (out of descriptors, an I/O error) is tried
                     // again at the next load, not remembered until the file changes.
                     Err(e) => {
-                        let mut l = Loaded::default();
-                        l.errors.push(meshgate_api::ConfigError::file(&source, format!("cannot read: {e}")));
-                        Parsed { stamp: None, loaded: l }
+                        let mut loaded = Loaded::default();
+                        loaded.errors.push(meshgate_api::cannot_read(&file, &e));
+                        Parsed { stamp: None, loaded }
                     }
                 }
             }
@@ -219,17 +215,10 @@ impl Store for DirStore {
         let (root, parsed) = (self.root.clone(), self.parsed.clone());
         let (changes, settling) = (self.changes.clone(), self.settling.clone());
         tokio::task::spawn_blocking(move || {
-            // One load at a time (the state reloads one at a time already); a poisoned cache
-            // is started afresh.
-            let mut parsed = match parsed.lock() {
-                Ok(g) => g,
-                Err(p) => {
-                    parsed.clear_poison();
-                    let mut g = p.into_inner();
-                    g.clear();
-                    g
-                }
-            };
+            // One load at a time (the state reloads one at a time already). A load that
+            // panicked leaves only whole entries behind (each a file's stamp with what it held
+            // then), so a poisoned cache is still right: what is missing is parsed again.
+            let mut parsed = parsed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let loaded = load_changed(&root, &mut parsed, RACY).0;
             // Files too recent to trust are parsed again at every load until they are not:
             // one more load once they have settled (a store just written, as a checkout or a
