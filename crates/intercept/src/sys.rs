@@ -11,8 +11,9 @@ struct Mapping {
     end: usize,
     perms: String,
     path: String,
-    anonymous_kb: u64,
-    swap_kb: u64,
+    /// Pages written since mapped (copy-on-write), resident (`Anonymous:`) or swapped out
+    /// (`Swap:`); an unreadable count counts as written.
+    written_kb: u64,
 }
 
 fn mappings(smaps: &str) -> Vec<Mapping> {
@@ -25,16 +26,12 @@ fn mappings(smaps: &str) -> Vec<Mapping> {
         {
             let perms = fields.next().unwrap_or("").to_string();
             let path = fields.nth(3).unwrap_or("").to_string();
-            out.push(Mapping { start, end, perms, path, anonymous_kb: 0, swap_kb: 0 });
-        } else if first == "Anonymous:"
+            out.push(Mapping { start, end, perms, path, written_kb: 0 });
+        } else if (first == "Anonymous:" || first == "Swap:")
             && let Some(m) = out.last_mut()
         {
-            m.anonymous_kb = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-        } else if first == "Swap:"
-            && let Some(m) = out.last_mut()
-        {
-            // Written (copy-on-write) pages swapped out count here, not under Anonymous.
-            m.swap_kb = fields.next().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+            let kb = fields.next().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+            m.written_kb = m.written_kb.saturating_add(kb);
         }
     }
     out
@@ -58,7 +55,7 @@ pub fn release_startup_pages() -> std::io::Result<usize> {
         // idle sidecar faults back ~0.4 MiB of libc's 1.5 MiB (each fault maps the 64 KiB
         // around it, so what start-up touched stays otherwise).
         let file = m.path.starts_with('/') && !m.path.starts_with("/dev/") && !m.path.starts_with("/memfd:");
-        if !file || !(m.perms == "r-xp" || m.perms == "r--p") || m.anonymous_kb != 0 || m.swap_kb != 0 {
+        if !file || !(m.perms == "r-xp" || m.perms == "r--p") || m.written_kb != 0 {
             continue;
         }
         let Some(addr) = NonNull::new(m.start as *mut c_void) else { continue };
