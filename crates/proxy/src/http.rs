@@ -24,7 +24,7 @@ mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::header::HeaderValue;
 use http::request::Parts;
@@ -32,6 +32,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 pub use outcome::X_MESHGATE_FLAGS;
+pub(crate) use response::Recording;
 pub use response::ResponseBody;
 
 use crate::body::ClientBody;
@@ -76,11 +77,11 @@ pub enum Target {
 pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let started = Instant::now();
     // Records only for a sink that takes them: otherwise none is built, nothing counted.
-    let start = snapshot.sink.wants_requests().then(SystemTime::now);
+    let recorded = snapshot.sink.wants_requests();
     let protocol = if req.version() >= http::Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
     let (mut parts, body) = req.into_parts();
     let grpc = grpc::is_call(&parts.headers);
-    let (body, received) = ClientBody::new(body, start.is_some());
+    let (body, received) = ClientBody::new(body, recorded);
     let role = match conn.target {
         Target::Listeners => Role::Gateway,
         Target::Service(_) | Target::Pod(_) => Role::SidecarOutbound,
@@ -90,7 +91,7 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
     if let Some(t) = trace.filter(|t| t.rewrites()) {
         t.inject(&mut parts.headers, role);
     }
-    let details = (start.is_some() && (snapshot.sink.wants_details() || trace.is_some_and(|t| t.sampled)))
+    let details = (recorded && (snapshot.sink.wants_details() || trace.is_some_and(|t| t.sampled)))
         .then(|| crate::telemetry::Details::of(&parts));
     let mut hop = Hop::default();
     let mut out = route_and_forward(&snapshot, &conn, &mut parts, body, &mut hop).await;
@@ -98,32 +99,39 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
         grpc::as_status(&mut out.resp, out.flags);
     }
     let ttfb = started.elapsed();
-    let record = start.map(|start| RequestRecord {
-        start,
-        role,
-        route: out.rule.as_ref().map(|r| (r.route.clone(), r.index)),
-        backend: hop.backend,
-        endpoint: out.upstream,
-        protocol,
-        status: out.resp.status().as_u16(),
-        flags: out.flags,
-        attempts: out.attempts,
-        request_bytes: 0,
-        response_bytes: 0,
-        ttfb,
-        duration: ttfb,
-        proxy_time: ttfb.saturating_sub(hop.upstream_wait + hop.waited),
-        source: snapshot.identity.clone(),
-        destination: hop.destination,
-        source_workload: Some(snapshot.peer.clone()),
-        destination_workload: hop.destination_workload,
-        grpc,
-        grpc_status: if grpc { grpc::status_of(out.resp.headers()) } else { None },
-        security: hop.security,
-        peer: conn.peer,
-        details,
-        trace,
-        authz: None,
+    // Built where it stays (a record is large: moved, it would be copied, here and by hyper).
+    let recording = recorded.then(|| {
+        Box::new(Recording {
+            record: RequestRecord {
+                role,
+                route: out.rule.as_ref().map(|r| (r.route.clone(), r.index)),
+                backend: hop.backend,
+                endpoint: out.upstream,
+                protocol,
+                status: out.resp.status().as_u16(),
+                flags: out.flags,
+                attempts: out.attempts,
+                request_bytes: 0,
+                response_bytes: 0,
+                ttfb,
+                duration: ttfb,
+                proxy_time: ttfb.saturating_sub(hop.upstream_wait + hop.waited),
+                source: snapshot.identity.clone(),
+                destination: hop.destination,
+                source_workload: Some(snapshot.peer.clone()),
+                destination_workload: hop.destination_workload,
+                grpc,
+                grpc_status: if grpc { grpc::status_of(out.resp.headers()) } else { None },
+                security: hop.security,
+                peer: conn.peer,
+                details,
+                trace,
+                authz: None,
+            },
+            started,
+            sink: snapshot.sink.clone(),
+            received,
+        })
     });
     if !out.flags.is_empty() {
         // Like Linkerd's l5d-proxy-error: says why, without a trip to the logs.
@@ -131,10 +139,10 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
             out.resp.headers_mut().insert(X_MESHGATE_FLAGS.clone(), v);
         }
     }
-    match record {
-        Some(record) => out.resp.map(|body| body.recorded(record, started, snapshot.sink.clone(), received)),
-        None => out.resp,
+    if let Some(recording) = recording {
+        out.resp.body_mut().record(recording);
     }
+    out.resp
 }
 
 /// What a stage does with a request: hands it on to the next stage, or answers it itself.

@@ -92,8 +92,6 @@ pub enum Protocol {
 /// One request, as the proxy handled it.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
-    /// When it arrived (wall clock, for logs).
-    pub start: SystemTime,
     /// The role that handled it.
     pub role: Role,
     /// `namespace/name` of the route, and the rule's index (none: no route matched).
@@ -153,6 +151,9 @@ pub struct RequestRecord {
 /// only while one of them is on.
 #[derive(Debug, Clone)]
 pub struct Details {
+    /// When the request arrived (wall clock): read here, where a log line, `tap` or a span
+    /// will want it, not for every request.
+    pub start: SystemTime,
     /// The method.
     pub method: http::Method,
     /// `:authority` or `Host`.
@@ -174,6 +175,7 @@ impl Details {
         let authority = parts.uri.authority().map(|a| a.as_str().to_string()).or_else(|| header("host"));
         let trace_id = header("traceparent").and_then(|t| t.split('-').nth(1).map(str::to_string));
         Box::new(Details {
+            start: SystemTime::now(),
             method: parts.method.clone(),
             authority: authority.unwrap_or_default(),
             path: parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
@@ -181,6 +183,16 @@ impl Details {
             user_agent: header("user-agent"),
             trace_id,
         })
+    }
+}
+
+impl RequestRecord {
+    /// When the request arrived (wall clock): as its details say, else reckoned back from now
+    /// by its duration.
+    pub fn start_time(&self) -> SystemTime {
+        self.details
+            .as_ref()
+            .map_or_else(|| SystemTime::now().checked_sub(self.duration).unwrap_or(std::time::UNIX_EPOCH), |d| d.start)
     }
 }
 

@@ -32,7 +32,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before its end: the client went away (or the connection broke).
             if let Some(r) = this.project().recording.take() {
-                (*r).finish(false);
+                r.finish(false);
             }
         }
     }
@@ -40,16 +40,20 @@ pin_project! {
 
 /// A request's record while its response streams.
 #[derive(Debug)]
-struct Recording {
-    record: RequestRecord,
-    started: Instant,
-    sink: Sink,
+pub(crate) struct Recording {
+    /// The record, completed when the response ends.
+    pub(crate) record: RequestRecord,
+    /// When the request arrived.
+    pub(crate) started: Instant,
+    /// Where the record goes.
+    pub(crate) sink: Sink,
     /// The request body's size ([`crate::body::ClientBody`]).
-    received: RequestBytes,
+    pub(crate) received: RequestBytes,
 }
 
 impl Recording {
-    fn finish(mut self, completed: bool) {
+    /// Completes the record in its box (not moved out of it: it is large) and hands it on.
+    fn finish(mut self: Box<Self>, completed: bool) {
         self.record.duration = self.started.elapsed();
         self.record.request_bytes = self.received.get();
         if !completed {
@@ -105,22 +109,15 @@ impl ResponseBody {
         }
     }
 
-    /// Completes `record` (and hands it to `sink`) when this body ends or is dropped; `started`
-    /// is when the request arrived, `received` counts the request body's bytes.
-    pub(crate) fn recorded(
-        mut self,
-        record: RequestRecord,
-        started: Instant,
-        sink: Sink,
-        received: RequestBytes,
-    ) -> Self {
-        let recording = Recording { record, started, sink, received };
+    /// Completes the record of `recording` (and hands it to its sink) when this body ends or
+    /// is dropped.
+    /// In place: a body moved would be copied, and hyper moves it enough.
+    pub(crate) fn record(&mut self, recording: Box<Recording>) {
         if self.is_end_stream() {
             recording.finish(true);
         } else {
-            self.recording = Some(Box::new(recording));
+            self.recording = Some(recording);
         }
-        self
     }
 
     /// Wraps an upstream body; an already finished body returns its connection at once.
@@ -180,7 +177,7 @@ impl Body for ResponseBody {
                 None => true,
             };
             if ended && let Some(r) = this.recording.take() {
-                (*r).finish(true);
+                r.finish(true);
             }
         }
         Poll::Ready(frame)

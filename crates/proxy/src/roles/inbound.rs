@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -456,7 +456,7 @@ impl Inbound {
 
     async fn request(self: Arc<Self>, req: Request<Incoming>, caller: Arc<Caller>) -> Response<ResponseBody> {
         let started = Instant::now();
-        let start = self.opts.sink.wants_requests().then(SystemTime::now);
+        let recorded = self.opts.sink.wants_requests();
         let protocol = if req.version() >= Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 };
         let (mut parts, body) = req.into_parts();
         let grpc = crate::http::grpc::is_call(&parts.headers);
@@ -464,11 +464,13 @@ impl Inbound {
         if let Some(t) = trace.filter(|t| t.rewrites()) {
             t.inject(&mut parts.headers, Role::SidecarInbound);
         }
-        let details = (start.is_some() && (self.opts.sink.wants_details() || trace.is_some_and(|t| t.sampled)))
+        let details = (recorded && (self.opts.sink.wants_details() || trace.is_some_and(|t| t.sampled)))
             .then(|| telemetry::Details::of(&parts));
-        let (body, received) = ClientBody::new(body, start.is_some());
-        let (resp, flags, upstream_wait, decision) = self.forward(Request::from_parts(parts, body), &caller).await;
-        let Some(start) = start else { return resp };
+        let (body, received) = ClientBody::new(body, recorded);
+        let (mut resp, flags, upstream_wait, decision) = self.forward(Request::from_parts(parts, body), &caller).await;
+        if !recorded {
+            return resp;
+        }
         let ttfb = started.elapsed();
         // Named once per connection, unless the configuration changed since it was accepted.
         let current = self.peers.load();
@@ -480,34 +482,40 @@ impl Inbound {
             renamed = Named::of(arc_swap::Guard::into_inner(current), caller.peer, principal, Some(caller.app.port()));
             &renamed
         };
-        let record = RequestRecord {
-            start,
-            role: Role::SidecarInbound,
-            route: None,
-            backend: named.service.clone(),
-            endpoint: Some(caller.app),
-            protocol,
-            status: resp.status().as_u16(),
-            flags,
-            attempts: u32::from(upstream_wait.is_some()),
-            request_bytes: 0,
-            response_bytes: 0,
-            ttfb,
-            duration: ttfb,
-            proxy_time: ttfb.saturating_sub(upstream_wait.unwrap_or_default()),
-            source: caller.principal.clone(),
-            destination: self.identity.clone(),
-            source_workload: named.source.clone(),
-            destination_workload: named.destination.clone(),
-            grpc,
-            grpc_status: if grpc { crate::http::grpc::status_of(resp.headers()) } else { None },
-            security: Some(caller.security.kind()),
-            peer: caller.peer,
-            details,
-            trace,
-            authz: decision.map(Arc::from),
-        };
-        resp.map(|body| body.recorded(record, started, self.opts.sink.clone(), received))
+        // Built where it stays (a record is large: moved, it would be copied, here and by hyper).
+        let recording = Box::new(crate::http::Recording {
+            record: RequestRecord {
+                role: Role::SidecarInbound,
+                route: None,
+                backend: named.service.clone(),
+                endpoint: Some(caller.app),
+                protocol,
+                status: resp.status().as_u16(),
+                flags,
+                attempts: u32::from(upstream_wait.is_some()),
+                request_bytes: 0,
+                response_bytes: 0,
+                ttfb,
+                duration: ttfb,
+                proxy_time: ttfb.saturating_sub(upstream_wait.unwrap_or_default()),
+                source: caller.principal.clone(),
+                destination: self.identity.clone(),
+                source_workload: named.source.clone(),
+                destination_workload: named.destination.clone(),
+                grpc,
+                grpc_status: if grpc { crate::http::grpc::status_of(resp.headers()) } else { None },
+                security: Some(caller.security.kind()),
+                peer: caller.peer,
+                details,
+                trace,
+                authz: decision.map(Arc::from),
+            },
+            started,
+            sink: self.opts.sink.clone(),
+            received,
+        });
+        resp.body_mut().record(recording);
+        resp
     }
 
     /// Authorizes the request and forwards it to the application: the response, its flags and

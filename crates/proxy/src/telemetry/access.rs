@@ -128,7 +128,7 @@ fn write_lines(rx: Receiver<Line>, written: &AtomicU64) {
 /// A request as one JSON object: the access log's line, and what `tap` streams.
 pub fn request_json(r: &RequestRecord) -> Value {
     let mut m = Map::new();
-    m.insert("start_time".into(), rfc3339(r.start).into());
+    m.insert("start_time".into(), rfc3339(r.start_time()).into());
     m.insert("kind".into(), "request".into());
     m.insert("reporter".into(), reporter(r.role).into());
     if let Some(d) = &r.details {

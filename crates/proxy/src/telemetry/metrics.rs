@@ -815,7 +815,6 @@ mod tests {
 
     fn record(status: u16, backend: &str) -> RequestRecord {
         RequestRecord {
-            start: std::time::SystemTime::now(),
             role: Role::Gateway,
             route: None,
             backend: Some(backend.into()),
