@@ -374,8 +374,9 @@ pub(crate) fn addr_or_off(flag: &str, s: &str) -> anyhow::Result<Option<SocketAd
     Ok(Some(s.parse().map_err(|e| anyhow::anyhow!("{flag} {s:?}: {e}"))?))
 }
 
-/// Once serving: stop counting start-up-only code as resident (see
-/// `meshgate_intercept::release_startup_pages`), and again after each configuration change has
+/// Once serving: stop counting start-up-only code and freed heap as resident (see
+/// `meshgate_intercept::release_startup_pages` and `release_free_heap`), and again after each
+/// configuration change has
 /// settled: reading, checking and compiling a configuration runs code (YAML/JSON, schemas,
 /// compilation) that the request path never does, and each change would otherwise leave it
 /// mapped. What requests run faults back in from the page cache (a few hundred microseconds,
@@ -406,6 +407,9 @@ fn release_startup_pages() {
         Ok(bytes) => tracing::debug!(bytes, "released code pages"),
         Err(e) => tracing::debug!(error = %e, "cannot release code pages"),
     }
+    // And the heap start-up or the change freed (see `meshgate_intercept::release_free_heap`).
+    let trimmed = meshgate_intercept::release_free_heap();
+    tracing::debug!(trimmed, "released free heap pages");
 }
 
 /// Runs an async command; `Ok(false)` means "failed, already explained".

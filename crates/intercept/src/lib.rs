@@ -18,7 +18,7 @@ pub use netns::{
     remove_bridge_if_unused, root,
 };
 pub use rules::{Backend, RuleSpec, install};
-pub use sys::release_startup_pages;
+pub use sys::{release_free_heap, release_startup_pages};
 
 /// A failure running a system tool.
 #[derive(Debug, thiserror::Error)]
