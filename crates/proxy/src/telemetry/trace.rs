@@ -43,7 +43,7 @@ pub struct SpanContext {
 /// The 16 lower-case hex digits of `v`, most significant first. Branch-free, eight bytes at a
 /// time (each nibble spread into a byte of its own, then made a digit): the `traceparent`
 /// written for every request while tracing is on takes three of these.
-fn hex16(v: u64) -> [u8; 16] {
+pub(super) fn hex16(v: u64) -> [u8; 16] {
     const LO: u128 = 0x0f0f_0f0f_0f0f_0f0f_0f0f_0f0f_0f0f_0f0f;
     const ONES: u128 = LO / 0x0f;
     let mut x = u128::from(v);
@@ -334,6 +334,8 @@ pub enum Kind {
 pub enum Value {
     /// Text.
     Str(String),
+    /// Text known when compiled (no allocation).
+    Static(&'static str),
     /// A whole number.
     Int(i64),
     /// A decimal.
@@ -378,19 +380,21 @@ pub fn spans(r: &RequestRecord, t: &RequestTrace) -> Vec<Span> {
         Some((ns, name)) => super::metrics::service_host(ns, name),
         None => r.details.as_ref().map_or_else(String::new, |d| d.authority.clone()),
     };
-    let mut common: Vec<(&'static str, Value)> = vec![
+    // Room for every attribute a span gets: the vector grows no more.
+    let mut common: Vec<(&'static str, Value)> = Vec::with_capacity(20);
+    common.extend([
         ("http.request.method", Value::Str(method.to_string())),
         ("http.response.status_code", Value::Int(i64::from(r.status))),
         (
             "network.protocol.version",
-            Value::Str(match r.protocol {
-                super::Protocol::Http1 => "1.1".into(),
-                super::Protocol::Http2 => "2".into(),
+            Value::Static(match r.protocol {
+                super::Protocol::Http1 => "1.1",
+                super::Protocol::Http2 => "2",
             }),
         ),
         ("meshgate.response_flags", Value::Str(r.flags.to_string())),
         ("meshgate.proxy_time_ms", Value::Float(r.proxy_time.as_secs_f64() * 1000.0)),
-    ];
+    ]);
     if let Some(d) = &r.details {
         common.push(("url.path", Value::Str(d.path.split('?').next().unwrap_or("").to_string())));
         if let Some((_, q)) = d.path.split_once('?') {
@@ -418,27 +422,26 @@ pub fn spans(r: &RequestRecord, t: &RequestTrace) -> Vec<Span> {
     if let Some((route, i)) = &r.route {
         common.push(("meshgate.route", Value::Str(format!("{route}#{i}"))));
     }
-    common.push(("meshgate.connection_security_policy", Value::Str(Security::name(r.security).into())));
+    common.push(("meshgate.connection_security_policy", Value::Static(Security::name(r.security))));
     let name = if target.is_empty() { method.to_string() } else { format!("{method} {target}") };
-    let server = Span {
-        trace_id: t.trace_id,
-        span_id: t.server,
-        parent: t.parent,
-        kind: Kind::Server,
-        name: name.clone(),
-        start_ns: start,
-        end_ns: end,
-        attributes: {
-            let mut a = common.clone();
-            a.push(("client.address", Value::Str(r.peer.ip().to_string())));
-            a
-        },
-        error: r.status >= 500,
+    // Each span takes the attributes it shares with the other; only the gateway makes both.
+    let server = |mut a: Vec<(&'static str, Value)>| {
+        a.push(("client.address", Value::Str(r.peer.ip().to_string())));
+        Span {
+            trace_id: t.trace_id,
+            span_id: t.server,
+            parent: t.parent,
+            kind: Kind::Server,
+            name: name.clone(),
+            start_ns: start,
+            end_ns: end,
+            attributes: a,
+            error: r.status >= 500,
+        }
     };
-    let client = |parent: Option<u64>| {
+    let client = |parent: Option<u64>, mut a: Vec<(&'static str, Value)>| {
         // The upstream part: from when the proxy had done its own work to the end.
         let upstream_start = start + u64::try_from(r.proxy_time.as_nanos()).unwrap_or(0).min(end - start);
-        let mut a = common.clone();
         if let Some(e) = r.endpoint {
             a.push(("network.peer.address", Value::Str(e.ip().to_string())));
             a.push(("network.peer.port", Value::Int(i64::from(e.port()))));
@@ -457,12 +460,9 @@ pub fn spans(r: &RequestRecord, t: &RequestTrace) -> Vec<Span> {
         }
     };
     match r.role {
-        Role::Gateway => {
-            let client = client(Some(t.server));
-            vec![server, client]
-        }
-        Role::SidecarOutbound => vec![client(t.parent)],
-        Role::SidecarInbound => vec![server],
+        Role::Gateway => vec![server(common.clone()), client(Some(t.server), common)],
+        Role::SidecarOutbound => vec![client(t.parent, common)],
+        Role::SidecarInbound => vec![server(common)],
     }
 }
 
