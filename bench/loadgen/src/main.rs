@@ -388,7 +388,10 @@ async fn suite(specs: Vec<String>, rates: Vec<u64>, secs: u64, rounds: usize, ho
     let home = std::fs::File::open("/proc/self/ns/net").context("this process's network namespace")?;
     let idle: Vec<Vec<f64>> =
         targets.iter().map(|t| t.pids.iter().map(|p| memory_mib(&[*p], "VmRSS:")).collect()).collect();
-    println!("Medians of {rounds} rounds of {secs} s; within a round the targets run one after another.");
+    println!(
+        "Medians of {rounds} rounds of {secs} s; within a round the targets run one after another, each round \
+         starting one target later."
+    );
     println!();
     println!(
         "| target | proto | load | req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU s / 10k req | proxy RSS MiB |"
@@ -397,8 +400,11 @@ async fn suite(specs: Vec<String>, rates: Vec<u64>, secs: u64, rounds: usize, ho
     for proto in ["h1", "h2"] {
         for load_rate in std::iter::once(0).chain(rates.iter().copied()) {
             let mut rows: Vec<Vec<(LoadResult, f64)>> = targets.iter().map(|_| Vec::new()).collect();
-            for _ in 0..rounds {
-                for (i, t) in targets.iter().enumerate() {
+            for round in 0..rounds {
+                // Each round starts one target later: no target always runs first (just after a
+                // direct run, or a rate change) or last, which showed as a bias of its own.
+                for i in (0..targets.len()).map(|k| (k + round) % targets.len()) {
+                    let t = &targets[i];
                     let Some(addr) = (if proto == "h1" { t.h1 } else { t.h2 }) else { continue };
                     let args = LoadArgs {
                         target: addr,
