@@ -394,9 +394,14 @@ async fn suite(specs: Vec<String>, rates: Vec<u64>, secs: u64, rounds: usize, ho
     );
     println!();
     println!(
-        "| target | proto | load | req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU s / 10k req | proxy RSS MiB |"
+        "| target | proto | load | req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU s / 10k req | proxy RSS MiB \
+         | req/s, CPU / 10k against the first proxy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    // Paired: each round's figure divided by the first proxy's in the same round, then the
+    // median of those ratios; what the machine did during a round cancels out of them, which
+    // it does not from a ratio of two medians.
+    let reference = targets.iter().position(|t| !t.pids.is_empty());
     for proto in ["h1", "h2"] {
         for load_rate in std::iter::once(0).chain(rates.iter().copied()) {
             let mut rows: Vec<Vec<(LoadResult, f64)>> = targets.iter().map(|_| Vec::new()).collect();
@@ -429,17 +434,27 @@ async fn suite(specs: Vec<String>, rates: Vec<u64>, secs: u64, rounds: usize, ho
                     rows[i].push((r.clone(), cpu * 10_000.0 / r.requests.max(1) as f64));
                 }
             }
-            for (t, runs) in targets.iter().zip(rows) {
+            for (t, runs) in targets.iter().zip(&rows) {
                 if runs.is_empty() {
                     continue;
                 }
+                let base = reference.map(|r| &rows[r]).filter(|b| b.len() == runs.len() && !t.pids.is_empty());
+                let paired = match base {
+                    Some(base) => {
+                        let ratio = |f: &dyn Fn(&(LoadResult, f64)) -> f64| {
+                            median(runs.iter().zip(base).map(|(a, b)| f(a) / f(b).max(f64::MIN_POSITIVE)).collect())
+                        };
+                        format!("{:.3}, {:.3}", ratio(&|r| r.0.rps), ratio(&|r| r.1))
+                    }
+                    None => "-".to_string(),
+                };
                 let m = |f: &dyn Fn(&(LoadResult, f64)) -> f64| median(runs.iter().map(f).collect());
                 let label = if load_rate == 0 { "max".to_string() } else { format!("{load_rate}/s") };
                 let per10k = if t.pids.is_empty() { "-".to_string() } else { format!("{:.3}", m(&|r| r.1)) };
                 let rss =
                     if t.pids.is_empty() { "-".to_string() } else { format!("{:.1}", memory_mib(&t.pids, "VmRSS:")) };
                 println!(
-                    "| {} | {proto} | {label} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {per10k} | {rss} |",
+                    "| {} | {proto} | {label} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {per10k} | {rss} | {paired} |",
                     t.name,
                     m(&|r| r.0.rps),
                     m(&|r| r.0.p50_us as f64) / 1000.0,
