@@ -376,13 +376,12 @@ pub(crate) fn addr_or_off(flag: &str, s: &str) -> anyhow::Result<Option<SocketAd
 
 /// Once serving: stop counting start-up-only code and freed heap as resident (see
 /// `meshgate_intercept::release_startup_pages` and `release_free_heap`), and again after each
-/// configuration change has
-/// settled: reading, checking and compiling a configuration runs code (YAML/JSON, schemas,
-/// compilation) that the request path never does, and each change would otherwise leave it
-/// mapped. What requests run faults back in from the page cache (a few hundred microseconds,
-/// once per change).
+/// configuration change has settled: reading, checking and compiling a configuration runs code
+/// (YAML/JSON, schemas, compilation) that the request path never does and frees what it built,
+/// and each change would otherwise leave both resident. What requests run faults back in from
+/// the page cache (a few hundred microseconds, once per change).
 pub(crate) fn release_cold_pages(core: std::sync::Arc<meshgate_proxy::ProxyCore>) {
-    release_startup_pages();
+    release_unused_memory();
     tokio::spawn(async move {
         let mut released = core.snapshot().version;
         let mut seen = released;
@@ -395,19 +394,19 @@ pub(crate) fn release_cold_pages(core: std::sync::Arc<meshgate_proxy::ProxyCore>
             if version == seen && version != released {
                 released = version;
                 // Reads /proc/self/smaps: off the runtime's threads.
-                let _ = tokio::task::spawn_blocking(release_startup_pages).await;
+                let _ = tokio::task::spawn_blocking(release_unused_memory).await;
             }
             seen = version;
         }
     });
 }
 
-fn release_startup_pages() {
+fn release_unused_memory() {
     match meshgate_intercept::release_startup_pages() {
         Ok(bytes) => tracing::debug!(bytes, "released code pages"),
         Err(e) => tracing::debug!(error = %e, "cannot release code pages"),
     }
-    // And the heap start-up or the change freed (see `meshgate_intercept::release_free_heap`).
+    // And the heap start-up or the change freed.
     let trimmed = meshgate_intercept::release_free_heap();
     tracing::debug!(trimmed, "released free heap pages");
 }

@@ -110,8 +110,8 @@ impl ResponseBody {
     }
 
     /// Completes the record of `recording` (and hands it to its sink) when this body ends or
-    /// is dropped.
-    /// In place: a body moved would be copied, and hyper moves it enough.
+    /// is dropped. Takes the body by reference: moved, it would be copied, and hyper moves it
+    /// enough.
     pub(crate) fn record(&mut self, recording: Box<Recording>) {
         if self.is_end_stream() {
             recording.finish(true);

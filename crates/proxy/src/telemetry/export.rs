@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 use tokio::sync::mpsc;
 
-use super::trace::{Kind, Span, Value, hex16};
+use super::trace::{Kind, Span, Value, hex16, hex32};
 
 /// Spans waiting for the exporter, at most.
 const QUEUE: usize = 4096;
@@ -201,6 +201,7 @@ pub fn otlp_request(spans: Vec<Span>, resource: &Resource) -> ExportTraceService
 /// formatted into strings of their own cost ~16,000 instructions a span (measured:
 /// `bench/instructions`), more than the request it describes.
 pub fn zipkin_json(spans: &[Span], service: &str) -> Vec<u8> {
+    use std::io::Write as _;
     let mut out = Vec::with_capacity(spans.len() * 1024 + 2);
     out.push(b'[');
     for (i, s) in spans.iter().enumerate() {
@@ -208,8 +209,7 @@ pub fn zipkin_json(spans: &[Span], service: &str) -> Vec<u8> {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"traceId\":\"");
-        out.extend_from_slice(&hex16((s.trace_id >> 64) as u64));
-        out.extend_from_slice(&hex16(s.trace_id as u64));
+        out.extend_from_slice(&hex32(s.trace_id));
         out.extend_from_slice(b"\",\"id\":\"");
         out.extend_from_slice(&hex16(s.span_id));
         if let Some(p) = s.parent {
@@ -237,17 +237,11 @@ pub fn zipkin_json(spans: &[Span], service: &str) -> Vec<u8> {
             match v {
                 Value::Str(v) => json_str(&mut out, v),
                 Value::Static(v) => json_str(&mut out, v),
+                // Zipkin tags are strings. Writing into a `Vec` cannot fail.
                 Value::Int(i) => {
-                    out.push(b'"');
-                    if *i < 0 {
-                        out.push(b'-');
-                    }
-                    push_u64(&mut out, i.unsigned_abs());
-                    out.push(b'"');
+                    let _ = write!(out, "\"{i}\"");
                 }
                 Value::Float(f) => {
-                    use std::io::Write as _;
-                    // Writing into a `Vec` cannot fail.
                     let _ = write!(out, "\"{f}\"");
                 }
             }
@@ -262,7 +256,7 @@ pub fn zipkin_json(spans: &[Span], service: &str) -> Vec<u8> {
     out
 }
 
-/// The decimal digits of `v`.
+/// The decimal digits of `v` (every span's timestamp and duration: no formatter for them).
 fn push_u64(out: &mut Vec<u8>, mut v: u64) {
     let mut buf = [0u8; 20];
     let mut at = buf.len();

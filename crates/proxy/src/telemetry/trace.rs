@@ -56,6 +56,14 @@ pub(super) fn hex16(v: u64) -> [u8; 16] {
     (x + u128::from(b'0') * ONES + letters * u128::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
+/// The 32 lower-case hex digits of a trace id.
+pub(super) fn hex32(v: u128) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(&hex16((v >> 64) as u64));
+    out[16..].copy_from_slice(&hex16(v as u64));
+    out
+}
+
 fn hex_u128(s: &str) -> Option<u128> {
     (matches!(s.len(), 16 | 32) && s.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| u128::from_str_radix(s, 16).ok())
@@ -283,8 +291,7 @@ impl RequestTrace {
         // By hand, not format!: this runs for every request while tracing is on.
         let mut tp = [0u8; 55];
         tp[..3].copy_from_slice(b"00-");
-        tp[3..19].copy_from_slice(&hex16((self.trace_id >> 64) as u64));
-        tp[19..35].copy_from_slice(&hex16(self.trace_id as u64));
+        tp[3..35].copy_from_slice(&hex32(self.trace_id));
         tp[35] = b'-';
         tp[36..52].copy_from_slice(&hex16(span));
         tp[52] = b'-';
