@@ -197,7 +197,20 @@ impl Suite {
                 if let Resource::Gateway(g) = &mut o.resource {
                     let gw = format!("{}/{}", o.id.ns(), o.id.name);
                     for l in &mut std::sync::Arc::make_mut(g).spec.listeners {
-                        let port = *ports.entry((gw.clone(), l.port)).or_insert_with(free_port);
+                        let port = match ports.get(&(gw.clone(), l.port)) {
+                            Some(port) => *port,
+                            None => {
+                                // A port the kernel hands out again (the probe socket is closed)
+                                // would put two listeners of the base on one port, and the
+                                // later one would be left out as conflicting.
+                                let mut port = free_port();
+                                while ports.values().any(|p| *p == port) {
+                                    port = free_port();
+                                }
+                                ports.insert((gw.clone(), l.port), port);
+                                port
+                            }
+                        };
                         l.port = i32::from(port);
                     }
                 }
