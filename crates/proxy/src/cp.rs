@@ -96,11 +96,7 @@ impl tower_service::Service<Uri> for Connector {
             // their xDS connection to istiod alive the same way, with TCP keep-alive. A control
             // plane whose process hangs while its kernel still answers is not noticed; the
             // proxy keeps its last configuration meanwhile, as when it is down.
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(20))
-                .with_interval(Duration::from_secs(5))
-                .with_retries(3);
-            if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+            if let Err(e) = keep_alive(&tcp) {
                 tracing::debug!(error = %e, "control plane connection: no TCP keep-alive");
             }
             let name = ServerName::try_from("control-plane.meshgate")?.to_owned();
@@ -113,6 +109,15 @@ impl tower_service::Service<Uri> for Connector {
             Ok(hyper_util::rt::TokioIo::new(tls))
         })
     }
+}
+
+/// The control plane connection's TCP keep-alive (see `Connector::call`).
+fn keep_alive(tcp: &TcpStream) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(20))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
 }
 
 /// A gRPC channel to the control plane over TLS that checks its identity against `bundle` (the
@@ -525,6 +530,23 @@ fn catch(sink: &crate::telemetry::Sink, ask: TapAsk, into: Arc<std::sync::Mutex<
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn the_control_plane_connection_probes_a_silent_peer_within_35_seconds() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let sock = socket2::SockRef::from(&tcp);
+        assert!(!sock.keepalive().unwrap(), "off before");
+        super::keep_alive(&tcp).unwrap();
+        assert!(sock.keepalive().unwrap());
+        let (time, interval, retries) = (
+            sock.tcp_keepalive_time().unwrap(),
+            sock.tcp_keepalive_interval().unwrap(),
+            sock.tcp_keepalive_retries().unwrap(),
+        );
+        assert_eq!((time.as_secs(), interval.as_secs(), retries), (20, 5, 3));
+        assert!(time + interval * retries <= Duration::from_secs(35));
+    }
+
     use super::*;
     use meshgate_proto::meshgate::Resource;
 
