@@ -223,15 +223,25 @@ async fn connect(target: SocketAddr, proto: &str) -> anyhow::Result<Conn> {
     })
 }
 
+/// `BENCH_REQUEST=curl`: each request carries the headers curl sends (`User-Agent`,
+/// `Accept`) besides `Host`; otherwise `Host` alone (as wrk sends).
+fn curl_headers() -> bool {
+    static CURL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CURL.get_or_init(|| std::env::var("BENCH_REQUEST").is_ok_and(|v| v == "curl"))
+}
+
 async fn one(conn: &mut Conn, target: SocketAddr, host: &str) -> anyhow::Result<()> {
+    let curl = |b: http::request::Builder| {
+        if curl_headers() { b.header("user-agent", "curl/7.88.1").header("accept", "*/*") } else { b }
+    };
     let resp = match conn {
         Conn::H1(s) => {
             s.ready().await?;
-            let req = http::Request::get("/").header("host", host).body(Empty::new())?;
+            let req = curl(http::Request::get("/").header("host", host)).body(Empty::new())?;
             s.send_request(req).await?
         }
         Conn::H2(s) => {
-            let req = http::Request::get(format!("http://{host}/")).body(Empty::new())?;
+            let req = curl(http::Request::get(format!("http://{host}/"))).body(Empty::new())?;
             s.send_request(req).await?
         }
     };

@@ -161,16 +161,18 @@ fn find(headers: &HeaderMap) -> Found<'_> {
         if !matches!(n.as_bytes().first(), Some(b't' | b'b' | b'x')) {
             continue;
         }
-        let v = value.to_str().ok().map(str::trim);
-        match n {
-            "traceparent" => f.traceparent = v,
-            "b3" => f.b3 = v,
-            "x-b3-traceid" => f.trace = v,
-            "x-b3-spanid" => f.span = v,
-            "x-b3-sampled" => f.sampled = v,
-            "x-b3-flags" => f.flags = v,
-            _ => {}
-        }
+        let slot = match n {
+            "traceparent" => &mut f.traceparent,
+            "b3" => &mut f.b3,
+            "x-b3-traceid" => &mut f.trace,
+            "x-b3-spanid" => &mut f.span,
+            "x-b3-sampled" => &mut f.sampled,
+            "x-b3-flags" => &mut f.flags,
+            _ => continue,
+        };
+        // The value is read (its bytes checked) only for the names looked for: not for every
+        // `x-request-id`, `x-forwarded-for` and the like.
+        *slot = value.to_str().ok().map(str::trim);
     }
     f
 }
