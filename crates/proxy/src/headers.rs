@@ -125,11 +125,18 @@ pub(crate) fn format_ip(ip: IpAddr, buf: &mut [u8]) -> &[u8] {
 }
 
 /// Returns the request id, generating a random (v4 UUID) one when the client sent none.
+///
+/// Marked never to be indexed by HPACK, the client's as well as ours: a value unique to each
+/// request, inserted into an HTTP/2 connection's header table (between sidecars all requests
+/// share one), would only push out the headers that repeat (`:authority`, `user-agent`, ...),
+/// which would then be sent in full again.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty()) {
+    if let Some(v) = headers.get_mut(&X_REQUEST_ID).filter(|v| !v.is_empty()) {
+        v.set_sensitive(true);
         return v.clone();
     }
-    let id = uuid_v4();
+    let mut id = uuid_v4();
+    id.set_sensitive(true);
     headers.insert(X_REQUEST_ID.clone(), id.clone());
     id
 }
@@ -202,5 +209,10 @@ mod tests {
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "4");
         assert_eq!(ensure_request_id(&mut h), id);
+        assert!(h[&X_REQUEST_ID].is_sensitive(), "never indexed by HPACK");
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("from-the-client"));
+        assert_eq!(ensure_request_id(&mut h), "from-the-client");
+        assert!(h[&X_REQUEST_ID].is_sensitive(), "the client's too");
     }
 }
