@@ -9,7 +9,7 @@
 
 use anyhow::Context;
 
-use crate::{CpuClock, LoadArgs, LoadResult, drive, median, open, parse_target};
+use crate::{CpuClock, LoadArgs, LoadResult, drive, median, open_in, parse_target, per_10k, ratios};
 
 /// The median and the quartiles of `v`.
 fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -20,27 +20,16 @@ fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 4], v[v.len() / 2], v[(v.len() * 3 / 4).min(v.len() - 1)])
 }
 
-/// One window: A and B under the same load at once. Each one's connections are opened from
-/// its network namespace (sockets stay in the namespace they were made in), then both loads
-/// run together. Returns each one's result and CPU seconds per 10k requests.
+/// One window: A and B under the same load at once, each one's connections opened first
+/// (from its network namespace). Returns each one's result and CPU seconds per 10k requests.
 async fn window(
     targets: &[crate::Target; 2],
     home: &std::fs::File,
     args: &[LoadArgs; 2],
     first_b: bool,
 ) -> anyhow::Result<[(LoadResult, f64); 2]> {
-    let mut conns = Vec::new();
-    for (t, a) in targets.iter().zip(args) {
-        if let Some(ns) = &t.netns {
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the netns")?;
-        }
-        let c = open(a).await.with_context(|| format!("connecting to {}", t.name));
-        if t.netns.is_some() {
-            nix::sched::setns(home, nix::sched::CloneFlags::CLONE_NEWNET).context("leaving the netns")?;
-        }
-        conns.push(c?);
-    }
-    let (cb, ca) = (conns.pop().unwrap_or_default(), conns.pop().unwrap_or_default());
+    let ca = open_in(&targets[0], home, &args[0]).await?;
+    let cb = open_in(&targets[1], home, &args[1]).await?;
     let before = [CpuClock::read(&targets[0].pids), CpuClock::read(&targets[1].pids)];
     // Which one's requests the load generator issues first alternates from window to window.
     let (ra, rb) = if first_b {
@@ -51,8 +40,7 @@ async fn window(
     };
     let cpu = [CpuClock::read(&targets[0].pids).since(&before[0]), CpuClock::read(&targets[1].pids).since(&before[1])];
     let (ra, rb) = (ra.context("A")?, rb.context("B")?);
-    let per10k = |r: &LoadResult, cpu: f64| cpu * 10_000.0 / r.requests.max(1) as f64;
-    let (pa, pb) = (per10k(&ra, cpu[0]), per10k(&rb, cpu[1]));
+    let (pa, pb) = (per_10k(cpu[0], &ra), per_10k(cpu[1], &rb));
     Ok([(ra, pa), (rb, pb)])
 }
 
@@ -102,8 +90,7 @@ pub(crate) async fn run(
                 rb.push(y);
             }
             let ratio = |f: &dyn Fn(&(LoadResult, f64)) -> f64| {
-                let (q1, m, q3) =
-                    quartiles(ra.iter().zip(&rb).map(|(x, y)| f(x) / f(y).max(f64::MIN_POSITIVE)).collect());
+                let (q1, m, q3) = quartiles(ratios(&ra, &rb, f));
                 format!("{m:.3} ({q1:.3}–{q3:.3})")
             };
             let med =

@@ -440,22 +440,38 @@ impl CpuClock {
     }
 }
 
-/// One load against `t` (from its network namespace, when it has one), and the CPU its
-/// processes used per 10k requests meanwhile.
-async fn measure(t: &Target, home: &std::fs::File, args: &LoadArgs) -> anyhow::Result<(LoadResult, f64)> {
-    let cpu0 = CpuClock::read(&t.pids);
-    // The runtime is single-threaded: entering the namespace here puts every connection of
-    // this load in it.
+/// The connections of a load against `t`, opened from its network namespace when it has one
+/// (the runtime is single-threaded: entering the namespace here puts every connection in it,
+/// and a socket stays in the namespace it was made in).
+async fn open_in(t: &Target, home: &std::fs::File, args: &LoadArgs) -> anyhow::Result<Vec<Conn>> {
     if let Some(ns) = &t.netns {
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the netns")?;
     }
-    let r = load(args).await;
+    let conns = open(args).await.with_context(|| format!("connecting to {}", t.name));
     if t.netns.is_some() {
         nix::sched::setns(home, nix::sched::CloneFlags::CLONE_NEWNET).context("leaving the netns")?;
     }
-    let r = r?;
+    conns
+}
+
+/// CPU seconds per 10k of the requests of `r`.
+fn per_10k(cpu: f64, r: &LoadResult) -> f64 {
+    cpu * 10_000.0 / r.requests.max(1) as f64
+}
+
+/// Each pair's `f(a) / f(b)`.
+fn ratios(a: &[(LoadResult, f64)], b: &[(LoadResult, f64)], f: &dyn Fn(&(LoadResult, f64)) -> f64) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| f(x) / f(y).max(f64::MIN_POSITIVE)).collect()
+}
+
+/// One load against `t`, and the CPU its processes used per 10k requests meanwhile (opening
+/// the connections included).
+async fn measure(t: &Target, home: &std::fs::File, args: &LoadArgs) -> anyhow::Result<(LoadResult, f64)> {
+    let cpu0 = CpuClock::read(&t.pids);
+    let conns = open_in(t, home, args).await?;
+    let r = drive(args, conns).await?;
     let cpu = CpuClock::read(&t.pids).since(&cpu0);
-    let per10k = cpu * 10_000.0 / r.requests.max(1) as f64;
+    let per10k = per_10k(cpu, &r);
     Ok((r, per10k))
 }
 
@@ -538,9 +554,7 @@ async fn suite(specs: Vec<String>, rates: Vec<u64>, secs: u64, rounds: usize, ho
                 let base = reference.map(|r| &rows[r]).filter(|b| b.len() == runs.len() && !t.pids.is_empty());
                 let paired = match base {
                     Some(base) => {
-                        let ratio = |f: &dyn Fn(&(LoadResult, f64)) -> f64| {
-                            median(runs.iter().zip(base).map(|(a, b)| f(a) / f(b).max(f64::MIN_POSITIVE)).collect())
-                        };
+                        let ratio = |f: &dyn Fn(&(LoadResult, f64)) -> f64| median(ratios(runs, base, f));
                         format!("{:.3}, {:.3}", ratio(&|r| r.0.rps), ratio(&|r| r.1))
                     }
                     None => "-".to_string(),

@@ -530,6 +530,9 @@ fn catch(sink: &crate::telemetry::Sink, ask: TapAsk, into: Arc<std::sync::Mutex<
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use meshgate_proto::meshgate::Resource;
+
     #[tokio::test]
     async fn the_control_plane_connection_probes_a_silent_peer_within_35_seconds() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -546,9 +549,6 @@ mod tests {
         assert_eq!((time.as_secs(), interval.as_secs(), retries), (20, 5, 3));
         assert!(time + interval * retries <= Duration::from_secs(35));
     }
-
-    use super::*;
-    use meshgate_proto::meshgate::Resource;
 
     fn part(version: &str, full: bool, keys: &[&str], more: bool) -> DiscoveryResponse {
         DiscoveryResponse {
