@@ -16,6 +16,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// W3C Trace Context's `traceparent` (here: every proxy passes it on, tracing or not).
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -141,6 +143,21 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     id
 }
 
+/// Lets HPACK index the names of the never-indexed headers unique to each request
+/// (`x-request-id`, `traceparent`), once: their values stay never indexed, but a name absent
+/// from the connection's header table is sent as a literal each time (Huffman-coded by the
+/// sender, decoded, checked and allocated by the receiver). HPACK has no way to index a name
+/// alone, so this request's values are indexed with them: one entry each in a table of 4 KiB.
+/// Called for the first request on an HTTP/2 connection and every 1,024th after, in case other
+/// headers have pushed the entries out meanwhile.
+pub(crate) fn index_unique_names(headers: &mut HeaderMap) {
+    for name in [&X_REQUEST_ID, &TRACEPARENT] {
+        if let Some(v) = headers.get_mut(name) {
+            v.set_sensitive(false);
+        }
+    }
+}
+
 fn uuid_v4() -> HeaderValue {
     let mut bytes = fastrand::u128(..).to_be_bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
@@ -214,5 +231,61 @@ mod tests {
         h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("from-the-client"));
         assert_eq!(ensure_request_id(&mut h), "from-the-client");
         assert!(h[&X_REQUEST_ID].is_sensitive(), "the client's too");
+    }
+
+    /// The size of each HEADERS frame a real HTTP/2 client writes for three requests, each
+    /// with its own request id and `traceparent` (never indexed), the first passed through
+    /// `index_unique_names` when `index` is set.
+    async fn header_block_sizes(index: bool) -> Vec<usize> {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        for i in 0..3u8 {
+            let mut req = http::Request::get("http://upstream.bench.svc/").body(Default::default()).unwrap();
+            ensure_request_id(req.headers_mut());
+            let mut tp = HeaderValue::from_str(&format!("00-{:032x}-{:016x}-00", 1000 + u128::from(i), 7)).unwrap();
+            tp.set_sensitive(true);
+            req.headers_mut().insert(TRACEPARENT.clone(), tp);
+            if index && i == 0 {
+                index_unique_names(req.headers_mut());
+            }
+            let send = sender.send_request(req);
+            tokio::spawn(send);
+            tokio::task::yield_now().await;
+        }
+        // The client preface, then frames: 9-byte headers (length, type, flags, stream).
+        let mut preface = [0u8; 24];
+        server.read_exact(&mut preface).await.unwrap();
+        let mut sizes = Vec::new();
+        while sizes.len() < 3 {
+            let mut head = [0u8; 9];
+            server.read_exact(&mut head).await.unwrap();
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            server.read_exact(&mut payload).await.unwrap();
+            if head[3] == 0x1 {
+                sizes.push(len);
+            }
+        }
+        sizes
+    }
+
+    #[tokio::test]
+    async fn unique_header_names_are_indexed_once_per_connection() {
+        let plain = header_block_sizes(false).await;
+        let indexed = header_block_sizes(true).await;
+        // Later requests refer to the two names by index instead of spelling them out (both
+        // Huffman-coded: 9 bytes for `x-request-id`, 9 for `traceparent`).
+        assert!(indexed[1] + 14 <= plain[1], "second request: {indexed:?} vs {plain:?}");
+        assert!(indexed[2] + 14 <= plain[2], "third request: {indexed:?} vs {plain:?}");
     }
 }

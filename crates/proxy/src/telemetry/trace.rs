@@ -9,8 +9,8 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
 use super::{RequestRecord, Role, Security};
+use crate::headers::TRACEPARENT;
 
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static B3: HeaderName = HeaderName::from_static("b3");
 static B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
 static B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use super::state::BackendState;
 use crate::body::RequestBody;
 use crate::clock::{nanos, now_nanos};
+use crate::headers::index_unique_names;
 
 /// Why a request could not be handed to (or answered by) an endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,8 @@ pub struct EndpointPool {
     idle_timeout: u64,
     idle: Mutex<Vec<(http1::SendRequest<RequestBody>, u64)>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Requests sent on the current HTTP/2 connection (wrapping): see [`index_unique_names`].
+    h2_sent: AtomicU32,
     /// Held while dialling the HTTP/2 connection.
     h2_dial: tokio::sync::Mutex<()>,
     /// TLS to an endpoint outside the mesh (BackendTLSPolicy).
@@ -182,6 +185,7 @@ impl EndpointPool {
             idle_timeout: nanos(idle_timeout),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            h2_sent: AtomicU32::new(0),
             h2_dial: tokio::sync::Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             health: Health::default(),
@@ -300,6 +304,9 @@ impl EndpointPool {
                     }
                 }
             };
+            if self.h2_sent.fetch_add(1, Ordering::Relaxed).is_multiple_of(1024) {
+                index_unique_names(req.headers_mut());
+            }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
@@ -524,6 +531,7 @@ impl EndpointPool {
         };
         if let Ok(mut g) = self.h2.lock() {
             *g = Some(sender.clone());
+            self.h2_sent.store(0, Ordering::Relaxed);
         }
         Ok(sender)
     }
