@@ -16,7 +16,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// W3C Trace Context's `traceparent` (here: every proxy passes it on, tracing or not).
+/// W3C Trace Context's `traceparent`.
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -148,8 +148,8 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 /// from the connection's header table is sent as a literal each time (Huffman-coded by the
 /// sender, decoded, checked and allocated by the receiver). HPACK has no way to index a name
 /// alone, so this request's values are indexed with them: one entry each in a table of 4 KiB.
-/// Called for the first request on an HTTP/2 connection and every 1,024th after, in case other
-/// headers have pushed the entries out meanwhile.
+/// For the first request on an HTTP/2 connection and every [`REINDEX_EVERY`]th after, in case
+/// other headers have pushed the entries out meanwhile.
 pub(crate) fn index_unique_names(headers: &mut HeaderMap) {
     for name in [&X_REQUEST_ID, &TRACEPARENT] {
         if let Some(v) = headers.get_mut(name) {
@@ -157,6 +157,9 @@ pub(crate) fn index_unique_names(headers: &mut HeaderMap) {
         }
     }
 }
+
+/// How often (in requests on one HTTP/2 connection) [`index_unique_names`] runs.
+pub(crate) const REINDEX_EVERY: u32 = 1024;
 
 fn uuid_v4() -> HeaderValue {
     let mut bytes = fastrand::u128(..).to_be_bytes();

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use super::state::BackendState;
 use crate::body::RequestBody;
 use crate::clock::{nanos, now_nanos};
-use crate::headers::index_unique_names;
+use crate::headers::{REINDEX_EVERY, index_unique_names};
 
 /// Why a request could not be handed to (or answered by) an endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -304,7 +304,7 @@ impl EndpointPool {
                     }
                 }
             };
-            if self.h2_sent.fetch_add(1, Ordering::Relaxed).is_multiple_of(1024) {
+            if self.h2_sent.fetch_add(1, Ordering::Relaxed).is_multiple_of(REINDEX_EVERY) {
                 index_unique_names(req.headers_mut());
             }
             match sender.try_send_request(req).await {
