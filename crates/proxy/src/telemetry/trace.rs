@@ -106,8 +106,7 @@ fn lower_hex(digits: &[u8]) -> Option<u128> {
 /// W3C Trace Context §3.2: `VERSION-TRACEID-PARENTID-FLAGS`, lower-case hex, at fixed offsets;
 /// version `ff` is invalid, ids of all zeros are invalid; a higher version may carry more
 /// fields after the four (a `-` then follows the flags), version `00` may not.
-fn parse_traceparent(v: &str) -> Option<SpanContext> {
-    let b = v.as_bytes();
+fn parse_traceparent(b: &[u8]) -> Option<SpanContext> {
     if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
     }
@@ -145,7 +144,8 @@ pub struct Incoming {
 /// per name: this runs for every request while tracing is on).
 #[derive(Default)]
 struct Found<'a> {
-    traceparent: Option<&'a str>,
+    /// As bytes: its fixed layout is checked digit by digit, no text needed.
+    traceparent: Option<&'a [u8]>,
     b3: Option<&'a str>,
     trace: Option<&'a str>,
     span: Option<&'a str>,
@@ -162,7 +162,10 @@ fn find(headers: &HeaderMap) -> Found<'_> {
             continue;
         }
         let slot = match n {
-            "traceparent" => &mut f.traceparent,
+            "traceparent" => {
+                f.traceparent = Some(value.as_bytes().trim_ascii());
+                continue;
+            }
             "b3" => &mut f.b3,
             "x-b3-traceid" => &mut f.trace,
             "x-b3-spanid" => &mut f.span,
