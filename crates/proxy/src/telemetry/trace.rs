@@ -515,6 +515,16 @@ mod tests {
         // A future version may add fields.
         let h = headers(&[("traceparent", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra")]);
         assert!(!extract(&h).unwrap().parent.unwrap().sampled);
+        // Its fields are read whatever follows them, bytes that are not text included; in the
+        // four fields such bytes are not digits.
+        let raw = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(TRACEPARENT.clone(), HeaderValue::from_bytes(v).unwrap());
+            extract(&h).and_then(|i| i.parent)
+        };
+        assert!(raw(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-\xc3\xa9").unwrap().sampled);
+        assert!(raw(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-\xc3\xa9").is_none());
+        assert!(raw(b"00-4bf92f3577b34da6a3ce929d0e0e47\xc3\xa9-00f067aa0ba902b7-01").is_none());
     }
 
     #[test]
