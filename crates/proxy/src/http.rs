@@ -99,9 +99,9 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
         grpc::as_status(&mut out.resp, out.flags);
     }
     let ttfb = started.elapsed();
-    // Built where it stays (a record is large: moved, it would be copied, here and by hyper).
+    // Into a box where it stays (a record is large: moved, it would be copied, here and by hyper).
     let recording = recorded.then(|| {
-        Box::new(Recording {
+        Recording {
             record: RequestRecord {
                 role,
                 route: out.rule.as_ref().map(|r| (r.route.clone(), r.index)),
@@ -131,7 +131,8 @@ pub async fn handle(snapshot: Arc<Snapshot>, conn: ConnInfo, req: Request<Incomi
             started,
             sink: snapshot.sink.clone(),
             received,
-        })
+        }
+        .boxed()
     });
     if !out.flags.is_empty() {
         // Like Linkerd's l5d-proxy-error: says why, without a trip to the logs.

