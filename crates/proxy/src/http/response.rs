@@ -77,7 +77,7 @@ impl Boxed {
         }
         *self.0 = None;
         let spare = self.0;
-        // Not at all while the thread is ending (its spares are gone): the box is freed.
+        // While the thread is ending its spares are gone: the box is freed instead.
         let _ = SPARE.try_with(move |s| {
             if let Ok(mut s) = s.try_borrow_mut()
                 && s.len() < SPARE_BOXES
